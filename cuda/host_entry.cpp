@@ -1,0 +1,20 @@
+// C entry points for the host build of lstm_kernels.cu, loaded by gpu_lstm/backend/host_backend.py
+// with ctypes. Compiled with -include host_shim.h and the same -DGL_GATE_* as the GPU build.
+#include "lstm_kernels.cu"
+
+#define GL_HOST_ENTRIES(T, SUFFIX)                                                                   \
+    extern "C" void gl_cell_forward_##SUFFIX(long long B, long long H, T* gates, const T* bias,     \
+                                             const T* c_prev, T* c, T* h) {                         \
+        lstm_cell_forward<T>(B, H, gates, bias, c_prev, c, h);                                       \
+    }                                                                                                \
+    extern "C" void gl_cell_backward_##SUFFIX(long long B, long long H, const T* gates, const T* c, \
+                                              const T* c_prev, const T* dh, T* dc_carry,            \
+                                              T* dgates) {                                           \
+        lstm_cell_backward<T>(B, H, gates, c, c_prev, dh, dc_carry, dgates);                         \
+    }                                                                                                \
+    extern "C" void gl_sum_rows_##SUFFIX(long long rows, long long cols, const T* x, T* out) {       \
+        sum_rows<T>(rows, cols, x, out);                                                             \
+    }
+
+GL_HOST_ENTRIES(float, f32)
+GL_HOST_ENTRIES(double, f64)

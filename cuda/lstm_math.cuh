@@ -1,0 +1,69 @@
+// Per-element LSTM maths shared by the GPU kernels and the host (CPU) test build.
+//
+// Everything here is __host__ __device__ so that g++ (through host_shim.h) and NVRTC compile the very
+// same lines. Equation numbers refer to ../shared/seeds/lstm-forward-backward-derivation.md
+// (see docs/math.md). Gate offsets along the 4H axis come from the compile options
+// (-DGL_GATE_I=... , generated from gpu_lstm.gates.GATE_ORDER) so the order is defined in one place.
+#pragma once
+
+#if !defined(GL_GATE_I) || !defined(GL_GATE_F) || !defined(GL_GATE_G) || !defined(GL_GATE_O)
+#error "gate offsets must come from gpu_lstm.gates (compile with gpu_lstm.backend.kernels.compile_options())"
+#endif
+
+// Arithmetic type for a storage type: float and double compute in themselves. A half or bfloat16
+// storage type would map to float here, and load/store convert, without touching the maths below.
+template <typename T> struct gl_acc { typedef T type; };
+
+template <typename T> __host__ __device__ __forceinline__ typename gl_acc<T>::type gl_load(const T v) { return v; }
+template <typename T> __host__ __device__ __forceinline__ T gl_store(const typename gl_acc<T>::type v) { return v; }
+
+__host__ __device__ __forceinline__ float gl_exp(const float x) { return expf(x); }
+__host__ __device__ __forceinline__ double gl_exp(const double x) { return exp(x); }
+__host__ __device__ __forceinline__ float gl_tanh(const float x) { return tanhf(x); }
+__host__ __device__ __forceinline__ double gl_tanh(const double x) { return tanh(x); }
+
+// Logistic sigmoid that never evaluates exp of a large positive number, so no inf/inf = NaN and
+// no overflow for |x| in the thousands: sigma(x) = 1/(1+e^-x) for x >= 0, e^x/(1+e^x) otherwise.
+template <typename A> __host__ __device__ __forceinline__ A gl_sigmoid(const A x) {
+    if (x >= A(0)) {
+        return A(1) / (A(1) + gl_exp(-x));
+    }
+    const A e = gl_exp(x);
+    return e / (A(1) + e);
+}
+
+// Forward for one (sample, unit) element. z* are pre-activations (W x + R h(t-1) + b).
+template <typename A>
+__host__ __device__ __forceinline__ void gl_cell_forward(const A zi, const A zf, const A zg, const A zo,
+                                                        const A c_prev, A* i, A* f, A* g, A* o,
+                                                        A* c, A* h) {
+    *i = gl_sigmoid(zi);              // eq. (2)
+    *f = gl_sigmoid(zf);              // eq. (1)
+    *g = gl_tanh(zg);                 // eq. (4)
+    *o = gl_sigmoid(zo);              // eq. (3)
+    *c = (*g) * (*i) + c_prev * (*f); // eq. (5)
+    *h = (*o) * gl_tanh(*c);          // eq. (6)
+}
+
+// Backward for one element at step t.
+//   dh        : delta-h(t), eq. (14): dy(t) plus R^T times next step's pre-activation gradients
+//   dc_next   : delta-c(t+1) * f(t+1), the second term of eq. (16) (zero after the last step)
+// Outputs the pre-activation gradients (delta-theta times the activation's derivative, which the
+// dW/dR/db GEMMs consume) and delta-c(t) * f(t), the carry for step t-1.
+template <typename A>
+__host__ __device__ __forceinline__ void gl_cell_backward(const A i, const A f, const A g, const A o,
+                                                         const A c, const A c_prev, const A dh,
+                                                         const A dc_next, A* dzi, A* dzf, A* dzg,
+                                                         A* dzo, A* dc_carry) {
+    const A tc = gl_tanh(c);
+    const A dc = dh * o * (A(1) - tc * tc) + dc_next; // eq. (16)
+    const A d_o = dh * tc;                            // eq. (17)
+    const A d_f = dc * c_prev;                        // eq. (18)
+    const A d_i = dc * g;                             // eq. (19)
+    const A d_g = dc * i;                             // eq. (20)
+    *dzo = d_o * o * (A(1) - o);                      // sigma' = sigma (1 - sigma)
+    *dzf = d_f * f * (A(1) - f);
+    *dzi = d_i * i * (A(1) - i);
+    *dzg = d_g * (A(1) - g * g);                      // tanh' = 1 - tanh^2
+    *dc_carry = dc * f;                               // feeds eq. (16) at step t-1
+}

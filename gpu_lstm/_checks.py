@@ -1,0 +1,64 @@
+"""Argument checks shared by the public classes. Every message names the argument, what was expected
+and what was received, so a user never has to read a traceback into the library to fix a call."""
+
+import numbers
+
+import numpy as np
+
+_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+
+
+def positive_int(name, value):
+    """Return ``value`` as int if it is a positive integer (bool excluded); raise otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected a positive integer, got {value!r} ({type(value).__name__})")
+    if value <= 0:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    return int(value)
+
+
+def nonnegative_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    return value
+
+
+def float_dtype(value):
+    """Normalise 'float32' / 'float64' (or the NumPy equivalents) to a NumPy dtype."""
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"dtype: expected 'float32' or 'float64', got {value!r}") from None
+    if dt.name not in _DTYPES:
+        raise TypeError(f"dtype: expected 'float32' or 'float64', got {dt.name!r}")
+    return _DTYPES[dt.name]
+
+
+def shape_str(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_shape(name, arr, expected, what=None):
+    """Raise ValueError unless ``arr.shape == expected``. ``what`` describes the axes, e.g. '(T, B, I)'."""
+    if tuple(arr.shape) != tuple(expected):
+        axes = f" {what}" if what else ""
+        raise ValueError(f"{name}: expected shape{axes} = {shape_str(expected)}, got {shape_str(arr.shape)}")
+
+
+def check_ndim(name, arr, ndim, what):
+    if arr.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array {what}, got {arr.ndim}-D with shape {shape_str(arr.shape)}")
+
+
+def check_dtype(name, arr, dtype):
+    if arr.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype.name}, got {arr.dtype.name} "
+                        f"(convert with .astype('{dtype.name}') or build the model with dtype='{arr.dtype.name}')")
+
+
+def check_finite(name, arr, xp):
+    if not bool(xp.isfinite(arr).all()):
+        raise ValueError(f"{name}: contains NaN or Inf (check_finite=True)")

@@ -1,0 +1,67 @@
+"""Backends: the few operations that differ between CPU and GPU.
+
+The time loop, buffer layout and GEMM order live once in :mod:`gpu_lstm.lstm`; a backend supplies
+
+* ``gemm(a, b, out, trans_a=False, trans_b=False, beta=0.0)``: ``out = op(a) @ op(b) + beta * out``
+* ``cell_forward(gates, bias, c_prev, c, h)``: eqs. (1)-(6) for one step, gates activated in place
+* ``cell_backward(gates, c, c_prev, dh, dc_carry, dgates)``: eqs. (16)-(20) for one step
+* ``sum_rows(x, out)``: ``out += x.sum(axis=0)``, deterministic (eq. 25)
+* array helpers: ``xp``, ``empty``, ``zeros``, ``asarray``, ``to_numpy``, ``synchronize``
+
+Implementations: :class:`NumpyBackend` (the reference), ``HostKernelBackend`` (NumPy GEMMs with the
+CUDA kernel source compiled for the CPU; for tests), ``CupyBackend`` (cuBLAS + fused kernels).
+Nothing here imports cupy or compiles anything until a backend is asked for.
+"""
+
+import os
+
+from .numpy_backend import NumpyBackend
+
+DEVICE_ENV = "GPU_LSTM_DEVICE"
+_DEVICES = ("auto", "cpu", "gpu", "host")
+
+
+def gpu_available():
+    """(True, description) when cupy imports and sees a CUDA device, else (False, reason)."""
+    try:
+        import cupy  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        return False, f"cupy not importable ({type(exc).__name__}: {exc})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return False, f"no usable CUDA device ({type(exc).__name__}: {exc})"
+    if n < 1:
+        return False, "no CUDA device found"
+    return True, f"{n} CUDA device(s)"
+
+
+def resolve_device(device):
+    """Map 'auto' (or the GPU_LSTM_DEVICE environment variable) to 'cpu' or 'gpu'."""
+    if not isinstance(device, str) or device not in _DEVICES:
+        raise ValueError(f"device: expected one of {_DEVICES}, got {device!r}")
+    if device == "auto":
+        forced = os.environ.get(DEVICE_ENV, "").strip().lower()
+        if forced:
+            if forced not in ("cpu", "gpu", "host"):
+                raise ValueError(f"{DEVICE_ENV}: expected 'cpu', 'gpu' or 'host', got {forced!r}")
+            device = forced
+        else:
+            device = "gpu" if gpu_available()[0] else "cpu"
+    return device
+
+
+def get_backend(device, dtype):
+    """Backend instance for a resolved device name ('cpu', 'gpu', 'host') and a NumPy dtype."""
+    device = resolve_device(device)
+    if device == "cpu":
+        return NumpyBackend(dtype)
+    if device == "host":
+        from .host_backend import HostKernelBackend
+        return HostKernelBackend(dtype)
+    ok, why = gpu_available()
+    if not ok:
+        raise RuntimeError(f"device='gpu' requested but {why}; install gpu_lstm[cuda12] or [cuda13] "
+                           "on a CUDA machine, or use device='cpu'")
+    from .cupy_backend import CupyBackend
+    return CupyBackend(dtype)

@@ -1,0 +1,17 @@
+"""The gate order along the 4H axis, defined once for NumPy, CuPy, the CUDA sources and torch interop.
+
+(i, f, g, o) is PyTorch's and cuDNN's order, so ``torch.nn.LSTM`` weights load without reordering.
+The CUDA kernels receive these offsets as ``-DGL_GATE_I=...`` compile options
+(:func:`gpu_lstm.backend.kernels.compile_options`), so changing the order here changes it everywhere.
+"""
+
+GATE_ORDER = ("i", "f", "g", "o")
+
+# Offset (in units of H) of each gate's block of rows in W (4H, I), R (4H, H), b (4H,).
+GATE_INDEX = {name: k for k, name in enumerate(GATE_ORDER)}
+
+
+def gate_slice(name, hidden_size):
+    """Slice of the 4H axis that holds gate ``name`` ('i', 'f', 'g' or 'o')."""
+    k = GATE_INDEX[name]
+    return slice(k * hidden_size, (k + 1) * hidden_size)
