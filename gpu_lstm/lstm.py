@@ -270,7 +270,7 @@ class LSTM:
         if T == 0 or B == 0:
             return
         # Input part of eqs. (1)-(4) for every step at once: gates = x W^T, (T*B, 4H).
-        be.gemm(x.reshape(T * B, -1), W, gates.reshape(T * B, 4 * H), trans_b=True)
+        be.gemm(x.reshape(T * B, x.shape[-1]), W, gates.reshape(T * B, 4 * H), trans_b=True)
         for t in range(T):
             # Recurrent part of eqs. (1)-(4): gates[t] += h(t-1) R^T, (B, 4H).
             be.gemm(h[t], R, gates[t], trans_b=True, beta=1.0)
@@ -334,11 +334,11 @@ class LSTM:
         TB = T * B
         dg = dgates.reshape(TB, 4 * H)
         g = self.grads
-        be.gemm(dg, x.reshape(TB, -1), g[f"l{k}.W"], trans_a=True, beta=1.0)        # eq. (23)
+        be.gemm(dg, x.reshape(TB, x.shape[-1]), g[f"l{k}.W"], trans_a=True, beta=1.0)        # eq. (23)
         be.gemm(dg, h[:T].reshape(TB, H), g[f"l{k}.R"], trans_a=True, beta=1.0)     # eq. (24)
         if self.bias:
             be.sum_rows(dg, g[f"l{k}.b"])                                             # eq. (25)
-        be.gemm(dg, W, dx_out.reshape(TB, -1))   # gradient w.r.t. this layer's input x
+        be.gemm(dg, W, dx_out.reshape(TB, dx_out.shape[-1]))   # gradient w.r.t. this layer's input x
 
     def __repr__(self):
         return (f"LSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "

@@ -1,0 +1,25 @@
+import numpy as np
+import pytest
+
+import gpu_lstm as gl
+
+
+def make_inputs(rng, T, B, I, H, L, dtype="float64", batch_first=False):
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((L, B, H))).astype(dtype)
+    c0 = (0.5 * rng.standard_normal((L, B, H))).astype(dtype)
+    return x, h0, c0
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def cpu_lstm():
+    def build(I=3, H=4, L=1, **kw):
+        kw.setdefault("dtype", "float64")
+        kw.setdefault("seed", 0)
+        return gl.LSTM(I, H, L, device="cpu", **kw)
+    return build

@@ -1,0 +1,62 @@
+"""torch.nn.LSTM state dicts: round trip without torch, and numerical parity where torch is installed."""
+
+import numpy as np
+import pytest
+
+import gpu_lstm as gl
+
+
+def test_state_dict_round_trip_and_bias_sum():
+    a = gl.LSTM(3, 4, 2, dtype="float64", device="cpu", seed=1)
+    sd = a.torch_state_dict()
+    assert set(sd) == {f"{w}_l{k}" for k in range(2) for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    assert sd["weight_ih_l0"].shape == (16, 3) and sd["weight_ih_l1"].shape == (16, 4)
+    sd["bias_hh_l0"] = np.full(16, 0.25)
+    b = gl.LSTM(3, 4, 2, dtype="float64", device="cpu", seed=2)
+    b.load_torch_state_dict(sd)
+    np.testing.assert_array_equal(b.params["l0.b"], a.params["l0.b"] + 0.25)
+    np.testing.assert_array_equal(b.params["l1.R"], a.params["l1.R"])
+
+
+def test_bad_state_dict_leaves_the_model_untouched():
+    m = gl.LSTM(3, 4, 1, dtype="float64", device="cpu", seed=1)
+    before = {k: v.copy() for k, v in m.params.items()}
+    sd = m.torch_state_dict()
+    sd["weight_ih_l0"] = np.ones((16, 3))
+    sd["weight_hh_l0"] = np.ones((16, 5))     # wrong shape, checked before anything is written
+    with pytest.raises(ValueError, match=r"state_dict\['weight_hh_l0'\]: expected shape = \(16, 4\), got \(16, 5\)"):
+        m.load_torch_state_dict(sd)
+    del sd["bias_hh_l0"]
+    with pytest.raises(KeyError, match="missing keys"):
+        m.load_torch_state_dict(sd)
+    for k in before:
+        np.testing.assert_array_equal(m.params[k], before[k])
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_matches_torch_nn_lstm(batch_first):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 5, num_layers=2, batch_first=batch_first).double()
+    m = gl.LSTM(3, 5, 2, dtype="float64", device="cpu", batch_first=batch_first)
+    m.load_torch_state_dict(ref.state_dict())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 3) if batch_first else (6, 2, 3))
+    h0, c0 = rng.standard_normal((2, 2, 5)), rng.standard_normal((2, 2, 5))
+    xt = torch.tensor(x, requires_grad=True)
+    h0t, c0t = torch.tensor(h0, requires_grad=True), torch.tensor(c0, requires_grad=True)
+    yt, (hnt, cnt) = ref(xt, (h0t, c0t))
+    y, (hn, cn) = m(x, (h0, c0))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(cn, cnt.detach().numpy(), rtol=1e-12, atol=1e-13)
+    gy, gh, gc = rng.standard_normal(y.shape), rng.standard_normal(hn.shape), rng.standard_normal(cn.shape)
+    ((yt * torch.tensor(gy)).sum() + (hnt * torch.tensor(gh)).sum() + (cnt * torch.tensor(gc)).sum()).backward()
+    dx, (dh0, dc0) = m.backward(gy, (gh, gc))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(dh0, h0t.grad.numpy(), rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(dc0, c0t.grad.numpy(), rtol=1e-11, atol=1e-12)
+    for k in range(2):
+        np.testing.assert_allclose(m.grads[f"l{k}.W"], ref.state_dict(keep_vars=True)[f"weight_ih_l{k}"].grad.numpy(), rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(m.grads[f"l{k}.R"], getattr(ref, f"weight_hh_l{k}").grad.numpy(), rtol=1e-11, atol=1e-12)
+        np.testing.assert_allclose(m.grads[f"l{k}.b"], getattr(ref, f"bias_ih_l{k}").grad.numpy(), rtol=1e-11, atol=1e-12)
