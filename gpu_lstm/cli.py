@@ -31,8 +31,8 @@ def cmd_info(args):
     except Exception as exc:
         print(f"cupy       not available ({type(exc).__name__})")
     try:
-        import nvtx  # noqa: F401
-        print("nvtx       available")
+        import nvtx
+        print(f"nvtx       {getattr(nvtx, '__version__', 'available')}")
     except Exception:
         print("nvtx       not installed (NVTX ranges are no-ops)")
     ok, why = gpu_available()

@@ -228,7 +228,13 @@ class LSTM:
         Returns ``y, (h_n, c_n)``: y is (T, B, H) (or batch-first), h_n and c_n are (num_layers, B, H).
         Inputs given as NumPy arrays to a GPU model are copied to the device; outputs stay there.
         """
-        be, H, L = self._be, self.hidden_size, self.num_layers
+        with self._be.activate():
+            return self._forward(x, hc, check_finite)
+
+    __call__ = forward
+
+    def _forward(self, x, hc, check_finite):
+        be, L = self._be, self.num_layers
         x = self._array("x", x)
         ck.check_ndim("x", x, 3, self._seq_axes())
         if x.shape[2] != self.input_size:
@@ -257,8 +263,6 @@ class LSTM:
         c_n = be.xp.stack([ws.c[k][T] for k in range(L)])
         return y, (h_n, c_n)
 
-    __call__ = forward
-
     def _forward_layer(self, k, ws, h0, c0):
         be, T, B, H = self._be, ws.T, ws.B, self.hidden_size
         W, R = self.params[f"l{k}.W"], self.params[f"l{k}.R"]
@@ -286,6 +290,10 @@ class LSTM:
         Returns ``dx, (dh0, dc0)`` with the shapes of x, h0 and c0.
         May be called more than once after one forward; each call adds its gradients again.
         """
+        with self._be.activate():
+            return self._backward(dy, dhc)
+
+    def _backward(self, dy, dhc):
         ws = self._saved
         if ws is None:
             raise BackwardBeforeForwardError("backward: called before forward; run lstm(x) first")

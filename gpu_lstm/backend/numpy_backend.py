@@ -1,5 +1,7 @@
 """The reference backend: explicit NumPy, one line per equation."""
 
+import contextlib
+
 import numpy as np
 
 from ..gates import GATE_INDEX
@@ -40,6 +42,10 @@ class NumpyBackend:
 
     def synchronize(self):
         pass
+
+    def activate(self):
+        """Context in which this backend's arrays are made (the GPU backend selects its device)."""
+        return contextlib.nullcontext()
 
     # ---- the seam -----------------------------------------------------------------------------
     def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):

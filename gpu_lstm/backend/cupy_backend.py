@@ -1,0 +1,124 @@
+"""The GPU backend: cuBLAS GEMMs and the fused kernels of cuda/lstm_kernels.cu, through CuPy.
+
+Imported only when a GPU model is built. Everything stays on the device: GEMMs write in place with
+beta = 1 where gradients accumulate, kernels update their outputs in place, and nothing is copied to
+the host during forward or backward. Failures raise with the cuBLAS routine's or the kernel's name.
+"""
+
+
+import cupy as cp
+import numpy as np
+from cupy_backends.cuda.libs import cublas
+
+from . import blas, kernels
+
+_BLOCK = 256
+
+
+def device_description(device_id=None):
+    dev = cp.cuda.Device(device_id) if device_id is not None else cp.cuda.Device()
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    driver = cp.cuda.runtime.driverGetVersion()
+    runtime = cp.cuda.runtime.runtimeGetVersion()
+    return (f"GPU {dev.id}: {name}, sm_{props['major']}{props['minor']}, {props['multiProcessorCount']} SMs, "
+            f"driver API {driver // 1000}.{driver % 1000 // 10}, runtime {runtime // 1000}.{runtime % 1000 // 10}, "
+            f"CuPy {cp.__version__}")
+
+
+class CupyBackend:
+    name = "gpu"
+    xp = cp
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.device_id = cp.cuda.Device().id
+        self._k = kernels.load_module(self.device_id, self.dtype.name)
+        self._gemm_fn = cublas.sgemm if self.dtype == np.float32 else cublas.dgemm
+        self._gemm_name = "cublasSgemm" if self.dtype == np.float32 else "cublasDgemm"
+        # Host scalars for alpha/beta, made once: nothing is allocated per GEMM call.
+        self._scalars = {v: np.array(v, dtype=self.dtype) for v in (0.0, 1.0)}
+        sms = cp.cuda.Device(self.device_id).attributes["MultiProcessorCount"]
+        self._max_grid = sms * 16   # enough blocks to fill the GPU; grid-stride covers the rest
+
+    def describe(self):
+        return device_description(self.device_id)
+
+    def activate(self):
+        return cp.cuda.Device(self.device_id)
+
+    def empty(self, shape):
+        with self.activate():
+            return cp.empty(shape, dtype=self.dtype)
+
+    def zeros(self, shape):
+        with self.activate():
+            return cp.zeros(shape, dtype=self.dtype)
+
+    def asarray(self, name, value):
+        """Device arrays are used as they are (checked to be on this model's GPU); NumPy arrays are
+        copied to it; any object with __cuda_array_interface__ is wrapped without a copy."""
+        if isinstance(value, cp.ndarray):
+            if value.device.id != self.device_id:
+                raise ValueError(f"{name}: array is on GPU {value.device.id}, the model is on GPU "
+                                 f"{self.device_id}; move it with cupy.asarray under cupy.cuda.Device("
+                                 f"{self.device_id})")
+            return value
+        with self.activate():
+            if hasattr(value, "__cuda_array_interface__"):
+                return cp.asarray(value)
+            return cp.asarray(np.asarray(value))
+
+    def to_numpy(self, a):
+        return cp.asnumpy(a)
+
+    def synchronize(self):
+        cp.cuda.Device(self.device_id).synchronize()
+
+    # ---- the seam -----------------------------------------------------------------------------
+    def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
+        M, N, K = blas.gemm_shapes(a.shape, b.shape, trans_a, trans_b)
+        if out.shape != (M, N):
+            raise ValueError(f"gemm: out has shape {out.shape}, expected {(M, N)}")
+        if M == 0 or N == 0:
+            return
+        if K == 0:  # empty sum: cuBLAS would be asked for lda = 0
+            if beta == 0.0:
+                out.fill(0)
+            return
+        item = self.dtype.itemsize
+        lda = blas.leading_dim("a", a.shape, a.strides, item)
+        ldb = blas.leading_dim("b", b.shape, b.strides, item)
+        ldc = blas.leading_dim("out", out.shape, out.strides, item)
+        ta, tb, m, n, k, _, ld1, _, ld2, ldc = blas.colmajor_args(M, N, K, lda, ldb, ldc, trans_a, trans_b)
+        try:
+            self._gemm_fn(cp.cuda.device.get_cublas_handle(), ta, tb, m, n, k,
+                          self._scalars[1.0].ctypes.data, b.data.ptr, ld1, a.data.ptr, ld2,
+                          self._scalars[float(beta)].ctypes.data, out.data.ptr, ldc)
+        except Exception as exc:
+            raise RuntimeError(f"{self._gemm_name}(m={m}, n={n}, k={k}) failed: {exc}") from exc
+
+    def _launch(self, name, n, args):
+        if n == 0:
+            return
+        grid = min((n + _BLOCK - 1) // _BLOCK, self._max_grid)
+        try:
+            self._k[name]((grid,), (_BLOCK,), args)
+        except Exception as exc:
+            raise RuntimeError(f"CUDA kernel {name}<{kernels.CTYPES[self.dtype.name]}> "
+                               f"(grid {grid}, block {_BLOCK}) failed: {exc}") from exc
+
+    def cell_forward(self, gates, bias, c_prev, c, h):
+        B, H = c.shape
+        self._launch("lstm_cell_forward", B * H,
+                     (np.int64(B), np.int64(H), gates, bias if bias is not None else np.uintp(0),
+                      c_prev, c, h))
+
+    def cell_backward(self, gates, c, c_prev, dh, dc_carry, dgates):
+        B, H = c.shape
+        self._launch("lstm_cell_backward", B * H,
+                     (np.int64(B), np.int64(H), gates, c, c_prev, dh, dc_carry, dgates))
+
+    def sum_rows(self, x, out):
+        rows, cols = x.shape
+        self._launch("sum_rows", cols, (np.int64(rows), np.int64(cols), cp.ascontiguousarray(x), out))

@@ -1,0 +1,113 @@
+"""The CUDA kernels compiled for the CPU by the host C++ compiler, inside the real time loop.
+
+``HostKernelBackend`` is the NumPy backend with its three elementwise operations replaced by the
+kernels of ``cuda/lstm_kernels.cu`` built through ``cuda/host_shim.h``: CPU tests therefore run the very
+kernel source the GPU runs, on the buffer layout and loop order the GPU path uses. For tests and
+``gpu-lstm check --device host``; not a fast path.
+"""
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+
+import numpy as np
+
+from . import kernels
+from .numpy_backend import NumpyBackend
+
+_lib = None
+
+
+def compiler():
+    """The host C++ compiler: $CXX, else c++ or g++ or clang++ on PATH, else None."""
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def build_command(output):
+    cxx = compiler()
+    if cxx is None:
+        raise RuntimeError("no host C++ compiler found (set CXX or install g++): needed to build the "
+                           "CUDA kernels for the CPU")
+    root = kernels.cuda_dir()
+    # -ffp-contract=off: no fused multiply-adds the NumPy reference does not do either.
+    return [cxx, "-O2", "-std=c++14", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Werror",
+            "-include", str(root / "host_shim.h"), f"-I{root}", *kernels.gate_defines(),
+            str(root / "host_entry.cpp"), "-o", str(output)]
+
+
+def load_library():
+    """Build (once per source version) and load the host kernel library."""
+    global _lib
+    if _lib is not None:
+        return _lib
+    root = kernels.cuda_dir()
+    digest = hashlib.sha256()
+    for name in ("lstm_math.cuh", "lstm_kernels.cu", "host_shim.h", "host_entry.cpp"):
+        digest.update((root / name).read_bytes())
+    digest.update(" ".join(build_command("x")).encode())
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.join(tempfile.gettempdir())),
+                         "gpu_lstm-host-kernels")
+    os.makedirs(cache, exist_ok=True)
+    path = os.path.join(cache, f"lstm_host_{digest.hexdigest()[:16]}.so")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        res = subprocess.run(build_command(tmp), capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"host build of the CUDA kernels failed:\n{' '.join(build_command(tmp))}\n"
+                               f"{res.stderr}")
+        os.replace(tmp, path)   # atomic: a concurrent test process never loads a half-written file
+    lib = ctypes.CDLL(path)
+    ll, vp = ctypes.c_longlong, ctypes.c_void_p
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"gl_cell_forward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp]
+        getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp]
+        getattr(lib, f"gl_sum_rows_{suffix}").argtypes = [ll, ll, vp, vp]
+    _lib = lib
+    return lib
+
+
+def _ptr(name, a, dtype):
+    """Pointer to a C-contiguous array of the backend's dtype (None for None)."""
+    if a is None:
+        return None
+    if a.dtype != dtype or not a.flags.c_contiguous:
+        raise ValueError(f"{name}: host kernels need a C-contiguous {dtype.name} array, "
+                         f"got {a.dtype.name} with strides {a.strides}")
+    return a.ctypes.data
+
+
+class HostKernelBackend(NumpyBackend):
+    name = "host"
+
+    def __init__(self, dtype):
+        super().__init__(dtype)
+        lib = load_library()
+        suffix = {"float32": "f32", "float64": "f64"}[self.dtype.name]
+        self._fwd = getattr(lib, f"gl_cell_forward_{suffix}")
+        self._bwd = getattr(lib, f"gl_cell_backward_{suffix}")
+        self._sum = getattr(lib, f"gl_sum_rows_{suffix}")
+
+    def describe(self):
+        return f"CPU, CUDA kernels built by {compiler()} (host test backend)"
+
+    def cell_forward(self, gates, bias, c_prev, c, h):
+        B, H = c.shape
+        d = self.dtype
+        self._fwd(B, H, _ptr("gates", gates, d), _ptr("bias", bias, d), _ptr("c_prev", c_prev, d),
+                  _ptr("c", c, d), _ptr("h", h, d))
+
+    def cell_backward(self, gates, c, c_prev, dh, dc_carry, dgates):
+        B, H = c.shape
+        d = self.dtype
+        self._bwd(B, H, _ptr("gates", gates, d), _ptr("c", c, d), _ptr("c_prev", c_prev, d),
+                  _ptr("dh", dh, d), _ptr("dc_carry", dc_carry, d), _ptr("dgates", dgates, d))
+
+    def sum_rows(self, x, out):
+        rows, cols = x.shape
+        self._sum(rows, cols, _ptr("x", np.ascontiguousarray(x), self.dtype), _ptr("out", out, self.dtype))

@@ -1,0 +1,80 @@
+"""Where the CUDA sources are, how they are compiled, and what they instantiate: one place for the GPU
+runtime (CuPy RawModule), the NVRTC compile check and the host (g++) build, so all three compile the
+same text with the same options.
+
+Nothing is read or compiled at import; :func:`load_module` compiles on first use and caches the module
+per device.
+"""
+
+import pathlib
+import re
+
+from ..gates import GATE_INDEX
+
+KERNEL_FILE = "lstm_kernels.cu"
+KERNEL_NAMES = ("lstm_cell_forward", "lstm_cell_backward", "sum_rows")
+# NumPy dtype name -> C++ template argument. Half/bfloat16 storage would be added here.
+CTYPES = {"float32": "float", "float64": "double"}
+
+_modules = {}   # (device id, dtype name) -> {kernel name: cupy RawKernel}
+
+
+def cuda_dir():
+    """The folder with the .cu/.cuh files: gpu_lstm/cuda in an installed wheel, ./cuda in a checkout."""
+    here = pathlib.Path(__file__).resolve().parent.parent   # gpu_lstm/
+    for candidate in (here / "cuda", here.parent / "cuda"):
+        if (candidate / KERNEL_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(f"CUDA sources not found: looked for {KERNEL_FILE} in {here / 'cuda'} "
+                            f"and {here.parent / 'cuda'} (is the package installed from a wheel that "
+                            "force-includes cuda/?)")
+
+
+def gate_defines():
+    """-D options carrying the gate order of gpu_lstm.gates into the CUDA sources."""
+    return tuple(f"-DGL_GATE_{name.upper()}={k}" for name, k in GATE_INDEX.items())
+
+
+def compile_options():
+    """NVRTC options used at run time (CuPy adds the architecture flag itself) and by the checks.
+
+    No fast-math: the float32 path is tested against NumPy to 1e-5 relative, and the sigmoid's
+    stability relies on IEEE exp semantics.
+    """
+    return gate_defines()
+
+
+def kernel_source():
+    """lstm_kernels.cu with its local #include inlined, so the compiled text is self-contained and
+    CuPy's compile cache (keyed by source and options) sees every change to the header."""
+    root = cuda_dir()
+
+    def inline(path, seen):
+        text = path.read_text()
+
+        def repl(match):
+            inc = root / match.group(1)
+            if inc in seen:
+                return ""
+            seen.add(inc)
+            return inline(inc, seen)
+        return re.sub(r'^#include "([^"]+)"\s*$', repl, text, flags=re.M)
+
+    return inline(root / KERNEL_FILE, set())
+
+
+def name_expressions(dtypes=tuple(CTYPES)):
+    """The template instantiations, e.g. 'lstm_cell_forward<float>'."""
+    return tuple(f"{k}<{CTYPES[d]}>" for k in KERNEL_NAMES for d in dtypes)
+
+
+def load_module(device_id, dtype_name):
+    """{kernel name: RawKernel} for one dtype on one device, compiled on first use and cached."""
+    key = (device_id, dtype_name)
+    if key not in _modules:
+        import cupy
+        with cupy.cuda.Device(device_id):
+            module = cupy.RawModule(code=kernel_source(), options=compile_options(),
+                                    name_expressions=name_expressions())
+            _modules[key] = {k: module.get_function(f"{k}<{CTYPES[dtype_name]}>") for k in KERNEL_NAMES}
+    return _modules[key]

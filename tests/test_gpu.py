@@ -1,0 +1,91 @@
+"""Ring 3: the GPU path against the NumPy path. Marked `gpu`; skipped without cupy or a CUDA device.
+
+Run on a GPU machine with `python -m pytest -m gpu tests/test_gpu.py -v`
+(benchmarks/gpu_verify.sh does that and records the output)."""
+
+import numpy as np
+import pytest
+
+import gpu_lstm as gl
+from gpu_lstm.backend import gpu_available
+from gpu_lstm.compare import compare_paths
+from gpu_lstm.gradcheck import lstm_gradient_check
+
+_ok, _why = gpu_available()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _ok, reason=f"no GPU: {_why}")]
+
+TOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("L, batch_first, T, B, H, I", [
+    (1, False, 7, 3, 5, 3), (3, False, 9, 4, 33, 7), (2, True, 5, 2, 16, 16), (1, False, 1, 1, 1, 1),
+    (2, False, 20, 64, 128, 64)])
+def test_gpu_matches_numpy(dtype, L, batch_first, T, B, H, I):
+    rows = compare_paths(I, H, L, T=T, B=B, dtype=dtype, seed=L + T, device="gpu", reference="cpu",
+                         batch_first=batch_first)
+    assert len(rows) == 6 + 3 * L
+    for name, err in rows:
+        assert err < TOL[dtype], f"{name}: {err:.2e} ({dtype})"
+
+
+def test_two_backwards_accumulate_on_gpu():
+    import cupy as cp
+    m = gl.LSTM(4, 8, 2, dtype="float64", device="gpu", seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 3, 4))
+    y, _ = m(x)
+    dy = cp.ones_like(y)
+    m.backward(dy)
+    once = {k: v.copy() for k, v in m.grads.items()}
+    m.backward(dy)
+    for k in m.grads:
+        assert float(cp.abs(once[k]).max()) > 0
+        cp.testing.assert_allclose(m.grads[k], 2 * once[k], rtol=1e-14, atol=0)
+    m.zero_grad()
+    assert all(not bool(v.any()) for v in m.grads.values())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_repeated_runs_are_bitwise_identical(dtype):
+    outs = []
+    x = np.random.default_rng(1).standard_normal((12, 16, 32)).astype(dtype)
+    for _ in range(2):
+        m = gl.LSTM(32, 64, 2, dtype=dtype, device="gpu", seed=3)
+        y, (h, c) = m(x)
+        dx, _ = m.backward(y)
+        outs.append([gl.to_numpy(a) for a in (y, h, c, dx, *m.grads.values())])
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gradient_check_on_gpu():
+    m = gl.LSTM(3, 4, 2, dtype="float64", device="gpu", seed=5)
+    for name, err in lstm_gradient_check(m, T=5, B=3):
+        assert err < 1e-6, name
+
+
+def test_numpy_in_device_out_and_errors():
+    import cupy as cp
+    m = gl.LSTM(3, 4, 1, dtype="float32", device="gpu", seed=0)
+    y, (h, c) = m(np.zeros((2, 1, 3), np.float32))
+    assert isinstance(y, cp.ndarray) and isinstance(h, cp.ndarray)
+    assert isinstance(gl.to_numpy(y), np.ndarray)
+    with pytest.raises(TypeError, match="x: expected dtype float32, got float64"):
+        m(cp.zeros((2, 1, 3)))
+    with pytest.raises(ValueError, match="expected input size I = 3"):
+        m(cp.zeros((2, 1, 4), dtype=cp.float32))
+    assert m.device == "gpu" and "GPU" in m._be.describe()
+
+
+def test_empty_shapes_on_gpu():
+    m = gl.LSTM(3, 4, 2, dtype="float64", device="gpu", seed=0)
+    y, (h, c) = m(np.zeros((0, 2, 3)))
+    assert y.shape == (0, 2, 4)
+    y, _ = m(np.zeros((3, 0, 3)))
+    dx, _ = m.backward(y)
+    assert dx.shape == (3, 0, 3)
+
+
+def test_cli_check_on_gpu():
+    from gpu_lstm.cli import main
+    assert main(["check", "--device", "gpu"]) == 0

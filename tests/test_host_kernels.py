@@ -1,0 +1,108 @@
+"""Ring 2: the CUDA kernel source compiled by the host C++ compiler and run on the CPU, compared with
+the NumPy reference elementwise and inside the real time loop (device='host')."""
+
+import numpy as np
+import pytest
+
+import gpu_lstm as gl
+from gpu_lstm.backend.numpy_backend import NumpyBackend
+from gpu_lstm.gradcheck import lstm_gradient_check
+from cpu_kernel_support import unavailable
+
+TOL = {"float32": dict(rtol=2e-6, atol=2e-7), "float64": dict(rtol=1e-14, atol=1e-15)}
+SHAPES = [(1, 1), (1, 7), (3, 33), (5, 67), (2, 128)]   # B = 1, H = 1, H not a multiple of 32
+
+
+@pytest.fixture(scope="module")
+def host_cls():
+    from gpu_lstm.backend import host_backend
+    if host_backend.compiler() is None:
+        unavailable("no host C++ compiler")
+    host_backend.load_library()
+    return host_backend.HostKernelBackend
+
+
+def _case(rng, B, H, dtype, scale):
+    gates = (scale * rng.standard_normal((B, 4 * H))).astype(dtype)
+    bias = rng.standard_normal(4 * H).astype(dtype)
+    c_prev = rng.standard_normal((B, H)).astype(dtype)
+    return gates, bias, c_prev
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("B, H", SHAPES)
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])   # 1e4: naive exp overflows in float32 and float64
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_cell_forward_matches_numpy(host_cls, dtype, B, H, scale, with_bias):
+    rng = np.random.default_rng(B * 1000 + H)
+    gates, bias, c_prev = _case(rng, B, H, dtype, scale)
+    bias = bias if with_bias else None
+    outs = {}
+    for be in (NumpyBackend(dtype), host_cls(dtype)):
+        g, c, h = gates.copy(), np.empty((B, H), dtype), np.empty((B, H), dtype)
+        with np.errstate(under="ignore"):
+            be.cell_forward(g, bias, c_prev, c, h)
+        outs[be.name] = (g, c, h)
+    for ref, got in zip(outs["cpu"], outs["host"]):
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("B, H", SHAPES)
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_cell_backward_matches_numpy(host_cls, dtype, B, H, scale):
+    rng = np.random.default_rng(B * 7 + H)
+    gates, bias, c_prev = _case(rng, B, H, dtype, scale)
+    ref_be = NumpyBackend(dtype)
+    c, h = np.empty((B, H), dtype), np.empty((B, H), dtype)
+    with np.errstate(under="ignore"):
+        ref_be.cell_forward(gates, bias, c_prev, c, h)   # activated gates, as the backward sees them
+    dh = rng.standard_normal((B, H)).astype(dtype)
+    carry = rng.standard_normal((B, H)).astype(dtype)
+    outs = {}
+    for be in (ref_be, host_cls(dtype)):
+        dgates, dc = np.full((B, 4 * H), np.nan, dtype), carry.copy()
+        be.cell_backward(gates, c, c_prev, dh, dc, dgates)
+        outs[be.name] = (dgates, dc)
+    for ref, got in zip(outs["cpu"], outs["host"]):
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (0, 4), (37, 12), (300, 4)])
+def test_sum_rows_accumulates_like_numpy(host_cls, dtype, rows, cols):
+    rng = np.random.default_rng(rows + cols)
+    x = rng.standard_normal((rows, cols)).astype(dtype)
+    start = rng.standard_normal(cols).astype(dtype)
+    ref, got = start.copy(), start.copy()
+    NumpyBackend(dtype).sum_rows(x, ref)
+    host_cls(dtype).sum_rows(x, got)
+    np.testing.assert_allclose(got, ref, rtol=1e-5 if dtype == "float32" else 1e-13, atol=1e-6)
+
+
+def test_wrong_layout_is_refused(host_cls):
+    be = host_cls("float64")
+    g = np.zeros((2, 8))
+    with pytest.raises(ValueError, match="C-contiguous float64"):
+        be.cell_forward(g, None, np.zeros((4, 2)).T, np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="C-contiguous float64"):
+        be.cell_forward(g.astype(np.float32), None, np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 2e-6)])
+@pytest.mark.parametrize("L, batch_first", [(1, False), (3, False), (2, True)])
+def test_time_loop_with_host_kernels_matches_numpy(host_cls, dtype, tol, L, batch_first):
+    from gpu_lstm.compare import compare_paths
+    rows = compare_paths(3, 5, L, T=6, B=3, dtype=dtype, seed=L, device="host", reference="cpu",
+                         batch_first=batch_first, backward_calls=2)
+    assert len(rows) == 6 + 3 * L
+    for name, err in rows:
+        assert err < tol, f"{name}: {err:.2e}"
+
+
+def test_gradient_check_through_host_kernels(host_cls):
+    lstm = gl.LSTM(3, 4, 2, dtype="float64", device="host", seed=2)
+    for name, err in lstm_gradient_check(lstm, T=5, B=2):
+        assert err < 1e-6, name
