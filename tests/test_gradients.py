@@ -57,3 +57,21 @@ def test_the_check_can_fail():
 def test_gradient_check_refuses_float32():
     with pytest.raises(ValueError, match="float64"):
         lstm_gradient_check(gl.LSTM(2, 2, dtype="float32", device="cpu"))
+
+
+def test_dropping_the_recursion_through_h_fails_the_check(monkeypatch):
+    """The gate-dependence question, numerically: without eq. (14)'s R^T term (the path through
+    h(t-1) into every gate of the next step), the per-gate formulas alone are NOT the gradient."""
+    from gpu_lstm.backend.numpy_backend import NumpyBackend
+    real = NumpyBackend.gemm
+
+    def truncated(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
+        if beta == 1.0 and not trans_a and not trans_b:   # only the backward's dh[t-1] += dz R
+            return
+        return real(self, a, b, out, trans_a, trans_b, beta)
+
+    lstm = gl.LSTM(3, 4, 1, dtype="float64", device="cpu", seed=0)
+    assert all(err < TOL for _, err in lstm_gradient_check(lstm, T=4, B=2))
+    monkeypatch.setattr(NumpyBackend, "gemm", truncated)
+    errors = dict(lstm_gradient_check(lstm, T=4, B=2))
+    assert errors["l0.W"] > 1e-2 and errors["l0.R"] > 1e-2 and errors["dh0"] > 1e-2
