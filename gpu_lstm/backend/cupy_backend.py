@@ -92,7 +92,12 @@ class CupyBackend:
         ldc = blas.leading_dim("out", out.shape, out.strides, item)
         ta, tb, m, n, k, _, ld1, _, ld2, ldc = blas.colmajor_args(M, N, K, lda, ldb, ldc, trans_a, trans_b)
         try:
-            self._gemm_fn(cp.cuda.device.get_cublas_handle(), ta, tb, m, n, k,
+            handle = cp.cuda.device.get_cublas_handle()
+            # alpha/beta are host scalars, and the GEMM must be ordered with our kernels on the
+            # current stream: set both rather than rely on the handle's state.
+            cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+            cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+            self._gemm_fn(handle, ta, tb, m, n, k,
                           self._scalars[1.0].ctypes.data, b.data.ptr, ld1, a.data.ptr, ld2,
                           self._scalars[float(beta)].ctypes.data, out.data.ptr, ldc)
         except Exception as exc:
