@@ -14,6 +14,11 @@
     }                                                                                                \
     extern "C" void gl_sum_rows_##SUFFIX(long long rows, long long cols, const T* x, T* out) {       \
         sum_rows<T>(rows, cols, x, out);                                                             \
+    }                                                                                                \
+    extern "C" void gl_softmax_xent_##SUFFIX(long long rows, long long V, const T* logits,          \
+                                             const long long* targets, long long ignore_index,      \
+                                             const T* inv_count, T* loss_rows, T* grad) {            \
+        softmax_xent<T>(rows, V, logits, targets, ignore_index, inv_count, loss_rows, grad);         \
     }
 
 GL_HOST_ENTRIES(float, f32)

@@ -83,3 +83,40 @@ __global__ void sum_rows(const long long rows, const long long cols, const T* __
         out[j] = gl_store<T>(gl_load(out[j]) + s);
     }
 }
+
+// Softmax cross-entropy from logits, one thread per row (rows = time steps x samples), fused:
+// row max, log-sum-exp, the row's loss and its gradient (softmax - onehot) * inv_count in one pass
+// over the V logits. Stable for any logit magnitude: exp is only taken of (z - max) <= 0.
+//   logits   : (rows, V);  targets : (rows,) int64, rows equal to ignore_index contribute nothing
+//   inv_count: device scalar 1 / (number of counted rows), so no host round trip is needed
+//   loss_rows: (rows,) out, unscaled loss of each row (0 for ignored rows)
+//   grad     : (rows, V) out
+template <typename T>
+__global__ void softmax_xent(const long long rows, const long long V, const T* __restrict__ logits,
+                             const long long* __restrict__ targets, const long long ignore_index,
+                             const T* __restrict__ inv_count, T* __restrict__ loss_rows,
+                             T* __restrict__ grad) {
+    typedef typename gl_acc<T>::type A;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    const A scale = gl_load(inv_count[0]);
+    for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride) {
+        const T* z = logits + r * V;
+        T* gr = grad + r * V;
+        const long long t = targets[r];
+        if (t == ignore_index) {
+            for (long long j = 0; j < V; ++j) gr[j] = gl_store<T>(A(0));
+            loss_rows[r] = gl_store<T>(A(0));
+            continue;
+        }
+        A m = gl_load(z[0]);
+        for (long long j = 1; j < V; ++j) { const A v = gl_load(z[j]); m = v > m ? v : m; }
+        A s = A(0);
+        for (long long j = 0; j < V; ++j) s += gl_exp(gl_load(z[j]) - m);
+        const A inv_s = A(1) / s;
+        for (long long j = 0; j < V; ++j) {
+            const A p = gl_exp(gl_load(z[j]) - m) * inv_s;
+            gr[j] = gl_store<T>((p - (j == t ? A(1) : A(0))) * scale);
+        }
+        loss_rows[r] = gl_store<T>(gl_log(s) + m - gl_load(z[t]));   // -log softmax(z)[t]
+    }
+}

@@ -19,6 +19,8 @@ template <typename T> __host__ __device__ __forceinline__ T gl_store(const typen
 
 __host__ __device__ __forceinline__ float gl_exp(const float x) { return expf(x); }
 __host__ __device__ __forceinline__ double gl_exp(const double x) { return exp(x); }
+__host__ __device__ __forceinline__ float gl_log(const float x) { return logf(x); }
+__host__ __device__ __forceinline__ double gl_log(const double x) { return log(x); }
 __host__ __device__ __forceinline__ float gl_tanh(const float x) { return tanhf(x); }
 __host__ __device__ __forceinline__ double gl_tanh(const double x) { return tanh(x); }
 

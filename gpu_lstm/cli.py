@@ -1,4 +1,4 @@
-"""The ``gpu-lstm`` command line: ``check`` (the main job until training exists) and ``info``."""
+"""The ``gpu-lstm`` command line: ``train``, ``sample``, ``check`` and ``info``."""
 
 import argparse
 import platform
@@ -83,6 +83,51 @@ def _compare_with_numpy(args):
     return failed
 
 
+def cmd_train(args):
+    from gpu_lstm import tasks
+    common = dict(steps=args.steps, hidden=args.hidden, layers=args.layers, lr=args.lr, clip=args.clip,
+                  optimizer=args.optimizer, device=args.device, dtype=args.dtype, seed=args.seed,
+                  log_every=args.log_every, out_dir=args.out or f"runs/{args.task}")
+    if args.batch:
+        common["B"] = args.batch
+    if args.seq_len:
+        common["T"] = args.seq_len
+    defaults = {"adding": dict(hidden=64, lr=1e-2), "charlm": dict(hidden=256, lr=3e-3)}[args.task]
+    for k, v in defaults.items():
+        if common[k] is None:
+            common[k] = v
+    print(f"gpu-lstm train {args.task}: " + ", ".join(f"{k}={v}" for k, v in common.items()))
+    if args.task == "adding":
+        s = tasks.train_adding(**common)
+        print(f"\nadding problem (T={s['T']}) on {s['device']}: held-out MSE {s['test_mse']:.4f} "
+              f"(predicting the mean: {s['baseline_mse']:.4f}; target < 0.01: "
+              f"{'reached' if s['test_mse'] < 0.01 else 'not reached'})")
+    else:
+        s = tasks.train_charlm(**common)
+        print(f"\nchar LM on {s['device']}: held-out {s['test_bpc']:.3f} bits/char "
+              f"(uniform over the vocabulary: {s['uniform_bpc']:.3f})")
+        print("sample:\n" + s["sample"])
+    print(f"trained {s['steps']} steps in {s['train_seconds']:.1f} s "
+          f"({s['tokens_per_second']:,.0f} tokens/s)")
+    print(f"checkpoint: {s['checkpoint']}")
+    print(f"loss plot:  {s['plot'] or 'not written (pip install matplotlib, or the [plot] extra)'}")
+    with open(s["checkpoint"].replace("checkpoint.npz", "summary.json"), "w") as f:
+        f.write(tasks.summary_json(s))
+    return 0
+
+
+def cmd_sample(args):
+    from gpu_lstm import tasks
+    model, meta = tasks.model_from_checkpoint(args.checkpoint, device=args.device)
+    vocab = meta.get("extra", {}).get("vocab")
+    if not vocab:
+        print(f"error: {args.checkpoint} is not a char-model checkpoint (no vocabulary)", file=sys.stderr)
+        return 2
+    print(tasks.sample_text(model, tasks.CharVocab(vocab), args.length, seed=args.seed, prime=args.prime,
+                            temperature=args.temperature))
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="gpu-lstm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -95,6 +140,30 @@ def build_parser():
     c.add_argument("--batch", type=int, default=3)
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_check)
+    t = sub.add_parser("train", help="train on a shipped task: the adding problem or a char LM")
+    t.add_argument("task", choices=("adding", "charlm"))
+    t.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--hidden", type=int, default=None)
+    t.add_argument("--layers", type=int, default=1)
+    t.add_argument("--batch", type=int, default=None)
+    t.add_argument("--seq-len", type=int, default=None, help="T (adding: sequence length; charlm: BPTT chunk)")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--clip", type=float, default=1.0, help="clip gradients to this global norm (0: off)")
+    t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
+    t.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--out", default=None, help="output folder (default runs/TASK)")
+    t.set_defaults(func=cmd_train)
+    s = sub.add_parser("sample", help="sample text from a char-model checkpoint")
+    s.add_argument("checkpoint")
+    s.add_argument("--length", type=int, default=500)
+    s.add_argument("--prime", default="And ")
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    s.set_defaults(func=cmd_sample)
     i = sub.add_parser("info", help="versions, backends found and the device")
     i.set_defaults(func=cmd_info)
     return p

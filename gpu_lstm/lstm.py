@@ -21,6 +21,7 @@ import numpy as np
 from . import _checks as ck
 from ._nvtx import annotate
 from .backend import get_backend
+from .gates import gate_slice
 
 
 class BackwardBeforeForwardError(RuntimeError, ValueError):
@@ -72,6 +73,11 @@ class LSTM:
     grads : dict
         Same keys and shapes; :meth:`backward` adds into them, :meth:`zero_grad` clears them.
 
+    Gradient-flow diagnostics: with ``track_gradient_flow = True``, each backward fills
+    ``gradient_flow["l{k}"] = {"dh": (T,), "dc": (T,)}``, the L2 norms over the batch of delta-h(t)
+    (eq. 14) and delta-c(t) (eq. 16) per time step, so vanishing or exploding gradients can be seen.
+    This costs an extra pass over the saved activations; it is off by default.
+
     Empty inputs: T = 0 gives y of shape (0, B, H) and h_n = h0, c_n = c0 (zeros if not given);
     its backward returns dh0 = dh_n, dc0 = dc_n and leaves the gradients unchanged. B = 0 gives empty
     outputs and leaves the gradients unchanged.
@@ -98,6 +104,8 @@ class LSTM:
         self.grads = {k: self._be.zeros(v.shape) for k, v in self.params.items()}
         self._ws = None
         self._saved = None
+        self.track_gradient_flow = False
+        self.gradient_flow = {}
 
     # ---- parameters -------------------------------------------------------------------------------
     def _layer_input_size(self, k):
@@ -339,6 +347,8 @@ class LSTM:
             # eq. (14): delta-h(t-1) += R^T delta(t), i.e. (B, 4H) @ (4H, H).
             be.gemm(dgates[t], R, dh[t - 1] if t > 0 else dh0, beta=1.0 if t > 0 else 0.0)
         dc0[...] = dc
+        if self.track_gradient_flow:
+            self.gradient_flow[f"l{k}"] = self._flow(ws, k, dc_n)
         TB = T * B
         dg = dgates.reshape(TB, 4 * H)
         g = self.grads
@@ -347,6 +357,25 @@ class LSTM:
         if self.bias:
             be.sum_rows(dg, g[f"l{k}.b"])                                             # eq. (25)
         be.gemm(dg, W, dx_out.reshape(TB, dx_out.shape[-1]))   # gradient w.r.t. this layer's input x
+
+    def _flow(self, ws, k, dc_n):
+        """Per-step norms of delta-h(t) and delta-c(t) for layer k, after its backward loop.
+
+        delta-h(t) is final in ``dh`` at this point. delta-c(t) never leaves the fused kernel, so it is
+        rebuilt here from eq. (16) with the saved gates: only when diagnostics are on.
+        """
+        xp, T, H = self._be.xp, ws.T, self.hidden_size
+        gates, c, dh = ws.gates[k], ws.c[k], ws.dh
+        dh_norm = xp.sqrt((dh * dh).sum(axis=(1, 2)))
+        dc_norm = xp.empty(T, dtype=self.dtype)
+        carry = xp.zeros_like(c[0]) if dc_n is None else dc_n[k].copy()
+        for t in reversed(range(T)):
+            f, o = gates[t][:, gate_slice("f", H)], gates[t][:, gate_slice("o", H)]
+            tc = xp.tanh(c[t + 1])
+            dc_t = dh[t] * o * (1 - tc * tc) + carry           # eq. (16)
+            dc_norm[t] = xp.sqrt((dc_t * dc_t).sum())
+            carry = dc_t * f
+        return {"dh": self._be.to_numpy(dh_norm), "dc": self._be.to_numpy(dc_norm)}
 
     def __repr__(self):
         return (f"LSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "

@@ -65,3 +65,17 @@ def get_backend(device, dtype):
                            "on a CUDA machine, or use device='cpu'")
     from .cupy_backend import CupyBackend
     return CupyBackend(dtype)
+
+
+_instances = {}
+
+
+def backend_for(array, dtype=None):
+    """A (cached) backend matching where ``array`` lives: the GPU for cupy arrays, else NumPy."""
+    import numpy as np
+    dtype = np.dtype(dtype if dtype is not None else array.dtype)
+    device = "gpu" if type(array).__module__.startswith("cupy") else "cpu"
+    key = (device, dtype.name)
+    if key not in _instances:
+        _instances[key] = get_backend(device, dtype)
+    return _instances[key]

@@ -127,3 +127,10 @@ class CupyBackend:
     def sum_rows(self, x, out):
         rows, cols = x.shape
         self._launch("sum_rows", cols, (np.int64(rows), np.int64(cols), cp.ascontiguousarray(x), out))
+
+    def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
+        rows, V = logits.shape
+        self._launch("softmax_xent", rows,
+                     (np.int64(rows), np.int64(V), cp.ascontiguousarray(logits),
+                      cp.ascontiguousarray(targets, dtype=cp.int64), np.int64(ignore_index),
+                      inv_count.reshape(1), loss_rows, grad))

@@ -68,6 +68,7 @@ def load_library():
         getattr(lib, f"gl_cell_forward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp]
         getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp]
         getattr(lib, f"gl_sum_rows_{suffix}").argtypes = [ll, ll, vp, vp]
+        getattr(lib, f"gl_softmax_xent_{suffix}").argtypes = [ll, ll, vp, vp, ll, vp, vp, vp]
     _lib = lib
     return lib
 
@@ -92,6 +93,7 @@ class HostKernelBackend(NumpyBackend):
         self._fwd = getattr(lib, f"gl_cell_forward_{suffix}")
         self._bwd = getattr(lib, f"gl_cell_backward_{suffix}")
         self._sum = getattr(lib, f"gl_sum_rows_{suffix}")
+        self._xent = getattr(lib, f"gl_softmax_xent_{suffix}")
 
     def describe(self):
         return f"CPU, CUDA kernels built by {compiler()} (host test backend)"
@@ -111,3 +113,12 @@ class HostKernelBackend(NumpyBackend):
     def sum_rows(self, x, out):
         rows, cols = x.shape
         self._sum(rows, cols, _ptr("x", np.ascontiguousarray(x), self.dtype), _ptr("out", out, self.dtype))
+
+    def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
+        rows, V = logits.shape
+        d = self.dtype
+        if targets.dtype != np.int64 or not targets.flags.c_contiguous:
+            raise ValueError("targets: host kernels need a C-contiguous int64 array")
+        self._xent(rows, V, _ptr("logits", logits, d), targets.ctypes.data, int(ignore_index),
+                   _ptr("inv_count", np.asarray(inv_count, dtype=d).reshape(1), d),
+                   _ptr("loss_rows", loss_rows, d), _ptr("grad", grad, d))

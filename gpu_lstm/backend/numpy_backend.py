@@ -88,3 +88,17 @@ class NumpyBackend:
 
     def sum_rows(self, x, out):
         out += x.sum(axis=0)
+
+    def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
+        """Row-wise softmax cross-entropy (see cuda/lstm_kernels.cu): loss_rows and grad are outputs."""
+        z = logits - logits.max(axis=1, keepdims=True)      # (rows, V), <= 0: exp cannot overflow
+        e = np.exp(z)
+        s = e.sum(axis=1, keepdims=True)
+        valid = targets != ignore_index                      # (rows,)
+        safe_t = np.where(valid, targets, 0)
+        rows = np.arange(len(targets))
+        grad[...] = e / s
+        grad[rows, safe_t] -= 1
+        grad *= inv_count
+        grad[~valid] = 0
+        loss_rows[...] = np.where(valid, np.log(s[:, 0]) - z[rows, safe_t], 0)

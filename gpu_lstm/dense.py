@@ -1,0 +1,101 @@
+"""The prediction layer y = F(W^y h + b^y), eq. (7), with its backward, eqs. (12), (21), (22)."""
+
+import numpy as np
+
+from . import _checks as ck
+from .backend import get_backend
+
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "softmax")
+
+
+class Dense:
+    """Affine layer plus activation, applied to the last axis of any input.
+
+    ``h`` of shape (..., in_features) is flattened to (N, in_features) so all T*B rows go through one
+    GEMM. ``params``: ``"W"`` (out_features, in_features), ``"b"`` (out_features,); ``grads`` the same,
+    accumulated by :meth:`backward`. Initialised uniform in +-1/sqrt(in_features) like torch.nn.Linear.
+    For classification prefer ``activation="identity"`` with
+    :func:`gpu_lstm.losses.softmax_cross_entropy`, which applies the softmax stably itself.
+    """
+
+    def __init__(self, in_features, out_features, activation="identity", *, dtype="float32",
+                 device="auto", seed=None, backend=None):
+        self.in_features = ck.positive_int("in_features", in_features)
+        self.out_features = ck.positive_int("out_features", out_features)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+        self.dtype = ck.float_dtype(dtype)
+        self._be = backend if backend is not None else get_backend(device, self.dtype)
+        self.device = self._be.name
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(self.in_features)
+        self.params = {
+            "W": self._be.asarray("W", rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype)),
+            "b": self._be.asarray("b", rng.uniform(-bound, bound, self.out_features).astype(self.dtype)),
+        }
+        self.grads = {k: self._be.zeros(v.shape) for k, v in self.params.items()}
+        self._saved = None
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g[...] = 0
+
+    def forward(self, h):
+        """h (..., in_features) -> y (..., out_features)."""
+        be, xp = self._be, self._be.xp
+        with be.activate():
+            h = be.asarray("h", h)
+            ck.check_dtype("h", h, self.dtype)
+            if h.ndim < 1 or h.shape[-1] != self.in_features:
+                raise ValueError(f"h: expected last axis of size in_features = {self.in_features}, "
+                                 f"got shape {ck.shape_str(h.shape)}")
+            lead = h.shape[:-1]
+            h2 = xp.ascontiguousarray(h.reshape(-1, self.in_features))       # (N, in)
+            z = be.empty((h2.shape[0], self.out_features))                    # (N, out)
+            z[...] = self.params["b"]
+            be.gemm(h2, self.params["W"], z, trans_b=True, beta=1.0)          # eq. (7), inside F
+            y = self._activate(z)
+            self._saved = (h2, y, lead)
+            return y.reshape(lead + (self.out_features,))
+
+    __call__ = forward
+
+    def _activate(self, z):
+        xp = self._be.xp
+        if self.activation == "identity":
+            return z
+        if self.activation == "tanh":
+            return xp.tanh(z)
+        if self.activation == "sigmoid":
+            e = xp.exp(-xp.abs(z))
+            return xp.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype, copy=False)
+        e = xp.exp(z - z.max(axis=1, keepdims=True))                          # softmax, stable
+        return e / e.sum(axis=1, keepdims=True)
+
+    def backward(self, dy):
+        """dy (..., out_features) -> dh (..., in_features); adds dW (eq. 21) and db (eq. 22)."""
+        if self._saved is None:
+            from .lstm import BackwardBeforeForwardError
+            raise BackwardBeforeForwardError("backward: called before forward")
+        be, xp = self._be, self._be.xp
+        h2, y, lead = self._saved
+        with be.activate():
+            dy = be.asarray("dy", dy)
+            ck.check_dtype("dy", dy, self.dtype)
+            ck.check_shape("dy", dy, lead + (self.out_features,))
+            dy = dy.reshape(-1, self.out_features)
+            # delta-y (.) F'(x): the factor that eqs. (12), (21), (22) share.
+            if self.activation == "identity":
+                dz = xp.ascontiguousarray(dy)
+            elif self.activation == "tanh":
+                dz = dy * (1 - y * y)
+            elif self.activation == "sigmoid":
+                dz = dy * y * (1 - y)
+            else:  # softmax Jacobian-vector product: s (.) (dy - <dy, s>)
+                dz = y * (dy - (dy * y).sum(axis=1, keepdims=True))
+            be.gemm(dz, h2, self.grads["W"], trans_a=True, beta=1.0)          # eq. (21)
+            be.sum_rows(dz, self.grads["b"])                                  # eq. (22)
+            dh = be.empty((dz.shape[0], self.in_features))
+            be.gemm(dz, self.params["W"], dh)                                 # eq. (12): (W^y)^T (...)
+            return dh.reshape(lead + (self.in_features,))
