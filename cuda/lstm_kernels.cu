@@ -117,6 +117,8 @@ __global__ void softmax_xent(const long long rows, const long long V, const T* _
             const A p = gl_exp(gl_load(z[j]) - m) * inv_s;
             gr[j] = gl_store<T>((p - (j == t ? A(1) : A(0))) * scale);
         }
-        loss_rows[r] = gl_store<T>(gl_log(s) + m - gl_load(z[t]));   // -log softmax(z)[t]
+        // -log softmax(z)[t], with (z_t - max) formed first: adding max to log(s) before
+        // subtracting z_t would cancel catastrophically for large logits.
+        loss_rows[r] = gl_store<T>(gl_log(s) - (gl_load(z[t]) - m));
     }
 }

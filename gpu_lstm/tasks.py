@@ -94,27 +94,69 @@ class StreamBatches:
 
 # ---- training loop --------------------------------------------------------------------------------------
 class Progress:
-    """One status line: redrawn in place on a terminal, printed every `every` steps otherwise."""
+    """One status line: redrawn in place on a terminal (at most 5 times a second), printed every
+    ``every`` steps otherwise. Reading the loss syncs with the GPU, so it is only read when shown."""
 
     def __init__(self, total, every, stream=None):
         self.total, self.every = total, max(1, every)
         self.stream = stream or sys.stdout
-        self.tty = self.stream.isatty()
-        self.t0 = time.perf_counter()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = self.last = time.perf_counter()
 
-    def update(self, step, loss, tokens):
-        if not (self.tty or step % self.every == 0 or step == self.total):
-            return
-        dt = time.perf_counter() - self.t0
+    def due(self, step):
+        if step == self.total:
+            return True
+        if self.tty:
+            return time.perf_counter() - self.last > 0.2
+        return step % self.every == 0
+
+    def show(self, step, loss, tokens):
+        self.last = now = time.perf_counter()
         width = 24
         done = int(width * step / self.total)
         bar = "#" * done + "." * (width - done)
-        line = f"[{bar}] step {step}/{self.total}  loss {loss:.4f}  {tokens / max(dt, 1e-9):,.0f} tokens/s"
+        line = (f"[{bar}] step {step}/{self.total}  loss {loss:.4f}  "
+                f"{tokens / max(now - self.t0, 1e-9):,.0f} tokens/s")
         if self.tty:
             self.stream.write("\r" + line + ("\n" if step == self.total else ""))
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+def fit(model, optimizer, next_batch, loss_fn, steps, clip=1.0, log_every=100, stream=None,
+        transform=None):
+    """The training loop shared by the tasks.
+
+    ``next_batch(state) -> (x, target, state)`` supplies device arrays and the (h, c) to start from
+    (None, or the state returned by the previous forward for truncated BPTT). ``loss_fn(pred, target)
+    -> (loss, dpred)``. ``transform(loss) -> number`` maps the logged loss (e.g. nats to bits).
+    Returns (history [(step, loss)], seconds, tokens).
+    """
+    transform = transform or float
+    progress = Progress(steps, log_every, stream)
+    record_every = max(1, log_every // 4)
+    history, tokens, state = [], 0, None
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        x, target, state = next_batch(state)
+        model.zero_grad()
+        pred, state = model(x, state)
+        loss, dpred = loss_fn(pred, target)
+        model.backward(dpred)
+        if clip:
+            clip_grad_norm(model.grads, clip)
+        optimizer.step()
+        tokens += x.shape[0] * x.shape[1]
+        record = step == 1 or step % record_every == 0 or step == steps
+        show = progress.due(step)
+        if record or show:
+            value = transform(loss)
+            if record:
+                history.append((step, value))
+            if show:
+                progress.show(step, value, tokens)
+    return history, time.perf_counter() - t0, tokens
 
 
 def make_optimizer(model, name, lr, weight_decay=0.0):
@@ -163,24 +205,12 @@ def train_adding(steps=2000, T=100, B=64, hidden=64, layers=1, lr=1e-2, clip=1.0
         return float(mse_loss(pred, y_test)[0])
 
     baseline = float(((y_test - 1.0) ** 2).mean())
-    progress = Progress(steps, log_every, stream)
-    history, t0, tokens = [], time.perf_counter(), 0
-    for step in range(1, steps + 1):
+
+    def next_batch(state):
         x, y = adding_batch(rng, T, B, dtype)
-        x, y = xp.asarray(x), xp.asarray(y)
-        model.zero_grad()
-        pred, _ = model(x)
-        loss, dpred = mse_loss(pred, y)
-        model.backward(dpred)
-        if clip:
-            clip_grad_norm(model.grads, clip)
-        opt.step()
-        tokens += T * B
-        if step % max(1, log_every // 4) == 0 or step == steps:
-            lv = float(loss)
-            history.append((step, lv))
-            progress.update(step, lv, tokens)
-    wall = time.perf_counter() - t0
+        return xp.asarray(x), xp.asarray(y), None     # independent sequences: no state carried
+
+    history, wall, tokens = fit(model, opt, next_batch, mse_loss, steps, clip, log_every, stream)
     test_mse = evaluate()
     os.makedirs(out_dir, exist_ok=True)
     ckpt = save_checkpoint(os.path.join(out_dir, "checkpoint.npz"), model, opt,
@@ -206,27 +236,14 @@ def train_charlm(steps=2000, T=64, B=32, hidden=256, layers=1, lr=3e-3, clip=1.0
     opt = make_optimizer(model, optimizer, lr)
     xp = model.xp
     batches = StreamBatches(train_ids, T, B)
-    state = None
-    progress = Progress(steps, log_every, stream)
-    history, t0, tokens = [], time.perf_counter(), 0
-    for step in range(1, steps + 1):
+
+    def next_batch(state):
         xi, yi, reset = batches.next()
-        if reset:
-            state = None
-        x = one_hot(xp.asarray(xi), V, model.dtype, xp)
-        model.zero_grad()
-        logits, state = model(x, state)      # state carried: truncated BPTT across chunks
-        loss, dlogits = softmax_cross_entropy(logits, xp.asarray(yi))
-        model.backward(dlogits)
-        if clip:
-            clip_grad_norm(model.grads, clip)
-        opt.step()
-        tokens += T * B
-        if step % max(1, log_every // 4) == 0 or step == steps:
-            lv = float(loss)
-            history.append((step, nats_to_bits(lv)))
-            progress.update(step, nats_to_bits(lv), tokens)
-    wall = time.perf_counter() - t0
+        # Carry (h, c) from the previous chunk of the same streams: truncated BPTT.
+        return one_hot(xp.asarray(xi), V, model.dtype, xp), xp.asarray(yi), None if reset else state
+
+    history, wall, tokens = fit(model, opt, next_batch, softmax_cross_entropy, steps, clip, log_every,
+                                stream, transform=nats_to_bits)
     test_bpc = evaluate_bpc(model, test_ids, V)
     os.makedirs(out_dir, exist_ok=True)
     ckpt = save_checkpoint(os.path.join(out_dir, "checkpoint.npz"), model, opt,
@@ -240,18 +257,22 @@ def train_charlm(steps=2000, T=64, B=32, hidden=256, layers=1, lr=3e-3, clip=1.0
             "sample": text_sample, "history": history}
 
 
-def evaluate_bpc(model, ids, V, T=256):
-    """Bits per character of ``ids`` under the model (one stream, state carried, eval mode)."""
+def evaluate_bpc(model, ids, V, T=128, streams=16):
+    """Bits per character of ``ids`` under the model, in eval mode. The text is read as ``streams``
+    contiguous parallel streams with the state carried along each, so only ~len/streams sequential
+    steps are needed; each stream's first characters are predicted without earlier context."""
     xp = model.xp
+    streams = max(1, min(streams, (len(ids) - 1) // 2))
+    batches = StreamBatches(ids, 1, streams)
+    n = batches.n
     model.eval()
     state, total, count = None, 0.0, 0
-    for s in range(0, len(ids) - 1, T):
-        xi = ids[s: min(s + T, len(ids) - 1)]
-        yi = ids[s + 1: s + 1 + len(xi)]
-        logits, state = model(one_hot(xp.asarray(xi[:, None]), V, model.dtype, xp), state)
-        loss, _ = softmax_cross_entropy(logits, xp.asarray(yi[:, None]))
-        total += float(loss) * len(xi)
-        count += len(xi)
+    for s in range(0, n, T):
+        xi, yi = batches.inputs[s: s + T], batches.targets[s: s + T]          # (t, streams)
+        logits, state = model(one_hot(xp.asarray(xi), V, model.dtype, xp), state)
+        loss, _ = softmax_cross_entropy(logits, xp.asarray(yi))
+        total += float(loss) * yi.size
+        count += yi.size
     model.train()
     return nats_to_bits(total / max(count, 1))
 

@@ -1,0 +1,91 @@
+"""Checkpoints: bitwise round trip, atomic writes, clear errors for wrong or corrupt files."""
+
+import os
+
+import numpy as np
+import pytest
+
+from gpu_lstm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gpu_lstm.losses import mse_loss
+from gpu_lstm.model import SequenceModel
+from gpu_lstm.optim import Adam
+
+
+def _trained(seed=0, steps=3):
+    rng = np.random.default_rng(seed)
+    m = SequenceModel(2, 5, 1, 2, head="last", device="cpu", seed=seed)
+    opt = Adam(m.params, m.grads, lr=1e-2)
+    for _ in range(steps):
+        x = rng.standard_normal((4, 3, 2)).astype(np.float32)
+        m.zero_grad()
+        out, _ = m(x)
+        m.backward(mse_loss(out, np.ones_like(out))[1])
+        opt.step()
+    return m, opt
+
+
+def test_round_trip_is_bitwise_and_training_continues_identically(tmp_path):
+    m, opt = _trained()
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, m, opt, extra={"note": "x"})
+    m2 = SequenceModel(2, 5, 1, 2, head="last", device="cpu", seed=99)
+    opt2 = Adam(m2.params, m2.grads, lr=1e-2)
+    meta = load_checkpoint(path, m2, opt2)
+    assert meta["extra"] == {"note": "x"} and meta["optimizer"]["step_count"] == 3
+    for k in m.params:
+        np.testing.assert_array_equal(m2.params[k], m.params[k])
+        for s in opt.slots:
+            np.testing.assert_array_equal(opt2.state[k][s], opt.state[k][s])
+    x = np.random.default_rng(7).standard_normal((4, 3, 2)).astype(np.float32)
+    for model, o in ((m, opt), (m2, opt2)):
+        model.zero_grad()
+        out, _ = model(x)
+        model.backward(mse_loss(out, np.ones_like(out))[1])
+        o.step()
+    for k in m.params:
+        np.testing.assert_array_equal(m2.params[k], m.params[k])
+
+
+def test_wrong_shapes_give_a_clear_error_and_leave_the_model_alone(tmp_path):
+    m, opt = _trained()
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, m, opt)
+    other = SequenceModel(2, 6, 1, 2, head="last", device="cpu", seed=1)
+    before = {k: v.copy() for k, v in other.params.items()}
+    with pytest.raises(CheckpointError, match=r"parameter 'lstm.l0.W' is float32 \(20, 2\), the model expects float32 \(24, 2\)"):
+        load_checkpoint(path, other)
+    fewer = SequenceModel(2, 5, 1, 1, head="last", device="cpu")
+    with pytest.raises(CheckpointError, match="unexpected"):
+        load_checkpoint(path, fewer)
+    for k in before:
+        np.testing.assert_array_equal(other.params[k], before[k])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_files(tmp_path, damage):
+    m, opt = _trained()
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, m, opt)
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(500), "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(path, m)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.npz", m)
+
+
+def test_crash_mid_save_keeps_the_old_file(tmp_path, monkeypatch):
+    m, opt = _trained()
+    path = tmp_path / "ck.npz"
+    save_checkpoint(path, m, opt)
+    good = path.read_bytes()
+
+    def crash(f, **arrays):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, m, opt)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["ck.npz"]   # no temporary file left behind

@@ -1,0 +1,144 @@
+"""Gradient checks (float64 central differences) for the prediction layer, the losses and the model."""
+
+import numpy as np
+import pytest
+
+import gpu_lstm as gl
+from gpu_lstm.dense import Dense
+from gpu_lstm.gradcheck import numeric_gradient, relative_error
+from gpu_lstm.losses import mse_loss, softmax_cross_entropy
+from gpu_lstm.model import SequenceModel
+
+TOL = 1e-6
+
+
+@pytest.mark.parametrize("activation", ["identity", "sigmoid", "tanh", "softmax"])
+@pytest.mark.parametrize("lead", [(5,), (3, 4)])   # last step only (B, H) or every step (T, B, H)
+def test_dense_gradients(activation, lead):
+    rng = np.random.default_rng(0)
+    d = Dense(6, 4, activation, dtype="float64", device="cpu", seed=1)
+    h = rng.standard_normal(lead + (6,))
+    gy = rng.standard_normal(lead + (4,))
+    loss = lambda: float((d(h) * gy).sum())  # noqa: E731
+    d(h)
+    dh = d.backward(gy)
+    assert dh.shape == h.shape
+    assert relative_error(dh, numeric_gradient(loss, h, 1e-6)) < TOL
+    for k in ("W", "b"):
+        assert relative_error(d.grads[k], numeric_gradient(loss, d.params[k], 1e-6)) < TOL, k
+
+
+def test_dense_softmax_rows_sum_to_one_and_errors():
+    d = Dense(3, 5, "softmax", dtype="float64", device="cpu", seed=0)
+    y = d(np.random.default_rng(0).standard_normal((7, 3)) * 100)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, rtol=1e-14)
+    with pytest.raises(ValueError, match="activation"):
+        Dense(3, 5, "relu6")
+    with pytest.raises(ValueError, match="in_features = 3"):
+        d(np.zeros((2, 4)))
+    with pytest.raises(ValueError, match=r"dy: expected shape = \(7, 5\)"):
+        d.backward(np.zeros((7, 4)))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_mse_gradient(masked):
+    rng = np.random.default_rng(1)
+    pred, target = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    mask = (rng.uniform(size=(4, 3)) > 0.4).astype(float) if masked else None
+    loss, grad = mse_loss(pred, target, mask)
+    f = lambda: float(mse_loss(pred, target, mask)[0])  # noqa: E731
+    assert relative_error(grad, numeric_gradient(f, pred, 1e-6)) < TOL
+    expected = ((pred - target) ** 2 * (1 if mask is None else mask)).sum() / (pred.size if mask is None else mask.sum())
+    assert abs(float(loss) - expected) < 1e-14
+    with pytest.raises(ValueError, match="target: expected shape"):
+        mse_loss(pred, target[:2])
+
+
+def test_softmax_cross_entropy_value_gradient_and_ignore_index():
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((3, 4, 6))
+    targets = rng.integers(0, 6, (3, 4))
+    targets[0, 1] = targets[2, 3] = -100
+    loss, grad = softmax_cross_entropy(logits, targets)
+    valid = targets != -100
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(logp, np.where(valid, targets, 0)[..., None], -1)[..., 0][valid].mean()
+    assert abs(float(loss) - expected) < 1e-13
+    f = lambda: float(softmax_cross_entropy(logits, targets)[0])  # noqa: E731
+    assert relative_error(grad, numeric_gradient(f, logits, 1e-6)) < TOL
+    assert not grad[0, 1].any() and not grad[2, 3].any()
+
+
+def test_softmax_cross_entropy_is_stable_and_checks_targets():
+    logits = np.array([[1e4, 0.0, -1e4], [-1e4, -1e4, 1e4]])
+    with np.errstate(over="raise", invalid="raise"):
+        loss, grad = softmax_cross_entropy(logits, np.array([1, 2]))
+    assert np.isfinite(grad).all()
+    assert abs(float(loss) - 1e4 / 2) < 1e-9
+    with pytest.raises(ValueError, match=r"values must be in \[0, 3\)"):
+        softmax_cross_entropy(logits, np.array([3, 0]))
+    with pytest.raises(TypeError, match="integer"):
+        softmax_cross_entropy(logits, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"targets: expected shape \(2\)"):
+        softmax_cross_entropy(logits, np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_xent_host_kernel_matches_numpy(dtype):
+    from gpu_lstm.backend import host_backend
+    from gpu_lstm.backend.numpy_backend import NumpyBackend
+    from cpu_kernel_support import unavailable
+    if host_backend.compiler() is None:
+        unavailable("no host C++ compiler")
+    rng = np.random.default_rng(3)
+    z = (rng.standard_normal((37, 11)) * np.array([1.0] * 30 + [1e3] * 7)[:, None]).astype(dtype)
+    t = rng.integers(0, 11, 37).astype(np.int64)
+    t[[0, 5]] = -100
+    inv = np.array(1 / 35, dtype=dtype)
+    outs = []
+    for be in (NumpyBackend(dtype), host_backend.HostKernelBackend(dtype)):
+        rows, grad = np.empty(37, dtype), np.empty((37, 11), dtype)
+        be.softmax_xent(z, t, -100, inv, rows, grad)
+        outs.append((rows, grad))
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(outs[1][0], outs[0][0], **tol)
+    np.testing.assert_allclose(outs[1][1], outs[0][1], **tol)
+
+
+@pytest.mark.parametrize("head", ["all", "last"])
+def test_whole_model_gradient_check(head):
+    rng = np.random.default_rng(4)
+    m = SequenceModel(3, 4, 5, 2, head=head, dtype="float64", device="cpu", seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    targets = rng.integers(0, 5, (5, 2) if head == "all" else (2,))
+
+    def loss():
+        return float(softmax_cross_entropy(m(x)[0], targets)[0])
+
+    m.zero_grad()
+    out, _ = m(x)
+    m.backward(softmax_cross_entropy(out, targets)[1])
+    for k, p in m.params.items():
+        assert relative_error(m.grads[k], numeric_gradient(loss, p, 1e-6)) < TOL, k
+    m.eval()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        m.backward(out)
+
+
+def test_gradient_flow_diagnostics():
+    rng = np.random.default_rng(5)
+    lstm = gl.LSTM(3, 4, 2, dtype="float64", device="cpu", seed=0)
+    lstm.track_gradient_flow = True
+    x = rng.standard_normal((6, 2, 3))
+    y, (h, c) = lstm(x)
+    dy = np.zeros_like(y)
+    dy[-1] = rng.standard_normal(dy[-1].shape)   # error only at the end: flows backwards in time
+    dh_n, dc_n = rng.standard_normal(h.shape), rng.standard_normal(c.shape)
+    _, (_, dc0) = lstm.backward(dy, (dh_n, dc_n))
+    flow = lstm.gradient_flow
+    assert set(flow) == {"l0", "l1"} and flow["l1"]["dh"].shape == (6,) and flow["l1"]["dc"].shape == (6,)
+    # delta-h(T-1) of the top layer is dy(T-1) + dh_n, eq. (14) with nothing after the last step.
+    assert abs(flow["l1"]["dh"][-1] - np.linalg.norm(dy[-1] + dh_n[1])) < 1e-12
+    # delta-c(0) from the diagnostics times f(0) is what the fused backward returned as dc0.
+    f0 = lstm._saved.gates[0][0][:, gl.gates.gate_slice("f", 4)]
+    assert abs(flow["l0"]["dc"][0] - np.linalg.norm(dc0[0] / f0)) < 1e-12

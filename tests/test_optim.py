@@ -1,0 +1,78 @@
+"""Each optimizer against a step computed by hand; clipping by global norm and by value."""
+
+import numpy as np
+import pytest
+
+from gpu_lstm.optim import SGD, Adam, AdamW, clip_grad_norm, clip_grad_value, global_grad_norm
+
+
+def _setup():
+    p = {"a": np.array([1.0, -2.0]), "b": np.array([[0.5]])}
+    g = {"a": np.array([0.1, 0.4]), "b": np.array([[-1.0]])}
+    return p, g
+
+
+def test_sgd_plain_and_momentum_by_hand():
+    p, g = _setup()
+    SGD(p, g, lr=0.1).step()
+    np.testing.assert_allclose(p["a"], [1.0 - 0.01, -2.0 - 0.04], rtol=1e-15)
+    p, g = _setup()
+    opt = SGD(p, g, lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt.step()
+    v1 = np.array([0.1, 0.4]) + 0.01 * np.array([1.0, -2.0])
+    a1 = np.array([1.0, -2.0]) - 0.1 * v1
+    np.testing.assert_allclose(p["a"], a1, rtol=1e-15)
+    opt.step()
+    v2 = 0.9 * v1 + (np.array([0.1, 0.4]) + 0.01 * a1)
+    np.testing.assert_allclose(p["a"], a1 - 0.1 * v2, rtol=1e-15)
+
+
+@pytest.mark.parametrize("cls", [Adam, AdamW])
+def test_adam_two_steps_by_hand(cls):
+    p, g = _setup()
+    lr, b1, b2, eps, wd = 0.01, 0.9, 0.99, 1e-8, 0.1
+    opt = cls(p, g, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
+    x, gr = np.array([1.0, -2.0]), np.array([0.1, 0.4])
+    m = v = np.zeros(2)
+    for t in (1, 2):
+        opt.step()
+        geff = gr + wd * x if cls is Adam else gr
+        if cls is AdamW:
+            x = x * (1 - lr * wd)
+        m = b1 * m + (1 - b1) * geff
+        v = b2 * v + (1 - b2) * geff ** 2
+        x = x - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+        np.testing.assert_allclose(p["a"], x, rtol=1e-14)
+
+
+def test_optimizer_argument_checks():
+    p, g = _setup()
+    with pytest.raises(ValueError, match="betas"):
+        Adam(p, g, betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match="lr"):
+        SGD(p, g, lr=-1)
+    with pytest.raises(ValueError, match="keys"):
+        SGD(p, {"a": g["a"]})
+    with pytest.raises(ValueError, match="shape"):
+        SGD(p, {"a": g["a"], "b": np.zeros(3)})
+
+
+def test_clip_grad_norm():
+    _, g = _setup()
+    norm = np.sqrt(0.01 + 0.16 + 1.0)
+    assert abs(float(global_grad_norm(g)) - norm) < 1e-15
+    before = {k: v.copy() for k, v in g.items()}
+    returned = clip_grad_norm(g, 0.5)
+    assert abs(float(returned) - norm) < 1e-15
+    assert abs(float(global_grad_norm(g)) - 0.5) < 1e-5
+    np.testing.assert_allclose(g["a"] / before["a"], g["b"].ravel()[0] / before["b"].ravel()[0])  # direction kept
+    small = {"a": np.array([0.1])}
+    clip_grad_norm(small, 10.0)
+    assert small["a"][0] == 0.1
+
+
+def test_clip_grad_value():
+    _, g = _setup()
+    clip_grad_value(g, 0.2)
+    np.testing.assert_array_equal(g["a"], [0.1, 0.2])
+    np.testing.assert_array_equal(g["b"], [[-0.2]])
