@@ -8,9 +8,8 @@ from ..gates import GATE_INDEX
 
 
 def _sigmoid(z):
-    # Stable logistic: exp is only taken of non-positive numbers, so no overflow for large |z|.
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
+    """Stable logistic: 0.5 tanh(z/2) + 0.5 never overflows, and costs one transcendental."""
+    return 0.5 * np.tanh(0.5 * z) + 0.5
 
 
 class NumpyBackend:
@@ -19,6 +18,7 @@ class NumpyBackend:
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
+        self._affine = {}   # H -> (scale, shift) over the 4H gate axis, see cell_forward
 
     # ---- arrays -------------------------------------------------------------------------------
     def describe(self):
@@ -50,41 +50,64 @@ class NumpyBackend:
     # ---- the seam -----------------------------------------------------------------------------
     def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
         """out = op(a) @ op(b) + beta * out, for 2-D arrays."""
-        prod = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        A, B = (a.T if trans_a else a), (b.T if trans_b else b)
         if beta == 0.0:
-            out[...] = prod
+            np.matmul(A, B, out=out)   # straight into out: no temporary
             return
         if beta != 1.0:
             out *= beta
-        out += prod
+        out += A @ B
 
     def _split(self, gates):
         H = gates.shape[-1] // 4
         return [gates[..., GATE_INDEX[n] * H:(GATE_INDEX[n] + 1) * H] for n in "ifgo"]
 
+    def _gate_affine(self, H):
+        """Per-column (scale, shift) with act = shift + scale * tanh(scale * z) for all four gates:
+        scale 1/2, shift 1/2 gives sigma(z) = 1/2 + 1/2 tanh(z/2) for i, f, o; scale 1, shift 0
+        gives tanh(z) for g. One tanh over the whole (B, 4H) slice instead of four passes."""
+        if H not in self._affine:
+            scale = np.full(4 * H, 0.5, dtype=self.dtype)
+            shift = np.full(4 * H, 0.5, dtype=self.dtype)
+            g = slice(GATE_INDEX["g"] * H, (GATE_INDEX["g"] + 1) * H)
+            scale[g], shift[g] = 1.0, 0.0
+            self._affine[H] = (scale, shift)
+        return self._affine[H]
+
     def cell_forward(self, gates, bias, c_prev, c, h):
-        # gates: (B, 4H) pre-activations without bias in, activated i, f, g, o out
+        # gates: (B, 4H) pre-activations without bias in, activated i, f, g, o out (in place)
+        scale, shift = self._gate_affine(c.shape[-1])
         if bias is not None:
             gates += bias
-        zi, zf, zg, zo = self._split(gates)
-        i = _sigmoid(zi)          # eq. (2)
-        f = _sigmoid(zf)          # eq. (1)
-        g = np.tanh(zg)           # eq. (4)
-        o = _sigmoid(zo)          # eq. (3)
-        c[...] = g * i + c_prev * f   # eq. (5)
-        h[...] = o * np.tanh(c)       # eq. (6)
-        zi[...], zf[...], zg[...], zo[...] = i, f, g, o
+        gates *= scale
+        np.tanh(gates, out=gates)
+        gates *= scale
+        gates += shift                       # eqs. (1)-(4): i, f, o = sigma(z), g = tanh(z)
+        i, f, g, o = self._split(gates)
+        np.multiply(g, i, out=c)
+        c += c_prev * f                      # eq. (5)
+        np.tanh(c, out=h)
+        h *= o                               # eq. (6)
 
     def cell_backward(self, gates, c, c_prev, dh, dc_carry, dgates):
         i, f, g, o = self._split(gates)
         dzi, dzf, dzg, dzo = self._split(dgates)
         tc = np.tanh(c)
-        dc = dh * o * (1 - tc * tc) + dc_carry   # eq. (16); dc_carry = delta-c(t+1) f(t+1)
-        dzo[...] = (dh * tc) * o * (1 - o)       # eq. (17) times sigma'
-        dzf[...] = (dc * c_prev) * f * (1 - f)   # eq. (18)
-        dzi[...] = (dc * g) * i * (1 - i)        # eq. (19)
-        dzg[...] = (dc * i) * (1 - g * g)        # eq. (20) times tanh'
-        dc_carry[...] = dc * f                   # second term of eq. (16) for step t-1
+        np.multiply(dh, tc, out=dzo)
+        dzo *= o * (1 - o)                   # eq. (17) times sigma'
+        tc *= tc
+        np.subtract(1, tc, out=tc)
+        tc *= o
+        tc *= dh
+        dc = tc
+        dc += dc_carry                       # eq. (16); dc_carry = delta-c(t+1) f(t+1)
+        np.multiply(dc, c_prev, out=dzf)
+        dzf *= f * (1 - f)                   # eq. (18)
+        np.multiply(dc, g, out=dzi)
+        dzi *= i * (1 - i)                   # eq. (19)
+        np.multiply(dc, i, out=dzg)
+        dzg *= 1 - g * g                     # eq. (20) times tanh'
+        np.multiply(dc, f, out=dc_carry)     # second term of eq. (16) for step t-1
 
     def sum_rows(self, x, out):
         out += x.sum(axis=0)
