@@ -128,6 +128,18 @@ def cmd_sample(args):
     return 0
 
 
+def cmd_bench(args):
+    from gpu_lstm import bench
+    return bench.main(args)
+
+
+def cmd_profile(args):
+    from gpu_lstm.backend import resolve_device
+    from gpu_lstm.profile import print_profile
+    print_profile(resolve_device(args.device), args.H, args.B, args.T, args.reps)
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="gpu-lstm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -164,6 +176,19 @@ def build_parser():
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     s.set_defaults(func=cmd_sample)
+    b = sub.add_parser("bench", help="time gpu_lstm against torch.nn.LSTM (cuDNN on a GPU) side by side")
+    b.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    b.add_argument("--quick", action="store_true", help="a few shapes only")
+    b.add_argument("--reps", type=int, default=None, help="timed repetitions per row (median reported)")
+    b.add_argument("--json", default=None, help="write raw results with the environment to this file")
+    b.set_defaults(func=cmd_bench)
+    p_ = sub.add_parser("profile", help="where one training step's time goes (GEMMs, kernels, gaps)")
+    p_.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    p_.add_argument("-H", type=int, default=512)
+    p_.add_argument("-B", type=int, default=64)
+    p_.add_argument("-T", type=int, default=100)
+    p_.add_argument("--reps", type=int, default=5)
+    p_.set_defaults(func=cmd_profile)
     i = sub.add_parser("info", help="versions, backends found and the device")
     i.set_defaults(func=cmd_info)
     return p
