@@ -162,11 +162,8 @@ def environment(device):
 
 
 def _torch_available():
-    try:
-        import torch  # noqa: F401
-        return True
-    except Exception:
-        return False
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
 
 
 def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=MODES, log=print):

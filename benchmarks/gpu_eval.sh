@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole GPU evaluation in one go, on a CUDA machine, in well under 20 minutes:
+# GPU tests and `gpu-lstm check` (gpu_verify.sh), the full benchmark against cuDNN (JSON + table),
+# the plot, and a profile of one training step at (512, 64, 100).
+#   bash benchmarks/gpu_eval.sh OUTDIR
+# Installs nothing: needs python3 with numpy, pytest, cupy (and torch for the cuDNN columns,
+# matplotlib for the plot). Runs the package from this checkout.
+set -uo pipefail
+OUT=${1:?usage: gpu_eval.sh OUTDIR}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+START=$(date +%s)
+bash benchmarks/gpu_verify.sh "$OUT"
+{
+  echo "# gpu-lstm bench --device gpu ($(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null))"
+  python3 -m gpu_lstm bench --device gpu --json "$OUT/bench_gpu.json" 2>&1
+  echo
+  echo "# gpu-lstm profile --device gpu -H 512 -B 64 -T 100"
+  python3 -m gpu_lstm profile --device gpu -H 512 -B 64 -T 100 2>&1
+  echo
+  echo "# gpu-lstm bench --device cpu --quick"
+  python3 -m gpu_lstm bench --device cpu --quick --json "$OUT/bench_cpu.json" 2>&1
+} | tee "$OUT/bench.log"
+python3 benchmarks/plot_results.py "$OUT/bench_gpu.json" "$OUT/bench_gpu.png" 2>&1 | tee -a "$OUT/bench.log"
+echo "total $(( $(date +%s) - START )) s" | tee -a "$OUT/bench.log"

@@ -1,0 +1,60 @@
+"""Smoke tests of the benchmark harness and the profiler on the CPU (CI-sized)."""
+
+import json
+
+import pytest
+
+from gpu_lstm import bench
+from gpu_lstm.cli import main
+from gpu_lstm.profile import profile_training_step
+
+
+def test_cpu_bench_rows_and_json(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    assert main(["bench", "--device", "cpu", "--quick", "--reps", "2", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "inference" in out and "training" in out
+    data = json.loads(path.read_text())
+    env = data["environment"]
+    for key in ("gpu_lstm", "numpy", "date", "command", "device_name"):
+        assert env[key]
+    rows = data["rows"]
+    assert [r["mode"] for r in rows] == ["inference", "training"]
+    for r in rows:
+        assert r["ours_ms"] > 0 and r["ours_tflops"] > 0
+        if env["torch"]:
+            assert r["opponent_ms"] > 0 and r["ratio"] == pytest.approx(r["ours_ms"] / r["opponent_ms"])
+        else:
+            assert r["opponent_ms"] is None and r["ratio"] is None
+
+
+def test_flops_and_floor():
+    assert bench.flops(512, 64, 100, "inference") == 16 * 512 ** 2 * 64 * 100
+    assert bench.flops(512, 64, 100, "training") == 3 * bench.flops(512, 64, 100, "inference")
+    f = bench.floor_ms(512, 64, 100, "training", "GPU 0: NVIDIA H100 80GB HBM3")
+    compute = 1e3 * bench.flops(512, 64, 100, "training") / 67e12     # 1.20 ms at peak FP32
+    launches = 1e3 * 200 * 2 * bench.LAUNCH_S                          # 1.00 ms of dependent launches
+    assert f == pytest.approx(max(compute, launches)) and compute > launches
+    assert bench.floor_ms(256, 1, 1000, "inference", "NVIDIA H100") == pytest.approx(1e3 * 1000 * 2 * bench.LAUNCH_S)
+    assert bench.floor_ms(4096, 64, 25, "inference", "NVIDIA H200")   # defined
+    assert bench.floor_ms(512, 64, 100, "training", "Some Unknown GPU") is None
+
+
+def test_profile_accounts_for_the_step():
+    rows, step, n_ops = profile_training_step("cpu", 32, 4, 6, reps=2)
+    # forward: 1 input GEMM + T x (GEMM + cell); backward: T x (cell + GEMM) + dW, dR, dx GEMMs + db sum
+    assert n_ops == 4 * 6 + 5
+    assert abs(sum(ms for _, ms, _ in rows) - step) < 1e-9
+    assert rows[0][0].startswith("cuBLAS") and rows[0][1] > 0
+
+
+def test_plot_script(tmp_path):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    import pathlib
+    spec = importlib.util.spec_from_file_location("plot_results", pathlib.Path(__file__).parents[1] / "benchmarks" / "plot_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    result = bench.run(device="cpu", quick=True, reps=2, log=lambda s: None)
+    out = mod.plot(result, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 5000 and out.endswith("p.png")
