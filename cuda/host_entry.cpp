@@ -4,13 +4,18 @@
 
 #define GL_HOST_ENTRIES(T, SUFFIX)                                                                   \
     extern "C" void gl_cell_forward_##SUFFIX(long long B, long long H, T* gates, const T* bias,     \
-                                             const T* c_prev, T* c, T* h) {                         \
-        lstm_cell_forward<T>(B, H, gates, bias, c_prev, c, h);                                       \
+                                             const T* peep, const T* c_prev, T* c, T* h) {          \
+        lstm_cell_forward<T>(B, H, gates, bias, peep, c_prev, c, h);                                 \
     }                                                                                                \
-    extern "C" void gl_cell_backward_##SUFFIX(long long B, long long H, const T* gates, const T* c, \
-                                              const T* c_prev, const T* dh, T* dc_carry,            \
-                                              T* dgates) {                                           \
-        lstm_cell_backward<T>(B, H, gates, c, c_prev, dh, dc_carry, dgates);                         \
+    extern "C" void gl_cell_backward_##SUFFIX(long long B, long long H, const T* gates,             \
+                                              const T* peep, const T* c, const T* c_prev,           \
+                                              const T* dh, T* dc_carry, T* dgates, T* dc_out,       \
+                                              const long long* lengths, long long t) {               \
+        lstm_cell_backward<T>(B, H, gates, peep, c, c_prev, dh, dc_carry, dgates, dc_out, lengths, t);\
+    }                                                                                                \
+    extern "C" void gl_seq_carry_##SUFFIX(long long B, long long N, const long long* lengths,        \
+                                          long long t, T* src, T* dst, int move) {                   \
+        seq_carry<T>(B, N, lengths, t, src, dst, move);                                              \
     }                                                                                                \
     extern "C" void gl_sum_rows_##SUFFIX(long long rows, long long cols, const T* x, T* out) {       \
         sum_rows<T>(rows, cols, x, out);                                                             \

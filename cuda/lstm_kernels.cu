@@ -9,11 +9,13 @@
 #include "lstm_math.cuh"
 
 // One time step of eqs. (1)-(6). `gates` holds W x(t) + R h(t-1) on entry (bias not yet added) and
-// the activated gates i, f, g, o on exit: they are what the backward needs. `bias` may be null.
+// the activated gates i, f, g, o on exit: they are what the backward needs. `bias` and `peep`
+// (peephole weights, (3, H) rows i, f, o) may be null. `h` receives o * tanh(c): the hidden state,
+// or the input of the projection GEMM when the layer has one.
 template <typename T>
 __global__ void lstm_cell_forward(const long long B, const long long H, T* __restrict__ gates,
-                                  const T* __restrict__ bias, const T* __restrict__ c_prev,
-                                  T* __restrict__ c, T* __restrict__ h) {
+                                  const T* __restrict__ bias, const T* __restrict__ peep,
+                                  const T* __restrict__ c_prev, T* __restrict__ c, T* __restrict__ h) {
     typedef typename gl_acc<T>::type A;
     const long long n = B * H;
     const long long stride = (long long)blockDim.x * gridDim.x;
@@ -28,8 +30,12 @@ __global__ void lstm_cell_forward(const long long B, const long long H, T* __res
             zi += gl_load(bias[ki]); zf += gl_load(bias[kf]);
             zg += gl_load(bias[kg]); zo += gl_load(bias[ko]);
         }
+        A pi = A(0), pf = A(0), po = A(0);
+        if (peep != 0) {
+            pi = gl_load(peep[j]); pf = gl_load(peep[H + j]); po = gl_load(peep[2 * H + j]);
+        }
         A i, f, g, o, cc, hh;
-        gl_cell_forward(zi, zf, zg, zo, gl_load(c_prev[k]), &i, &f, &g, &o, &cc, &hh);
+        gl_cell_forward(zi, zf, zg, zo, gl_load(c_prev[k]), pi, pf, po, &i, &f, &g, &o, &cc, &hh);
         gb[ki] = gl_store<T>(i); gb[kf] = gl_store<T>(f); gb[kg] = gl_store<T>(g); gb[ko] = gl_store<T>(o);
         c[k] = gl_store<T>(cc);
         h[k] = gl_store<T>(hh);
@@ -38,15 +44,21 @@ __global__ void lstm_cell_forward(const long long B, const long long H, T* __res
 
 // One time step of eqs. (16)-(20) times the activation derivatives.
 //   gates    : activated gates of step t (from lstm_cell_forward), (B, 4H)
+//   peep     : peephole weights (3, H) or null
 //   c, c_prev: c(t), c(t-1), (B, H)
-//   dh       : delta-h(t), (B, H)
-//   dc_carry : in: delta-c(t+1) f(t+1); out: delta-c(t) f(t), (B, H), updated in place
+//   dh       : delta-h(t) (of o * tanh(c) when the layer has a projection), (B, H)
+//   dc_carry : in: the carry from step t+1; out: the carry for step t-1, (B, H), in place
 //   dgates   : out: pre-activation gradients, (B, 4H)
+//   dc_out   : out, may be null: delta-c(t) itself (eq. 16), for gradient-flow diagnostics
+//   lengths  : per-sample sequence lengths (B,) or null. Rows with t >= lengths[b] are padding: their
+//              gradients are zero and their carry passes through unchanged (their state was carried).
 template <typename T>
 __global__ void lstm_cell_backward(const long long B, const long long H, const T* __restrict__ gates,
-                                   const T* __restrict__ c, const T* __restrict__ c_prev,
-                                   const T* __restrict__ dh, T* __restrict__ dc_carry,
-                                   T* __restrict__ dgates) {
+                                   const T* __restrict__ peep, const T* __restrict__ c,
+                                   const T* __restrict__ c_prev, const T* __restrict__ dh,
+                                   T* __restrict__ dc_carry, T* __restrict__ dgates,
+                                   T* __restrict__ dc_out, const long long* __restrict__ lengths,
+                                   const long long t) {
     typedef typename gl_acc<T>::type A;
     const long long n = B * H;
     const long long stride = (long long)blockDim.x * gridDim.x;
@@ -57,13 +69,46 @@ __global__ void lstm_cell_backward(const long long B, const long long H, const T
         T* db = dgates + b * 4 * H;
         const long long ki = GL_GATE_I * H + j, kf = GL_GATE_F * H + j;
         const long long kg = GL_GATE_G * H + j, ko = GL_GATE_O * H + j;
-        A dzi, dzf, dzg, dzo, carry;
+        if (lengths != 0 && t >= lengths[b]) {
+            db[ki] = gl_store<T>(A(0)); db[kf] = gl_store<T>(A(0));
+            db[kg] = gl_store<T>(A(0)); db[ko] = gl_store<T>(A(0));
+            if (dc_out != 0) dc_out[k] = gl_store<T>(A(0));
+            continue;
+        }
+        A pi = A(0), pf = A(0), po = A(0);
+        if (peep != 0) {
+            pi = gl_load(peep[j]); pf = gl_load(peep[H + j]); po = gl_load(peep[2 * H + j]);
+        }
+        A dzi, dzf, dzg, dzo, carry, dc;
         gl_cell_backward(gl_load(gb[ki]), gl_load(gb[kf]), gl_load(gb[kg]), gl_load(gb[ko]),
-                         gl_load(c[k]), gl_load(c_prev[k]), gl_load(dh[k]), gl_load(dc_carry[k]),
-                         &dzi, &dzf, &dzg, &dzo, &carry);
+                         gl_load(c[k]), gl_load(c_prev[k]), pi, pf, po, gl_load(dh[k]),
+                         gl_load(dc_carry[k]), &dzi, &dzf, &dzg, &dzo, &carry, &dc);
+        if (dc_out != 0) dc_out[k] = gl_store<T>(dc);
         db[ki] = gl_store<T>(dzi); db[kf] = gl_store<T>(dzf);
         db[kg] = gl_store<T>(dzg); db[ko] = gl_store<T>(dzo);
         dc_carry[k] = gl_store<T>(carry);
+    }
+}
+
+// Variable-length batches, step t: for every padded row (t >= lengths[b]) of a (B, N) slice,
+// move = 0: dst[b, :] = src[b, :]                    (forward: carry h and c through padding)
+// move = 1: dst[b, :] += src[b, :]; src[b, :] = 0    (backward: delta-h of a carried state flows
+//           to the previous step, and the padded step itself keeps no gradient)
+template <typename T>
+__global__ void seq_carry(const long long B, const long long N, const long long* __restrict__ lengths,
+                          const long long t, T* __restrict__ src, T* __restrict__ dst, const int move) {
+    const long long n = B * N;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
+        const long long b = k / N;
+        if (t >= lengths[b]) {
+            if (move) {
+                dst[k] = gl_store<T>(gl_load(dst[k]) + gl_load(src[k]));
+                src[k] = gl_store<T>(typename gl_acc<T>::type(0));
+            } else {
+                dst[k] = src[k];
+            }
+        }
     }
 }
 

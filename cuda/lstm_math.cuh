@@ -34,38 +34,46 @@ template <typename A> __host__ __device__ __forceinline__ A gl_sigmoid(const A x
     return e / (A(1) + e);
 }
 
-// Forward for one (sample, unit) element. z* are pre-activations (W x + R h(t-1) + b).
+// Forward for one (sample, unit) element. z* are pre-activations (W x + R h(t-1) + b). p* are the
+// optional peephole weights (zero without peepholes): c(t-1) feeds the input and forget gates, c(t)
+// the output gate (the variant in the chain-rules seed; docs/math.md).
 template <typename A>
 __host__ __device__ __forceinline__ void gl_cell_forward(const A zi, const A zf, const A zg, const A zo,
-                                                        const A c_prev, A* i, A* f, A* g, A* o,
-                                                        A* c, A* h) {
-    *i = gl_sigmoid(zi);              // eq. (2)
-    *f = gl_sigmoid(zf);              // eq. (1)
-    *g = gl_tanh(zg);                 // eq. (4)
-    *o = gl_sigmoid(zo);              // eq. (3)
-    *c = (*g) * (*i) + c_prev * (*f); // eq. (5)
-    *h = (*o) * gl_tanh(*c);          // eq. (6)
+                                                        const A c_prev, const A pi, const A pf,
+                                                        const A po, A* i, A* f, A* g, A* o, A* c,
+                                                        A* h) {
+    *i = gl_sigmoid(zi + pi * c_prev);   // eq. (2) (+ peephole)
+    *f = gl_sigmoid(zf + pf * c_prev);   // eq. (1) (+ peephole)
+    *g = gl_tanh(zg);                    // eq. (4)
+    *c = (*g) * (*i) + c_prev * (*f);    // eq. (5)
+    *o = gl_sigmoid(zo + po * (*c));     // eq. (3) (+ peephole on the new cell)
+    *h = (*o) * gl_tanh(*c);             // eq. (6)
 }
 
 // Backward for one element at step t.
 //   dh        : delta-h(t), eq. (14): dy(t) plus R^T times next step's pre-activation gradients
-//   dc_next   : delta-c(t+1) * f(t+1), the second term of eq. (16) (zero after the last step)
+//   dc_next   : the carry from step t+1: delta-c(t+1) f(t+1) (plus, with peepholes, the
+//               pre-activation gradients of i(t+1), f(t+1) times their peephole weights)
 // Outputs the pre-activation gradients (delta-theta times the activation's derivative, which the
-// dW/dR/db GEMMs consume) and delta-c(t) * f(t), the carry for step t-1.
+// dW/dR/db GEMMs consume), the carry for step t-1, and delta-c(t) itself (for diagnostics).
 template <typename A>
 __host__ __device__ __forceinline__ void gl_cell_backward(const A i, const A f, const A g, const A o,
-                                                         const A c, const A c_prev, const A dh,
+                                                         const A c, const A c_prev, const A pi,
+                                                         const A pf, const A po, const A dh,
                                                          const A dc_next, A* dzi, A* dzf, A* dzg,
-                                                         A* dzo, A* dc_carry) {
+                                                         A* dzo, A* dc_carry, A* dc_t) {
     const A tc = gl_tanh(c);
-    const A dc = dh * o * (A(1) - tc * tc) + dc_next; // eq. (16)
     const A d_o = dh * tc;                            // eq. (17)
+    *dzo = d_o * o * (A(1) - o);                      // sigma' = sigma (1 - sigma)
+    // eq. (16), plus the path c(t) -> z_o(t) when the output gate has a peephole
+    const A dc = dh * o * (A(1) - tc * tc) + dc_next + (*dzo) * po;
+    *dc_t = dc;
     const A d_f = dc * c_prev;                        // eq. (18)
     const A d_i = dc * g;                             // eq. (19)
     const A d_g = dc * i;                             // eq. (20)
-    *dzo = d_o * o * (A(1) - o);                      // sigma' = sigma (1 - sigma)
     *dzf = d_f * f * (A(1) - f);
     *dzi = d_i * i * (A(1) - i);
     *dzg = d_g * (A(1) - g * g);                      // tanh' = 1 - tanh^2
-    *dc_carry = dc * f;                               // feeds eq. (16) at step t-1
+    // feeds eq. (16) at step t-1: through f(t), and through the i/f peepholes on c(t-1)
+    *dc_carry = dc * f + (*dzi) * pi + (*dzf) * pf;
 }

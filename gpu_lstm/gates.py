@@ -15,3 +15,8 @@ def gate_slice(name, hidden_size):
     """Slice of the 4H axis that holds gate ``name`` ('i', 'f', 'g' or 'o')."""
     k = GATE_INDEX[name]
     return slice(k * hidden_size, (k + 1) * hidden_size)
+
+
+# Rows of the peephole weights "l{k}.P" (3, H): the gates that look at the cell. The CUDA kernels read
+# rows 0, 1, 2 as i, f, o (cuda/lstm_kernels.cu); tests/test_features.py checks this order.
+PEEPHOLE_ORDER = ("i", "f", "o")

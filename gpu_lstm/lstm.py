@@ -1,27 +1,20 @@
-"""The LSTM layer stack: time loop, buffer layout and GEMM order, written once for every backend.
+"""The LSTM layer stack: layers, directions, options and checks, on top of the per-direction time loop
+in :mod:`gpu_lstm._direction` (written once for every backend).
 
-Equation numbers refer to the derivation in ``shared/seeds`` (mapped in docs/math.md).
-
-Buffer layout of one layer for a forward over T steps and B samples (time-major, row-major):
-
-* ``gates`` (T, B, 4H): W x(t) for all steps from one GEMM, then R h(t-1) added per step; the cell
-  kernel turns step t's slice into the activated gates i, f, g, o that the backward reads.
-* ``h`` (T+1, B, H) and ``c`` (T+1, B, H): slot 0 holds h0/c0, slot t+1 holds h(t)/c(t). So
-  R h(t-1) reads ``h[t]``, the layer's output is the contiguous view ``h[1:]``, and dR is one GEMM
-  against ``h[:T]`` (eq. 24).
-
-The backward reuses one (T, B, H) buffer ``dh`` for delta-h of every layer: it starts as dy (top
-layer) or as the dx of the layer above (stacked-layer seed), and the per-step GEMM adds
-R^T delta into ``dh[t-1]`` (eq. 14) after the fused cell kernel has produced step t's pre-activation
-gradients.
+Between layers, each layer writes its output to ``out[k]`` (T, B, D*P): the forward direction in the
+first P columns, the reverse direction (already put back in forward time order) in the next P, zero at
+padded steps. That buffer, after dropout when it is on, is the next layer's input.
 """
+
+import numbers
 
 import numpy as np
 
 from . import _checks as ck
+from . import _direction as dirn
 from ._nvtx import annotate
 from .backend import get_backend
-from .gates import gate_slice
+from .gates import GATE_INDEX
 
 
 class BackwardBeforeForwardError(RuntimeError, ValueError):
@@ -31,15 +24,25 @@ class BackwardBeforeForwardError(RuntimeError, ValueError):
 class _Workspace:
     """Every buffer a forward and backward of shape (T, B) needs, allocated once per shape."""
 
-    def __init__(self, be, T, B, input_size, H, num_layers):
+    def __init__(self, m, T, B):
+        be, H, P, D, L = m._be, m.hidden_size, m.output_size, m.num_directions, m.num_layers
         self.T, self.B = T, B
-        self.x = be.empty((T, B, input_size))                              # copy of the input
-        self.gates = [be.empty((T, B, 4 * H)) for _ in range(num_layers)]  # activated gates
-        self.h = [be.empty((T + 1, B, H)) for _ in range(num_layers)]      # h0, h(1..T)
-        self.c = [be.empty((T + 1, B, H)) for _ in range(num_layers)]      # c0, c(1..T)
-        self.dgates = be.empty((T, B, 4 * H))   # pre-activation gradients, shared by layers
-        self.dh = be.empty((T, B, H))           # delta-h, shared by layers (see module doc)
-        self.dc = be.empty((B, H))              # delta-c carry between steps
+        self.x = be.empty((T, B, m.input_size))                               # copy of the input
+        self.out = [be.empty((T, B, D * P)) for _ in range(L)]               # layer outputs
+        self.dropped = [be.empty((T, B, D * P)) if k > 0 and m.dropout else None for k in range(L)]
+        self.dirs = [[dirn.DirectionWorkspace(be, T, B, m._layer_input_size(k), H, P, m.proj_size > 0,
+                                              reverse=d == 1) for d in range(D)] for k in range(L)]
+        self.dx = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)]  # per direction
+        self.din = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)]  # summed over directions
+        self.dgates = be.empty((T, B, 4 * H))   # shared by all layers and directions
+        self.dh = be.empty((T, B, P))
+        self.dc = be.empty((B, H))
+        self.dm = be.empty((B, H)) if m.proj_size else None
+        # Per forward: lengths, the reverse-time index, the valid-step mask, dropout masks, inputs.
+        self.lengths = self.rev_index = self.valid = None
+        self.masks = [None] * L
+        self.inputs = [None] * L
+        self.learned_state = False
 
 
 class LSTM:
@@ -48,7 +51,7 @@ class LSTM:
     Parameters
     ----------
     input_size, hidden_size, num_layers : int
-        I, H and the number of stacked layers L. Layer k > 0 takes layer k-1's h as its input.
+        I, H and the number of stacked layers L. Layer k > 0 takes layer k-1's output as its input.
     bias : bool
         Whether the layers have a bias b (4H,).
     batch_first : bool
@@ -59,41 +62,84 @@ class LSTM:
         variable ``GPU_LSTM_DEVICE`` ('cpu' or 'gpu') overrides 'auto'. ('host' runs the CUDA kernel
         source compiled for the CPU; it exists for tests.)
     seed : int or None
-        Seed of the initialisation: uniform in +-1/sqrt(H) like ``torch.nn.LSTM``. The same seed gives
-        the same parameters on every device (they are drawn on the host in float64).
+        Seed of the initialisation (uniform in +-1/sqrt(H) like ``torch.nn.LSTM``; the same seed gives
+        the same parameters on every device) and of the dropout masks.
     check_finite : bool
         If True, forward raises ValueError when x, h0 or c0 hold NaN or Inf. If False (default), such
         values simply propagate into the outputs.
+    bidirectional : bool
+        Add a reverse-time direction to every layer (parameters "l{k}_reverse.*"); outputs are
+        concatenated to 2P features and states are (num_layers * 2, B, P) in PyTorch's order.
+    proj_size : int
+        If > 0 (and < hidden_size), LSTMP: h(t) = W_hr (o * tanh c(t)) with W_hr "l{k}.Whr" (P, H);
+        R becomes (4H, P) and outputs and h states have P features.
+    peephole : bool
+        Diagonal peephole weights "l{k}.P" (3, H), rows (i, f, o): c(t-1) into the input and forget
+        gates, c(t) into the output gate (the variant of the chain-rules seed; docs/math.md).
+    dropout : float
+        Dropout probability on the input of every layer but the first, as in torch.nn.LSTM, in
+        training mode only (see :meth:`train` / :meth:`eval`); masks come from the model's seeded
+        generator, so the same seed gives the same result on the same device, bitwise.
+    forget_bias : float or None
+        If given, the forget-gate bias starts at this value (e.g. 1.0, Jozefowicz et al., 2015).
+    learn_initial_state : bool
+        Learnable initial states "l{k}.h0" (P,) and "l{k}.c0" (H,), zero at first, used (broadcast over
+        the batch) when forward gets no (h0, c0); their gradients are summed over the batch.
 
     Attributes
     ----------
-    params : dict
-        ``"l{k}.W"`` (4H, I_k), ``"l{k}.R"`` (4H, H), ``"l{k}.b"`` (4H,) with gates ordered
-        (i, f, g, o) along the 4H axis (:mod:`gpu_lstm.gates`). Arrays live on the model's device.
-    grads : dict
-        Same keys and shapes; :meth:`backward` adds into them, :meth:`zero_grad` clears them.
+    params, grads : dict
+        ``"l{k}.W"`` (4H, I_k), ``"l{k}.R"`` (4H, P), ``"l{k}.b"`` (4H,), plus the optional arrays
+        above, with the gates ordered (i, f, g, o) along 4H (:mod:`gpu_lstm.gates`); the reverse
+        direction's use the prefix ``"l{k}_reverse"``. ``backward`` adds into ``grads``;
+        ``zero_grad`` clears them.
+
+    Variable lengths: ``forward(x, lengths=...)`` with one length per sample (1..T, any order). Outputs
+    past a sample's length are zero, h_n and c_n are taken at its last valid step, the reverse direction
+    starts at each sample's own end, and padding contributes nothing to any gradient (matches
+    ``pack_padded_sequence(..., enforce_sorted=False)``). A length of 0 is an error.
 
     Gradient-flow diagnostics: with ``track_gradient_flow = True``, each backward fills
-    ``gradient_flow["l{k}"] = {"dh": (T,), "dc": (T,)}``, the L2 norms over the batch of delta-h(t)
-    (eq. 14) and delta-c(t) (eq. 16) per time step, so vanishing or exploding gradients can be seen.
-    This costs an extra pass over the saved activations; it is off by default.
+    ``gradient_flow["l{k}"]`` (and ``"l{k}_reverse"``) with ``{"dh": (T,), "dc": (T,)}``, the L2 norms
+    over the batch of delta-h(t) (eq. 14) and delta-c(t) (eq. 16) per time step (written by the fused
+    backward kernel itself), so vanishing or exploding gradients can be seen. For a reverse direction
+    the index is that direction's own step (its step 0 is each sample's last element).
 
-    Empty inputs: T = 0 gives y of shape (0, B, H) and h_n = h0, c_n = c0 (zeros if not given);
+    Empty inputs: T = 0 gives y of shape (0, B, D*P) and h_n = h0, c_n = c0 (zeros if not given);
     its backward returns dh0 = dh_n, dc0 = dc_n and leaves the gradients unchanged. B = 0 gives empty
     outputs and leaves the gradients unchanged.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
-                 dtype="float32", device="auto", seed=None, check_finite=False):
+                 dtype="float32", device="auto", seed=None, check_finite=False, bidirectional=False,
+                 proj_size=0, peephole=False, dropout=0.0, forget_bias=None, learn_initial_state=False):
         self.input_size = ck.positive_int("input_size", input_size)
         self.hidden_size = ck.positive_int("hidden_size", hidden_size)
         self.num_layers = ck.positive_int("num_layers", num_layers)
-        for name, flag in (("bias", bias), ("batch_first", batch_first), ("check_finite", check_finite)):
+        for name, flag in (("bias", bias), ("batch_first", batch_first), ("check_finite", check_finite),
+                           ("bidirectional", bidirectional), ("peephole", peephole),
+                           ("learn_initial_state", learn_initial_state)):
             if not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name}: expected True or False, got {flag!r}")
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.check_finite = bool(check_finite)
+        self.bias, self.batch_first, self.check_finite = bool(bias), bool(batch_first), bool(check_finite)
+        self.bidirectional, self.peephole = bool(bidirectional), bool(peephole)
+        self.learn_initial_state = bool(learn_initial_state)
+        if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) or proj_size < 0:
+            raise ValueError(f"proj_size: expected an integer >= 0, got {proj_size!r}")
+        if proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size: expected less than hidden_size = {self.hidden_size}, got {proj_size}")
+        self.proj_size = int(proj_size)
+        self.dropout = ck.nonnegative_float("dropout", dropout)
+        if self.dropout >= 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+        if forget_bias is not None:
+            if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \
+                    or not np.isfinite(forget_bias):
+                raise TypeError(f"forget_bias: expected a finite real number or None, got {forget_bias!r}")
+            if not self.bias:
+                raise ValueError("forget_bias: needs bias=True")
+            forget_bias = float(forget_bias)
+        self.forget_bias = forget_bias
         self.dtype = ck.float_dtype(dtype)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise TypeError(f"seed: expected an int or None, got {seed!r}")
@@ -102,31 +148,62 @@ class LSTM:
         self.params = {}
         self._init_params(seed)
         self.grads = {k: self._be.zeros(v.shape) for k, v in self.params.items()}
+        self._dropout_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        self._rng = self._be.make_rng(self._dropout_seed) if self.dropout else None
+        self.training = True
         self._ws = None
         self._saved = None
         self.track_gradient_flow = False
         self.gradient_flow = {}
 
-    # ---- parameters -------------------------------------------------------------------------------
+    # ---- sizes and names --------------------------------------------------------------------------
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self):
+        """Features per direction of the outputs and h states: proj_size if set, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
     def _layer_input_size(self, k):
-        return self.input_size if k == 0 else self.hidden_size
+        return self.input_size if k == 0 else self.num_directions * self.output_size
+
+    def _prefix(self, k, d):
+        return f"l{k}" + ("_reverse" if d == 1 else "")
 
     def param_shapes(self):
         """Expected shape of every parameter, by name."""
-        H, shapes = self.hidden_size, {}
+        H, P, shapes = self.hidden_size, self.output_size, {}
         for k in range(self.num_layers):
-            shapes[f"l{k}.W"] = (4 * H, self._layer_input_size(k))
-            shapes[f"l{k}.R"] = (4 * H, H)
-            if self.bias:
-                shapes[f"l{k}.b"] = (4 * H,)
+            for d in range(self.num_directions):
+                p = self._prefix(k, d)
+                shapes[f"{p}.W"] = (4 * H, self._layer_input_size(k))
+                shapes[f"{p}.R"] = (4 * H, P)
+                if self.bias:
+                    shapes[f"{p}.b"] = (4 * H,)
+                if self.peephole:
+                    shapes[f"{p}.P"] = (3, H)
+                if self.proj_size:
+                    shapes[f"{p}.Whr"] = (P, H)
+                if self.learn_initial_state:
+                    shapes[f"{p}.h0"] = (P,)
+                    shapes[f"{p}.c0"] = (H,)
         return shapes
 
     def _init_params(self, seed):
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(self.hidden_size)
+        H = self.hidden_size
         for name, shape in self.param_shapes().items():
-            value = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
-            self.params[name] = self._be.asarray(name, value).astype(self.dtype, copy=False)
+            if name.endswith((".h0", ".c0")):
+                value = np.zeros(shape)
+            else:
+                value = rng.uniform(-bound, bound, size=shape)
+            if name.endswith(".b") and self.forget_bias is not None:
+                f = GATE_INDEX["f"]
+                value[f * H:(f + 1) * H] = self.forget_bias
+            self.params[name] = self._be.asarray(name, value.astype(self.dtype)).astype(self.dtype, copy=False)
 
     def set_params(self, values):
         """Copy parameter values in place (NumPy or device arrays), checking names, shapes and dtypes."""
@@ -134,9 +211,12 @@ class LSTM:
         unknown = sorted(set(values) - set(shapes))
         if unknown:
             raise KeyError(f"values: unknown parameter name(s) {unknown}; expected a subset of {sorted(shapes)}")
+        arrays = {}
         for name, value in values.items():
             arr = self._be.asarray(name, value)
             ck.check_shape(name, arr, shapes[name])
+            arrays[name] = arr
+        for name, arr in arrays.items():
             self.params[name][...] = arr.astype(self.dtype, copy=False)
 
     def zero_grad(self):
@@ -144,11 +224,47 @@ class LSTM:
         for g in self.grads.values():
             g[...] = 0
 
+    def train(self):
+        """Training mode: dropout is applied (the default)."""
+        self.training = True
+        return self
+
+    def eval(self):
+        """Evaluation mode: no dropout."""
+        self.training = False
+        return self
+
+    def reseed_dropout(self, seed):
+        """Restart the dropout generator: the next forwards draw the same masks as after a model built
+        with this ``seed``."""
+        self._dropout_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        if self.dropout:
+            self._rng = self._be.make_rng(self._dropout_seed)
+
     @property
     def num_parameters(self):
         return int(sum(int(np.prod(s)) for s in self.param_shapes().values()))
 
     # ---- torch interop ----------------------------------------------------------------------------
+    def _torch_names(self):
+        """{torch name: (our name, shape, is_hh_bias)} for the parameters torch.nn.LSTM has."""
+        if self.peephole or self.learn_initial_state:
+            raise ValueError("torch.nn.LSTM has no peephole weights or learnable initial states; "
+                             "this model cannot be mapped to its state_dict")
+        names = {}
+        for k in range(self.num_layers):
+            for d in range(self.num_directions):
+                p, sfx = self._prefix(k, d), "_reverse" if d == 1 else ""
+                shapes = self.param_shapes()
+                names[f"weight_ih_l{k}{sfx}"] = (f"{p}.W", shapes[f"{p}.W"])
+                names[f"weight_hh_l{k}{sfx}"] = (f"{p}.R", shapes[f"{p}.R"])
+                if self.bias:
+                    names[f"bias_ih_l{k}{sfx}"] = (f"{p}.b", shapes[f"{p}.b"])
+                    names[f"bias_hh_l{k}{sfx}"] = (f"{p}.b", shapes[f"{p}.b"])
+                if self.proj_size:
+                    names[f"weight_hr_l{k}{sfx}"] = (f"{p}.Whr", shapes[f"{p}.Whr"])
+        return names
+
     def load_torch_state_dict(self, state_dict):
         """Load ``torch.nn.LSTM(...).state_dict()`` (tensors or arrays).
 
@@ -156,49 +272,44 @@ class LSTM:
         the forward uses. Every key and shape is checked before anything is written, so a bad dict
         never leaves a half-loaded model.
         """
-        expected = {}
-        for k in range(self.num_layers):
-            expected[f"weight_ih_l{k}"] = (f"l{k}.W", (4 * self.hidden_size, self._layer_input_size(k)))
-            expected[f"weight_hh_l{k}"] = (f"l{k}.R", (4 * self.hidden_size, self.hidden_size))
-            if self.bias:
-                expected[f"bias_ih_l{k}"] = (f"l{k}.b", (4 * self.hidden_size,))
-                expected[f"bias_hh_l{k}"] = (f"l{k}.b", (4 * self.hidden_size,))
+        expected = self._torch_names()
         missing = sorted(set(expected) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(expected))
         if missing or unexpected:
             raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected} "
                            f"(expected those of torch.nn.LSTM({self.input_size}, {self.hidden_size}, "
-                           f"num_layers={self.num_layers}, bias={self.bias}))")
-        arrays = {}
-        for key, (_, shape) in expected.items():
+                           f"num_layers={self.num_layers}, bias={self.bias}, "
+                           f"bidirectional={self.bidirectional}, proj_size={self.proj_size}))")
+        values = {}
+        for key, (ours, shape) in expected.items():
             value = state_dict[key]
             if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
                 value = value.detach().cpu().numpy()
             arr = np.asarray(to_numpy(value), dtype=np.float64)
             ck.check_shape(f"state_dict[{key!r}]", arr, shape)
-            arrays[key] = arr
-        values = {}
-        for k in range(self.num_layers):
-            values[f"l{k}.W"] = arrays[f"weight_ih_l{k}"]
-            values[f"l{k}.R"] = arrays[f"weight_hh_l{k}"]
-            if self.bias:
-                values[f"l{k}.b"] = arrays[f"bias_ih_l{k}"] + arrays[f"bias_hh_l{k}"]
+            # the two torch biases only ever appear summed in the gates: b = bias_ih + bias_hh
+            values[ours] = values.get(ours, 0.0) + arr if key.startswith("bias_") else arr
         self.set_params(values)
 
     def torch_state_dict(self):
         """Parameters under torch.nn.LSTM's names, as NumPy arrays; bias_hh is zero, bias_ih is b."""
         sd = {}
-        for k in range(self.num_layers):
-            sd[f"weight_ih_l{k}"] = to_numpy(self.params[f"l{k}.W"]).copy()
-            sd[f"weight_hh_l{k}"] = to_numpy(self.params[f"l{k}.R"]).copy()
-            if self.bias:
-                sd[f"bias_ih_l{k}"] = to_numpy(self.params[f"l{k}.b"]).copy()
-                sd[f"bias_hh_l{k}"] = np.zeros_like(sd[f"bias_ih_l{k}"])
+        for key, (ours, _) in self._torch_names().items():
+            value = to_numpy(self.params[ours]).copy()
+            sd[key] = np.zeros_like(value) if key.startswith("bias_hh") else value
         return sd
 
     # ---- input checks -----------------------------------------------------------------------------
     def _seq_axes(self):
         return "(B, T, I)" if self.batch_first else "(T, B, I)"
+
+    def _out_axes(self):
+        """How this model's y is shaped, in words: (T, B, H), (B, T, 2*P), ..."""
+        feat = ("2*" if self.bidirectional else "") + ("P" if self.proj_size else "H")
+        return f"(B, T, {feat})" if self.batch_first else f"(T, B, {feat})"
+
+    def _state_axes(self, feat):
+        return f"(num_layers{' * 2' if self.bidirectional else ''}, B, {feat})"
 
     def _array(self, name, value):
         arr = self._be.asarray(name, value)
@@ -206,43 +317,65 @@ class LSTM:
         return arr
 
     def _state_pair(self, name, pair, B):
-        """Check an (h, c) pair of (num_layers, B, H) arrays; None means zeros."""
+        """Check an (h, c) pair: (num_layers * D, B, P) and (num_layers * D, B, H); None means zeros."""
         if pair is None:
             return None, None
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"{name}: expected a pair (h, c) of arrays, got {type(pair).__name__}")
-        shape = (self.num_layers, B, self.hidden_size)
+        LD = self.num_layers * self.num_directions
         out = []
-        for part, value in zip(("h", "c"), pair):
-            full = f"{name}[{0 if part == 'h' else 1}] ({part})"
-            arr = self._array(full, value)
-            ck.check_ndim(full, arr, 3, "(num_layers, B, H)")
-            ck.check_shape(full, arr, shape, "(num_layers, B, H)")
+        for idx, (part, feat) in enumerate((("h", self.output_size), ("c", self.hidden_size))):
+            full = f"{name}[{idx}] ({part})"
+            axes = self._state_axes("P" if part == "h" and self.proj_size else "H")
+            arr = self._array(full, pair[idx])
+            ck.check_ndim(full, arr, 3, axes)
+            ck.check_shape(full, arr, (LD, B, feat), axes)
             out.append(arr)
         return out[0], out[1]
+
+    def _lengths(self, lengths, T, B):
+        """Validate per-sample lengths; returns (device int64 array or None, host array or None)."""
+        if lengths is None:
+            return None, None
+        host = np.asarray(to_numpy(lengths))
+        if host.ndim != 1 or host.shape[0] != B:
+            raise ValueError(f"lengths: expected one length per sample, shape ({B},), got shape {ck.shape_str(host.shape)}")
+        if host.dtype.kind not in "iu":
+            raise TypeError(f"lengths: expected integers, got dtype {host.dtype.name}")
+        if B and (host.min() < 1 or host.max() > T):
+            raise ValueError(f"lengths: expected values in [1, T={T}], got min {host.min()} and max {host.max()}")
+        host = host.astype(np.int64)
+        if B == 0 or host.min() == T:
+            return None, None       # no padding: the plain path computes exactly the same thing
+        return self._be.xp.asarray(host), host
 
     def _workspace(self, T, B):
         ws = self._ws
         if ws is None or ws.T != T or ws.B != B:
-            ws = _Workspace(self._be, T, B, self.input_size, self.hidden_size, self.num_layers)
+            ws = _Workspace(self, T, B)
             self._ws = ws
         return ws
 
     # ---- forward ----------------------------------------------------------------------------------
-    def forward(self, x, hc=None, *, check_finite=None):
+    def forward(self, x, hc=None, *, lengths=None, check_finite=None, return_cells=False):
         """Run the stack over a sequence.
 
-        x : (T, B, I), or (B, T, I) with batch_first. hc : optional (h0, c0), each (num_layers, B, H).
-        Returns ``y, (h_n, c_n)``: y is (T, B, H) (or batch-first), h_n and c_n are (num_layers, B, H).
-        Inputs given as NumPy arrays to a GPU model are copied to the device; outputs stay there.
+        x : (T, B, I), or (B, T, I) with batch_first. hc : optional (h0, c0), shaped
+        (num_layers * num_directions, B, P) and (..., B, H). lengths : optional (B,) ints in [1, T].
+        Returns ``y, (h_n, c_n)``: y is (T, B, num_directions * P) (or batch-first). With
+        ``return_cells=True`` also every step's cell state, (T, B, num_directions * H) (or
+        batch-first), as a third item; it is an output for inspection (backward takes no gradient
+        for it). Inputs given as NumPy arrays to a GPU model are copied to the device; outputs stay
+        there.
         """
         with self._be.activate():
-            return self._forward(x, hc, check_finite)
+            return self._forward(x, hc, lengths, check_finite, return_cells)
 
     __call__ = forward
 
-    def _forward(self, x, hc, check_finite):
-        be, L = self._be, self.num_layers
+    def _forward(self, x, hc, lengths, check_finite, return_cells):
+        be, L, D, H = self._be, self.num_layers, self.num_directions, self.hidden_size
+        xp = be.xp
         x = self._array("x", x)
         ck.check_ndim("x", x, 3, self._seq_axes())
         if x.shape[2] != self.input_size:
@@ -252,49 +385,92 @@ class LSTM:
             x = x.transpose(1, 0, 2)
         T, B = int(x.shape[0]), int(x.shape[1])
         h0, c0 = self._state_pair("hc", hc, B)
+        lengths, host_lengths = self._lengths(lengths, T, B)
         if self.check_finite if check_finite is None else check_finite:
             for name, arr in (("x", x), ("h0", h0), ("c0", c0)):
                 if arr is not None:
-                    ck.check_finite(name, arr, be.xp)
+                    ck.check_finite(name, arr, xp)
 
         ws = self._workspace(T, B)
+        ws.lengths = lengths
+        if lengths is not None:
+            t = np.arange(T)[:, None]
+            valid = t < host_lengths[None, :]                                     # (T, B)
+            ws.valid = xp.asarray(valid.astype(self.dtype))[:, :, None]           # (T, B, 1)
+            rev = np.where(valid, host_lengths[None, :] - 1 - t, t)               # involution
+            ws.rev_index = (xp.asarray(rev), xp.arange(B)[None, :])
+        else:
+            ws.valid = None
+            ws.rev_index = (slice(None, None, -1),)
+        ws.learned_state = hc is None and self.learn_initial_state
+        cells = be.empty((T, B, D * H)) if return_cells else None
         with annotate("lstm.forward"):
             ws.x[...] = x   # own copy: the backward needs x even if the caller changes theirs
+            layer_in = ws.x
             for k in range(L):
+                if k > 0 and self.dropout and self.training:
+                    keep = 1.0 - self.dropout
+                    mask = (be.uniform(self._rng, layer_in.shape) < keep).astype(self.dtype) / keep
+                    xp.multiply(layer_in, mask, out=ws.dropped[k])
+                    ws.masks[k], layer_in = mask, ws.dropped[k]
+                else:
+                    ws.masks[k] = None
+                ws.inputs[k] = layer_in
                 with annotate(f"lstm.forward.l{k}"):
-                    self._forward_layer(k, ws, h0, c0)
+                    for d in range(D):
+                        self._forward_direction(k, d, ws, layer_in, h0, c0, cells)
+                if ws.valid is not None:
+                    ws.out[k] *= ws.valid          # outputs past each sample's length are zero
+                layer_in = ws.out[k]
         self._saved = ws
-        y = ws.h[L - 1][1:]                                    # (T, B, H) view of the workspace
-        # A copy, so the next forward (which reuses the workspace) cannot change what we returned.
+        y = ws.out[L - 1]
+        # Copies, so the next forward (which reuses the workspace) cannot change what we returned.
         y = (y.transpose(1, 0, 2) if self.batch_first else y).copy()
-        h_n = be.xp.stack([ws.h[k][T] for k in range(L)])      # (L, B, H)
-        c_n = be.xp.stack([ws.c[k][T] for k in range(L)])
-        return y, (h_n, c_n)
+        h_n = xp.stack([ws.dirs[k][d].h[T] for k in range(L) for d in range(D)])   # (L*D, B, P)
+        c_n = xp.stack([ws.dirs[k][d].c[T] for k in range(L) for d in range(D)])   # (L*D, B, H)
+        if not return_cells:
+            return y, (h_n, c_n)
+        if ws.valid is not None:
+            cells *= ws.valid
+        return y, (h_n, c_n), (cells.transpose(1, 0, 2).copy() if self.batch_first else cells)
 
-    def _forward_layer(self, k, ws, h0, c0):
-        be, T, B, H = self._be, ws.T, ws.B, self.hidden_size
-        W, R = self.params[f"l{k}.W"], self.params[f"l{k}.R"]
-        b = self.params[f"l{k}.b"] if self.bias else None
-        x = ws.x if k == 0 else ws.h[k - 1][1:]       # (T, B, I_k)
-        gates, h, c = ws.gates[k], ws.h[k], ws.c[k]   # (T, B, 4H), (T+1, B, H), (T+1, B, H)
-        h[0] = 0 if h0 is None else h0[k]
-        c[0] = 0 if c0 is None else c0[k]
-        if T == 0 or B == 0:
-            return
-        # Input part of eqs. (1)-(4) for every step at once: gates = x W^T, (T*B, 4H).
-        be.gemm(x.reshape(T * B, x.shape[-1]), W, gates.reshape(T * B, 4 * H), trans_b=True)
-        for t in range(T):
-            # Recurrent part of eqs. (1)-(4): gates[t] += h(t-1) R^T, (B, 4H).
-            be.gemm(h[t], R, gates[t], trans_b=True, beta=1.0)
-            # Bias, nonlinearities, eqs. (5)-(6) in one fused step; gates[t] becomes i, f, g, o.
-            be.cell_forward(gates[t], b, c[t], c[t + 1], h[t + 1])
+    def _initial_state(self, k, d, ws, h0, c0, B):
+        i = k * self.num_directions + d
+        if h0 is not None:
+            return h0[i], c0[i]
+        if ws.learned_state:
+            p = self._prefix(k, d)
+            xp = self._be.xp
+            return (xp.broadcast_to(self.params[f"{p}.h0"], (B, self.output_size)),
+                    xp.broadcast_to(self.params[f"{p}.c0"], (B, self.hidden_size)))
+        return None, None
+
+    def _forward_direction(self, k, d, ws, layer_in, h0, c0, cells):
+        P, H = self.output_size, self.hidden_size
+        dws = ws.dirs[k][d]
+        prm = dirn.DirectionParams(self.params, self._prefix(k, d), self.bias, self.peephole, self.proj_size > 0)
+        if d == 1:   # reverse time, each sample from its own end
+            dws.x[...] = layer_in[ws.rev_index]
+            x = dws.x
+        else:
+            x = layer_in
+        hd, cd = self._initial_state(k, d, ws, h0, c0, ws.B)
+        dirn.forward(self._be, prm, dws, x, hd, cd, ws.lengths)
+        if d == 0:
+            ws.out[k][:, :, :P] = dws.h[1:]
+            if cells is not None and k == self.num_layers - 1:
+                cells[:, :, :H] = dws.c[1:]
+        else:
+            ws.out[k][:, :, P:] = dws.h[1:][ws.rev_index]
+            if cells is not None and k == self.num_layers - 1:
+                cells[:, :, H:] = dws.c[1:][ws.rev_index]
 
     # ---- backward ---------------------------------------------------------------------------------
     def backward(self, dy=None, dhc=None):
         """Backpropagation through time through the last forward; gradients ADD into ``grads``.
 
         dy : gradient of the loss with respect to y, same shape as y (None means zero).
-        dhc : optional (dh_n, dc_n), each (num_layers, B, H): gradients with respect to h_n and c_n.
+        dhc : optional (dh_n, dc_n), shaped like (h_n, c_n).
         Returns ``dx, (dh0, dc0)`` with the shapes of x, h0 and c0.
         May be called more than once after one forward; each call adds its gradients again.
         """
@@ -305,82 +481,73 @@ class LSTM:
         ws = self._saved
         if ws is None:
             raise BackwardBeforeForwardError("backward: called before forward; run lstm(x) first")
-        be, T, B, H, L = self._be, ws.T, ws.B, self.hidden_size, self.num_layers
-        y_shape = (B, T, H) if self.batch_first else (T, B, H)
-        dh = ws.dh
-        if dy is None:
-            dh[...] = 0
-        else:
+        be, T, B, L, D = self._be, ws.T, ws.B, self.num_layers, self.num_directions
+        P, H = self.output_size, self.hidden_size
+        y_shape = (B, T, D * P) if self.batch_first else (T, B, D * P)
+        if dy is not None:
             dy = self._array("dy", dy)
-            ck.check_shape("dy", dy, y_shape, "(B, T, H)" if self.batch_first else "(T, B, H)")
-            dh[...] = dy.transpose(1, 0, 2) if self.batch_first else dy
+            ck.check_shape("dy", dy, y_shape, self._out_axes())
+            dy = dy.transpose(1, 0, 2) if self.batch_first else dy
         dh_n, dc_n = self._state_pair("dhc", dhc, B)
-
-        dx = be.empty((T, B, self.input_size))
-        dh0 = be.empty((L, B, H))
-        dc0 = be.empty((L, B, H))
+        dh0 = be.empty((L * D, B, P))
+        dc0 = be.empty((L * D, B, H))
+        if self.track_gradient_flow:
+            self.gradient_flow = {}
         with annotate("lstm.backward"):
+            dout = dy                                     # (T, B, D*P) error on layer k's output
             for k in reversed(range(L)):
                 with annotate(f"lstm.backward.l{k}"):
-                    out = dx if k == 0 else dh   # this layer's dx is delta-h of the layer below
-                    self._backward_layer(k, ws, dh_n, dc_n, dh0[k], dc0[k], out)
+                    din = self._backward_layer(k, ws, dout, dh_n, dc_n, dh0, dc0)
+                if ws.masks[k] is not None:
+                    din *= ws.masks[k]                    # dropout on this layer's input
+                dout = din
+        dx = ws.din[0].copy()
         if self.batch_first:
             dx = be.xp.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, (dh0, dc0)
 
-    def _backward_layer(self, k, ws, dh_n, dc_n, dh0, dc0, dx_out):
-        be, T, B, H = self._be, ws.T, ws.B, self.hidden_size
-        W, R = self.params[f"l{k}.W"], self.params[f"l{k}.R"]
-        gates, h, c = ws.gates[k], ws.h[k], ws.c[k]
-        dh, dgates, dc = ws.dh, ws.dgates, ws.dc
-        x = ws.x if k == 0 else ws.h[k - 1][1:]
-        dc[...] = 0 if dc_n is None else dc_n[k]      # delta-c(T) f(T) term is zero past the end
-        if T == 0:
-            dh0[...] = 0 if dh_n is None else dh_n[k]
-            dc0[...] = dc
-            return
-        if dh_n is not None:
-            dh[T - 1] += dh_n[k]                      # loss through h_n adds to delta-h(T-1)
-        for t in reversed(range(T)):
-            # eqs. (16)-(20) times the activation derivatives; dc carries delta-c f between steps.
-            be.cell_backward(gates[t], c[t + 1], c[t], dh[t], dc, dgates[t])
-            # eq. (14): delta-h(t-1) += R^T delta(t), i.e. (B, 4H) @ (4H, H).
-            be.gemm(dgates[t], R, dh[t - 1] if t > 0 else dh0, beta=1.0 if t > 0 else 0.0)
-        dc0[...] = dc
-        if self.track_gradient_flow:
-            self.gradient_flow[f"l{k}"] = self._flow(ws, k, dc_n)
-        TB = T * B
-        dg = dgates.reshape(TB, 4 * H)
-        g = self.grads
-        be.gemm(dg, x.reshape(TB, x.shape[-1]), g[f"l{k}.W"], trans_a=True, beta=1.0)        # eq. (23)
-        be.gemm(dg, h[:T].reshape(TB, H), g[f"l{k}.R"], trans_a=True, beta=1.0)     # eq. (24)
-        if self.bias:
-            be.sum_rows(dg, g[f"l{k}.b"])                                             # eq. (25)
-        be.gemm(dg, W, dx_out.reshape(TB, dx_out.shape[-1]))   # gradient w.r.t. this layer's input x
-
-    def _flow(self, ws, k, dc_n):
-        """Per-step norms of delta-h(t) and delta-c(t) for layer k, after its backward loop.
-
-        delta-h(t) is final in ``dh`` at this point. delta-c(t) never leaves the fused kernel, so it is
-        rebuilt here from eq. (16) with the saved gates: only when diagnostics are on.
-        """
-        xp, T, H = self._be.xp, ws.T, self.hidden_size
-        gates, c, dh = ws.gates[k], ws.c[k], ws.dh
-        dh_norm = xp.sqrt((dh * dh).sum(axis=(1, 2)))
-        dc_norm = xp.empty(T, dtype=self.dtype)
-        carry = xp.zeros_like(c[0]) if dc_n is None else dc_n[k].copy()
-        for t in reversed(range(T)):
-            f, o = gates[t][:, gate_slice("f", H)], gates[t][:, gate_slice("o", H)]
-            tc = xp.tanh(c[t + 1])
-            dc_t = dh[t] * o * (1 - tc * tc) + carry           # eq. (16)
-            dc_norm[t] = xp.sqrt((dc_t * dc_t).sum())
-            carry = dc_t * f
-        return {"dh": self._be.to_numpy(dh_norm), "dc": self._be.to_numpy(dc_norm)}
+    def _backward_layer(self, k, ws, dout, dh_n, dc_n, dh0, dc0):
+        be, D, P = self._be, self.num_directions, self.output_size
+        xp = be.xp
+        din = ws.din[k]
+        for d in range(D):
+            i = k * D + d
+            dws = ws.dirs[k][d]
+            prefix = self._prefix(k, d)
+            prm = dirn.DirectionParams(self.params, prefix, self.bias, self.peephole, self.proj_size > 0)
+            dh = ws.dh
+            if dout is None:
+                dh[...] = 0
+            else:
+                part = dout[:, :, d * P:(d + 1) * P]
+                if ws.valid is not None:
+                    part = part * ws.valid                # outputs at padded steps were constants
+                dh[...] = part if d == 0 else part[ws.rev_index]
+            x = ws.inputs[k] if d == 0 else dws.x
+            dc_all = be.empty((ws.T, ws.B, self.hidden_size)) if self.track_gradient_flow else None
+            dirn.backward(be, prm, self.grads, prefix, dws, ws, x, dh,
+                          None if dh_n is None else dh_n[i], None if dc_n is None else dc_n[i],
+                          dh0[i], dc0[i], ws.dx[k], ws.lengths, dc_all)
+            if self.track_gradient_flow:
+                dh_flow = xp.sqrt((dh * dh).sum(axis=(1, 2)))
+                dc_flow = xp.sqrt((dc_all * dc_all).sum(axis=(1, 2)))
+                self.gradient_flow[prefix] = {"dh": be.to_numpy(dh_flow), "dc": be.to_numpy(dc_flow)}
+            if ws.learned_state:
+                be.sum_rows(dh0[i], self.grads[f"{prefix}.h0"])
+                be.sum_rows(dc0[i], self.grads[f"{prefix}.c0"])
+            if d == 0:
+                din[...] = ws.dx[k]
+            else:
+                din += ws.dx[k][ws.rev_index]             # back to forward time order
+        return din
 
     def __repr__(self):
+        extra = "".join(f", {n}={getattr(self, n)!r}" for n, default in (
+            ("bidirectional", False), ("proj_size", 0), ("peephole", False), ("dropout", 0.0),
+            ("forget_bias", None), ("learn_initial_state", False)) if getattr(self, n) != default)
         return (f"LSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bias={self.bias}, batch_first={self.batch_first}, dtype='{self.dtype.name}', "
-                f"device='{self.device}')")
+                f"device='{self.device}'{extra})")
 
 
 def to_numpy(value):

@@ -39,10 +39,13 @@ class SequenceModel:
 
     def train(self):
         self.training = True
+        self.lstm.train()
         return self
 
     def eval(self):
+        """Evaluation mode: no dropout, and backward is refused."""
         self.training = False
+        self.lstm.eval()
         return self
 
     def zero_grad(self):

@@ -140,5 +140,5 @@ def test_gradient_flow_diagnostics():
     # delta-h(T-1) of the top layer is dy(T-1) + dh_n, eq. (14) with nothing after the last step.
     assert abs(flow["l1"]["dh"][-1] - np.linalg.norm(dy[-1] + dh_n[1])) < 1e-12
     # delta-c(0) from the diagnostics times f(0) is what the fused backward returned as dc0.
-    f0 = lstm._saved.gates[0][0][:, gl.gates.gate_slice("f", 4)]
+    f0 = lstm._saved.dirs[0][0].gates[0][:, gl.gates.gate_slice("f", 4)]
     assert abs(flow["l0"]["dc"][0] - np.linalg.norm(dc0[0] / f0)) < 1e-12

@@ -9,7 +9,8 @@ from gpu_lstm.backend.numpy_backend import NumpyBackend
 from gpu_lstm.gradcheck import lstm_gradient_check
 from cpu_kernel_support import unavailable
 
-TOL = {"float32": dict(rtol=2e-6, atol=2e-7), "float64": dict(rtol=1e-14, atol=1e-15)}
+# float32: a few ulp of unit-sized values (the NumPy path builds tanh from exp, the kernel uses tanhf)
+TOL = {"float32": dict(rtol=2e-6, atol=1e-6), "float64": dict(rtol=1e-14, atol=1e-15)}
 SHAPES = [(1, 1), (1, 7), (3, 33), (5, 67), (2, 128)]   # B = 1, H = 1, H not a multiple of 32
 
 
@@ -32,16 +33,17 @@ def _case(rng, B, H, dtype, scale):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("B, H", SHAPES)
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])   # 1e4: naive exp overflows in float32 and float64
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_cell_forward_matches_numpy(host_cls, dtype, B, H, scale, with_bias):
+@pytest.mark.parametrize("with_bias, with_peep", [(True, False), (False, False), (True, True)])
+def test_cell_forward_matches_numpy(host_cls, dtype, B, H, scale, with_bias, with_peep):
     rng = np.random.default_rng(B * 1000 + H)
     gates, bias, c_prev = _case(rng, B, H, dtype, scale)
     bias = bias if with_bias else None
+    peep = rng.standard_normal((3, H)).astype(dtype) if with_peep else None
     outs = {}
     for be in (NumpyBackend(dtype), host_cls(dtype)):
         g, c, h = gates.copy(), np.empty((B, H), dtype), np.empty((B, H), dtype)
         with np.errstate(under="ignore"):
-            be.cell_forward(g, bias, c_prev, c, h)
+            be.cell_forward(g, bias, peep, c_prev, c, h)
         outs[be.name] = (g, c, h)
     for ref, got in zip(outs["cpu"], outs["host"]):
         assert np.isfinite(got).all()
@@ -51,23 +53,49 @@ def test_cell_forward_matches_numpy(host_cls, dtype, B, H, scale, with_bias):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("B, H", SHAPES)
 @pytest.mark.parametrize("scale", [1.0, 1e4])
-def test_cell_backward_matches_numpy(host_cls, dtype, B, H, scale):
+@pytest.mark.parametrize("with_peep, with_lengths", [(False, False), (True, False), (False, True), (True, True)])
+def test_cell_backward_matches_numpy(host_cls, dtype, B, H, scale, with_peep, with_lengths):
     rng = np.random.default_rng(B * 7 + H)
     gates, bias, c_prev = _case(rng, B, H, dtype, scale)
+    peep = rng.standard_normal((3, H)).astype(dtype) if with_peep else None
     ref_be = NumpyBackend(dtype)
     c, h = np.empty((B, H), dtype), np.empty((B, H), dtype)
     with np.errstate(under="ignore"):
-        ref_be.cell_forward(gates, bias, c_prev, c, h)   # activated gates, as the backward sees them
+        ref_be.cell_forward(gates, bias, peep, c_prev, c, h)   # activated gates, as the backward sees them
     dh = rng.standard_normal((B, H)).astype(dtype)
     carry = rng.standard_normal((B, H)).astype(dtype)
+    lengths = rng.integers(1, 4, B).astype(np.int64) if with_lengths else None
     outs = {}
     for be in (ref_be, host_cls(dtype)):
-        dgates, dc = np.full((B, 4 * H), np.nan, dtype), carry.copy()
-        be.cell_backward(gates, c, c_prev, dh, dc, dgates)
-        outs[be.name] = (dgates, dc)
+        dgates, dc, dc_out = np.full((B, 4 * H), np.nan, dtype), carry.copy(), np.full((B, H), np.nan, dtype)
+        be.cell_backward(gates, peep, c, c_prev, dh, dc, dgates, dc_out, lengths, 2)
+        outs[be.name] = (dgates, dc, dc_out)
     for ref, got in zip(outs["cpu"], outs["host"]):
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, ref, **TOL[dtype])
+    if with_lengths:   # padded rows (t = 2 >= length): no gradient, carry unchanged
+        pad = lengths <= 2
+        assert not outs["host"][0][pad].any()
+        np.testing.assert_array_equal(outs["host"][1][pad], carry[pad])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("move", [False, True])
+def test_seq_carry_matches_numpy(host_cls, dtype, move):
+    rng = np.random.default_rng(11)
+    lengths = np.array([1, 3, 2, 5, 3], dtype=np.int64)
+    src, dst = rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((5, 7)).astype(dtype)
+    outs = []
+    for be in (NumpyBackend(dtype), host_cls(dtype)):
+        s, d = src.copy(), dst.copy()
+        be.seq_carry(lengths, 3, s, d, move)
+        outs.append((s, d))
+    for ref, got in zip(*outs):
+        np.testing.assert_array_equal(got, ref)
+    pad = lengths <= 3
+    np.testing.assert_array_equal(outs[1][1][~pad], dst[~pad])   # valid rows untouched
+    if move:
+        assert not outs[1][0][pad].any()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -86,9 +114,9 @@ def test_wrong_layout_is_refused(host_cls):
     be = host_cls("float64")
     g = np.zeros((2, 8))
     with pytest.raises(ValueError, match="C-contiguous float64"):
-        be.cell_forward(g, None, np.zeros((4, 2)).T, np.zeros((2, 2)), np.zeros((2, 2)))
+        be.cell_forward(g, None, None, np.zeros((4, 2)).T, np.zeros((2, 2)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="C-contiguous float64"):
-        be.cell_forward(g.astype(np.float32), None, np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)))
+        be.cell_forward(g.astype(np.float32), None, None, np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)))
 
 
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 2e-6)])

@@ -44,6 +44,15 @@ class CupyBackend:
     def describe(self):
         return device_description(self.device_id)
 
+    def make_rng(self, seed):
+        """A generator for dropout masks, on the device (same seed, same device: same masks)."""
+        with self.activate():
+            return cp.random.RandomState(seed)
+
+    def uniform(self, rng, shape):
+        with self.activate():
+            return rng.random_sample(shape, dtype=self.dtype)
+
     def activate(self):
         return cp.cuda.Device(self.device_id)
 
@@ -113,16 +122,25 @@ class CupyBackend:
             raise RuntimeError(f"CUDA kernel {name}<{kernels.CTYPES[self.dtype.name]}> "
                                f"(grid {grid}, block {_BLOCK}) failed: {exc}") from exc
 
-    def cell_forward(self, gates, bias, c_prev, c, h):
+    def cell_forward(self, gates, bias, peep, c_prev, c, h):
         B, H = c.shape
+        null = np.uintp(0)
         self._launch("lstm_cell_forward", B * H,
-                     (np.int64(B), np.int64(H), gates, bias if bias is not None else np.uintp(0),
-                      c_prev, c, h))
+                     (np.int64(B), np.int64(H), gates, null if bias is None else bias,
+                      null if peep is None else peep, c_prev, c, h))
 
-    def cell_backward(self, gates, c, c_prev, dh, dc_carry, dgates):
+    def cell_backward(self, gates, peep, c, c_prev, dh, dc_carry, dgates, dc_out=None, lengths=None, t=0):
         B, H = c.shape
+        null = np.uintp(0)
         self._launch("lstm_cell_backward", B * H,
-                     (np.int64(B), np.int64(H), gates, c, c_prev, dh, dc_carry, dgates))
+                     (np.int64(B), np.int64(H), gates, null if peep is None else peep, c, c_prev, dh,
+                      dc_carry, dgates, null if dc_out is None else dc_out,
+                      null if lengths is None else lengths, np.int64(t)))
+
+    def seq_carry(self, lengths, t, src, dst, move):
+        B, N = dst.shape
+        self._launch("seq_carry", B * N, (np.int64(B), np.int64(N), lengths, np.int64(t), src, dst,
+                                          np.int32(1 if move else 0)))
 
     def sum_rows(self, x, out):
         rows, cols = x.shape

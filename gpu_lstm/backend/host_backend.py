@@ -65,8 +65,9 @@ def load_library():
     lib = ctypes.CDLL(path)
     ll, vp = ctypes.c_longlong, ctypes.c_void_p
     for suffix in ("f32", "f64"):
-        getattr(lib, f"gl_cell_forward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp]
-        getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp]
+        getattr(lib, f"gl_cell_forward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp]
+        getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp, vp, vp, vp, ll]
+        getattr(lib, f"gl_seq_carry_{suffix}").argtypes = [ll, ll, vp, ll, vp, vp, ctypes.c_int]
         getattr(lib, f"gl_sum_rows_{suffix}").argtypes = [ll, ll, vp, vp]
         getattr(lib, f"gl_softmax_xent_{suffix}").argtypes = [ll, ll, vp, vp, ll, vp, vp, vp]
     _lib = lib
@@ -92,23 +93,31 @@ class HostKernelBackend(NumpyBackend):
         suffix = {"float32": "f32", "float64": "f64"}[self.dtype.name]
         self._fwd = getattr(lib, f"gl_cell_forward_{suffix}")
         self._bwd = getattr(lib, f"gl_cell_backward_{suffix}")
+        self._carry = getattr(lib, f"gl_seq_carry_{suffix}")
         self._sum = getattr(lib, f"gl_sum_rows_{suffix}")
         self._xent = getattr(lib, f"gl_softmax_xent_{suffix}")
 
     def describe(self):
         return f"CPU, CUDA kernels built by {compiler()} (host test backend)"
 
-    def cell_forward(self, gates, bias, c_prev, c, h):
+    def cell_forward(self, gates, bias, peep, c_prev, c, h):
         B, H = c.shape
         d = self.dtype
-        self._fwd(B, H, _ptr("gates", gates, d), _ptr("bias", bias, d), _ptr("c_prev", c_prev, d),
-                  _ptr("c", c, d), _ptr("h", h, d))
+        self._fwd(B, H, _ptr("gates", gates, d), _ptr("bias", bias, d), _ptr("peep", peep, d),
+                  _ptr("c_prev", c_prev, d), _ptr("c", c, d), _ptr("h", h, d))
 
-    def cell_backward(self, gates, c, c_prev, dh, dc_carry, dgates):
+    def cell_backward(self, gates, peep, c, c_prev, dh, dc_carry, dgates, dc_out=None, lengths=None, t=0):
         B, H = c.shape
         d = self.dtype
-        self._bwd(B, H, _ptr("gates", gates, d), _ptr("c", c, d), _ptr("c_prev", c_prev, d),
-                  _ptr("dh", dh, d), _ptr("dc_carry", dc_carry, d), _ptr("dgates", dgates, d))
+        self._bwd(B, H, _ptr("gates", gates, d), _ptr("peep", peep, d), _ptr("c", c, d),
+                  _ptr("c_prev", c_prev, d), _ptr("dh", dh, d), _ptr("dc_carry", dc_carry, d),
+                  _ptr("dgates", dgates, d), _ptr("dc_out", dc_out, d),
+                  _ptr("lengths", lengths, np.dtype(np.int64)), t)
+
+    def seq_carry(self, lengths, t, src, dst, move):
+        B, N = dst.shape
+        self._carry(B, N, _ptr("lengths", lengths, np.dtype(np.int64)), t, _ptr("src", src, self.dtype),
+                    _ptr("dst", dst, self.dtype), int(move))
 
     def sum_rows(self, x, out):
         rows, cols = x.shape

@@ -38,6 +38,13 @@ class NumpyBackend:
     def synchronize(self):
         pass
 
+    def make_rng(self, seed):
+        """A generator for dropout masks, on this backend's device."""
+        return np.random.default_rng(seed)
+
+    def uniform(self, rng, shape):
+        return rng.random(shape, dtype=self.dtype)
+
     def activate(self):
         """Context in which this backend's arrays are made (the GPU backend selects its device)."""
         return contextlib.nullcontext()
@@ -82,11 +89,18 @@ class NumpyBackend:
         out -= 1
         return out
 
-    def cell_forward(self, gates, bias, c_prev, c, h):
-        # gates: (B, 4H) pre-activations without bias in, activated i, f, g, o out (in place)
-        neg_k, k, shift = self._gate_affine(c.shape[-1])
+    def cell_forward(self, gates, bias, peep, c_prev, c, h):
+        # gates: (B, 4H) pre-activations without bias in, activated i, f, g, o out (in place).
+        # peep: optional peephole weights (3, H), rows i, f, o.
+        H = c.shape[-1]
+        neg_k, k, shift = self._gate_affine(H)
         if bias is not None:
             gates += bias
+        if peep is not None:
+            zi, zf, _, zo = self._split(gates)
+            zi += peep[0] * c_prev
+            zf += peep[1] * c_prev
+            zo = zo.copy()                   # o needs c(t) first: keep its pre-activation
         gates *= neg_k
         with np.errstate(over="ignore"):     # exp(+large) = inf is intended: 1 / (1 + inf) = 0
             np.exp(gates, out=gates)
@@ -97,12 +111,16 @@ class NumpyBackend:
         i, f, g, o = self._split(gates)
         np.multiply(g, i, out=c)
         c += c_prev * f                      # eq. (5)
+        if peep is not None:                 # eq. (3) with the peephole on the new cell
+            zo += peep[2] * c
+            o[...] = 0.5 * np.tanh(0.5 * zo) + 0.5
         self._tanh(c, out=h)
         h *= o                               # eq. (6)
 
-    def cell_backward(self, gates, c, c_prev, dh, dc_carry, dgates):
+    def cell_backward(self, gates, peep, c, c_prev, dh, dc_carry, dgates, dc_out=None, lengths=None, t=0):
         i, f, g, o = self._split(gates)
         dzi, dzf, dzg, dzo = self._split(dgates)
+        keep = None if lengths is None else dc_carry.copy()
         tc = self._tanh(c, out=np.empty_like(c))
         np.multiply(dh, tc, out=dzo)
         dzo *= o * (1 - o)                   # eq. (17) times sigma'
@@ -111,7 +129,11 @@ class NumpyBackend:
         tc *= o
         tc *= dh
         dc = tc
-        dc += dc_carry                       # eq. (16); dc_carry = delta-c(t+1) f(t+1)
+        dc += dc_carry                       # eq. (16); dc_carry = delta-c(t+1) f(t+1) (+ peepholes)
+        if peep is not None:
+            dc += dzo * peep[2]              # c(t) -> z_o(t) through the output-gate peephole
+        if dc_out is not None:
+            dc_out[...] = dc                 # delta-c(t), for diagnostics
         np.multiply(dc, c_prev, out=dzf)
         dzf *= f * (1 - f)                   # eq. (18)
         np.multiply(dc, g, out=dzi)
@@ -119,6 +141,23 @@ class NumpyBackend:
         np.multiply(dc, i, out=dzg)
         dzg *= 1 - g * g                     # eq. (20) times tanh'
         np.multiply(dc, f, out=dc_carry)     # second term of eq. (16) for step t-1
+        if peep is not None:
+            dc_carry += dzi * peep[0] + dzf * peep[1]   # c(t-1) -> z_i(t), z_f(t)
+        if lengths is not None:              # padded rows: no gradient, carry passes through
+            pad = lengths <= t
+            dgates[pad] = 0
+            dc_carry[pad] = keep[pad]
+            if dc_out is not None:
+                dc_out[pad] = 0
+
+    def seq_carry(self, lengths, t, src, dst, move):
+        """Padded rows (t >= lengths[b]): dst = src, or with ``move`` dst += src and src = 0."""
+        pad = lengths <= t
+        if move:
+            dst[pad] += src[pad]
+            src[pad] = 0
+        else:
+            dst[pad] = src[pad]
 
     def sum_rows(self, x, out):
         out += x.sum(axis=0)

@@ -1,0 +1,114 @@
+"""The time loop of ONE direction of ONE layer, forward and backward, over the backend seam.
+
+Buffer layout (time-major, row-major), for T steps, B samples, H cells, P = projection size (or H):
+
+* ``gates`` (T, B, 4H): x W^T for all steps from one GEMM, then R h(t-1) added per step; the fused
+  cell step turns slice t into the activated gates i, f, g, o that the backward reads.
+* ``h`` (T+1, B, P), ``c`` (T+1, B, H): slot 0 holds h0/c0, slot t+1 holds h(t)/c(t). R h(t-1) reads
+  ``h[t]`` and dR is one GEMM against ``h[:T]`` (eq. 24).
+* ``m`` (T, B, H), projection only: o * tanh(c), the input of h(t) = m(t) W_hr^T.
+
+Variable lengths: padded steps (t >= length of the sample) carry h and c unchanged (``seq_carry``),
+their gate gradients are zero, and delta-h passes straight through them to the last valid step.
+Equation numbers: shared/seeds/lstm-forward-backward-derivation.md (docs/math.md).
+"""
+
+from .gates import PEEPHOLE_ORDER, gate_slice
+
+
+class DirectionParams:
+    """The arrays of one direction of one layer (None where the option is off)."""
+
+    def __init__(self, params, prefix, bias, peephole, proj):
+        self.W = params[f"{prefix}.W"]                            # (4H, I_k)
+        self.R = params[f"{prefix}.R"]                            # (4H, P)
+        self.b = params[f"{prefix}.b"] if bias else None          # (4H,)
+        self.peep = params[f"{prefix}.P"] if peephole else None   # (3, H): i, f, o
+        self.Whr = params[f"{prefix}.Whr"] if proj else None      # (P, H)
+
+
+class DirectionWorkspace:
+    def __init__(self, be, T, B, I, H, P, proj, reverse):
+        self.gates = be.empty((T, B, 4 * H))
+        self.h = be.empty((T + 1, B, P))
+        self.c = be.empty((T + 1, B, H))
+        self.m = be.empty((T, B, H)) if proj else None
+        self.x = be.empty((T, B, I)) if reverse else None   # the time-reversed input
+
+
+def forward(be, prm, ws, x, h0, c0, lengths):
+    """Eqs. (1)-(6) over the sequence x (T, B, I). h0 (B, P) and c0 (B, H) may be None (zeros)."""
+    T, B = x.shape[0], x.shape[1]
+    H = ws.c.shape[-1]
+    gates, h, c, m = ws.gates, ws.h, ws.c, ws.m
+    h[0] = 0 if h0 is None else h0
+    c[0] = 0 if c0 is None else c0
+    if T == 0 or B == 0:
+        return
+    # Input part of eqs. (1)-(4) for every step at once: gates = x W^T, (T*B, 4H).
+    be.gemm(x.reshape(T * B, x.shape[-1]), prm.W, gates.reshape(T * B, 4 * H), trans_b=True)
+    for t in range(T):
+        # Recurrent part of eqs. (1)-(4): gates[t] += h(t-1) R^T, (B, 4H).
+        be.gemm(h[t], prm.R, gates[t], trans_b=True, beta=1.0)
+        # Bias, peepholes, nonlinearities, eqs. (5)-(6): one fused step; gates[t] becomes i, f, g, o.
+        if m is None:
+            be.cell_forward(gates[t], prm.b, prm.peep, c[t], c[t + 1], h[t + 1])
+        else:
+            be.cell_forward(gates[t], prm.b, prm.peep, c[t], c[t + 1], m[t])
+            be.gemm(m[t], prm.Whr, h[t + 1], trans_b=True)      # projection: h = m W_hr^T, (B, P)
+        if lengths is not None:
+            be.seq_carry(lengths, t, c[t], c[t + 1], False)     # padded samples keep their state
+            be.seq_carry(lengths, t, h[t], h[t + 1], False)
+
+
+def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx, lengths, dc_all=None):
+    """BPTT through the last forward of this direction; gradients ADD into ``grads``.
+
+    dh (T, B, P): in: the error reaching each h(t) from above (dy, or the layer above's dx), zero at
+    padded steps; used as the delta-h workspace (eq. 14). dh_n/dc_n (B, P)/(B, H) or None.
+    Outputs dh0, dc0 (B, P)/(B, H) and dx (T, B, I). ``dc_all`` (T, B, H), if given, receives
+    delta-c(t) (eq. 16) for diagnostics.
+    """
+    T, B = x.shape[0], x.shape[1]
+    H = ws.c.shape[-1]
+    gates, h, c, m = ws.gates, ws.h, ws.c, ws.m
+    dgates, dc, dm = shared.dgates, shared.dc, shared.dm
+    dc[...] = 0 if dc_n is None else dc_n        # nothing flows back from past the last step
+    if T == 0:
+        dh0[...] = 0 if dh_n is None else dh_n
+        dc0[...] = dc
+        return
+    if dh_n is not None:
+        dh[T - 1] += dh_n                         # the loss through h_n adds to delta-h(T-1)
+    for t in reversed(range(T)):
+        if lengths is not None and t > 0:
+            be.seq_carry(lengths, t, dh[t], dh[t - 1], True)   # padded: delta-h flows to t-1
+        if m is None:
+            dht = dh[t]
+        else:
+            be.gemm(dh[t], prm.Whr, dm)           # delta-m(t) = delta-h(t) W_hr, (B, H)
+            dht = dm
+        # eqs. (16)-(20) times the activation derivatives; dc carries delta-c f between steps.
+        be.cell_backward(gates[t], prm.peep, c[t + 1], c[t], dht, dc, dgates[t],
+                         None if dc_all is None else dc_all[t], lengths, t)
+        # eq. (14): delta-h(t-1) += R^T delta(t), i.e. (B, 4H) @ (4H, P).
+        be.gemm(dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=1.0 if t > 0 else 0.0)
+    dc0[...] = dc
+    TB = T * B
+    dg = dgates.reshape(TB, 4 * H)
+    be.gemm(dg, x.reshape(TB, x.shape[-1]), grads[f"{prefix}.W"], trans_a=True, beta=1.0)   # eq. (23)
+    be.gemm(dg, h[:T].reshape(TB, h.shape[-1]), grads[f"{prefix}.R"], trans_a=True, beta=1.0)  # eq. (24)
+    if prm.b is not None:
+        be.sum_rows(dg, grads[f"{prefix}.b"])                                                   # eq. (25)
+    if prm.peep is not None:
+        # d/dp of p * c: sum over steps and samples of the gate's pre-activation gradient times the
+        # cell it looks at: c(t-1) for i and f, c(t) for o.
+        dP = grads[f"{prefix}.P"]
+        looks_at = {"i": c[:T], "f": c[:T], "o": c[1:]}
+        for row, gate in enumerate(PEEPHOLE_ORDER):
+            cells = looks_at[gate]
+            be.sum_rows((dgates[:, :, gate_slice(gate, H)] * cells).reshape(TB, H), dP[row])
+    if m is not None:
+        # dW_hr = sum_t delta-h(t)^T m(t), (P, H); padded rows of dh were cleared by seq_carry.
+        be.gemm(dh.reshape(TB, dh.shape[-1]), m.reshape(TB, H), grads[f"{prefix}.Whr"], trans_a=True, beta=1.0)
+    be.gemm(dg, prm.W, dx.reshape(TB, dx.shape[-1]))   # gradient w.r.t. this direction's input
