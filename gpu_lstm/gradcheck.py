@@ -33,35 +33,43 @@ def numeric_gradient(f, arr, eps):
     return out.reshape(arr.shape)
 
 
-def lstm_gradient_check(lstm, T=4, B=3, eps=1e-6, seed=0, with_state=True):
+def lstm_gradient_check(lstm, T=4, B=3, eps=1e-6, seed=0, with_state=True, lengths=None):
     """Check every parameter gradient and dx (and dh0, dc0 with ``with_state``) of ``lstm``.
 
     Returns a list of ``(name, relative_error)``. The model must be float64 for the numbers to mean
     anything (central differences in float32 are dominated by rounding). Gradients are zeroed first.
+    ``lengths`` (B,) checks a variable-length batch. With dropout, the generator is reseeded before
+    every forward so all of them draw the same masks.
     """
     if lstm.dtype != np.float64:
         raise ValueError(f"lstm: gradient checks need dtype float64, got {lstm.dtype.name}")
     from .lstm import to_numpy
     be = lstm._be
     rng = np.random.default_rng(seed)
-    L, H, I = lstm.num_layers, lstm.hidden_size, lstm.input_size
+    LD, H, P, I = lstm.num_layers * lstm.num_directions, lstm.hidden_size, lstm.output_size, lstm.input_size
+    DP = lstm.num_directions * P
     x_shape = (B, T, I) if lstm.batch_first else (T, B, I)
-    y_shape = (B, T, H) if lstm.batch_first else (T, B, H)
+    y_shape = (B, T, DP) if lstm.batch_first else (T, B, DP)
     dev = lambda a: be.asarray("gradcheck", a)  # noqa: E731
     x = dev(rng.standard_normal(x_shape))
-    h0 = dev(rng.standard_normal((L, B, H)) * 0.5)
-    c0 = dev(rng.standard_normal((L, B, H)) * 0.5)
+    h0 = dev(rng.standard_normal((LD, B, P)) * 0.5)
+    c0 = dev(rng.standard_normal((LD, B, H)) * 0.5)
     gy = dev(rng.standard_normal(y_shape))
-    gh = dev(rng.standard_normal((L, B, H)))
-    gc = dev(rng.standard_normal((L, B, H)))
+    gh = dev(rng.standard_normal((LD, B, P)))
+    gc = dev(rng.standard_normal((LD, B, H)))
     hc = (h0, c0) if with_state else None
 
+    def run():
+        if lstm.dropout:
+            lstm.reseed_dropout(seed)
+        return lstm(x, hc, lengths=lengths)
+
     def loss():
-        y, (h_n, c_n) = lstm(x, hc)
+        y, (h_n, c_n) = run()
         return float((y * gy).sum() + (h_n * gh).sum() + (c_n * gc).sum())
 
     lstm.zero_grad()
-    lstm(x, hc)
+    run()
     dx, (dh0, dc0) = lstm.backward(gy, (gh, gc))
     rows = []
     for name, p in lstm.params.items():
