@@ -153,6 +153,7 @@ class LSTM:
         self.training = True
         self._ws = None
         self._saved = None
+        self.forward_count = 0    # lets wrappers check that a backward belongs to the last forward
         self.track_gradient_flow = False
         self.gradient_flow = {}
 
@@ -423,6 +424,7 @@ class LSTM:
                     ws.out[k] *= ws.valid          # outputs past each sample's length are zero
                 layer_in = ws.out[k]
         self._saved = ws
+        self.forward_count += 1
         y = ws.out[L - 1]
         # Copies, so the next forward (which reuses the workspace) cannot change what we returned.
         y = (y.transpose(1, 0, 2) if self.batch_first else y).copy()

@@ -207,3 +207,31 @@ def test_torch_parity(opts, use_lengths):
         ours[key] = m.grads[name]
     for key, g in tg.items():
         np.testing.assert_allclose(ours[key], g, rtol=1e-10, atol=1e-11, err_msg=key)
+
+
+@pytest.mark.torch
+def test_torch_autograd_function_wrapper():
+    torch = pytest.importorskip("torch")
+    from gpu_lstm.interop import torch_lstm_function
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 4, 2).double()
+    m = gl.LSTM(3, 4, 2, dtype="float64", device="cpu")
+    m.load_torch_state_dict(ref.state_dict())
+    f = torch_lstm_function(m)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    y, h, c = f(x, h0, c0)
+    (y.sin().sum() + h.square().sum() + c.sum()).backward()
+    grads = [t.grad.clone() for t in (x, h0, c0)]
+    for t in (x, h0, c0):
+        t.grad = None
+    yr, (hr, cr) = ref(x, (h0, c0))
+    (yr.sin().sum() + hr.square().sum() + cr.sum()).backward()
+    for ours, theirs in zip(grads, (x.grad, h0.grad, c0.grad)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(m.grads["l1.R"], ref.weight_hh_l1.grad.numpy(), rtol=1e-10, atol=1e-12)
+    y1, _, _ = f(x)                      # two forwards, then the first one's backward: refused
+    f(x)
+    with pytest.raises(RuntimeError, match="last forward"):
+        y1.sum().backward()

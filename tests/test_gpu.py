@@ -89,3 +89,52 @@ def test_empty_shapes_on_gpu():
 def test_cli_check_on_gpu():
     from gpu_lstm.cli import main
     assert main(["check", "--device", "gpu"]) == 0
+
+
+OPTIONS = {
+    "bidirectional": dict(bidirectional=True),
+    "projection": dict(proj_size=16),
+    "peephole": dict(peephole=True),
+    "learned-state": dict(learn_initial_state=True),
+    "bi+proj+peep": dict(bidirectional=True, proj_size=8, peephole=True),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", list(OPTIONS))
+@pytest.mark.parametrize("lengths", [None, np.array([7, 3, 5, 1])], ids=["full", "lengths"])
+def test_gpu_matches_numpy_with_options(dtype, name, lengths):
+    rows = compare_paths(6, 24, 2, T=7, B=4, dtype=dtype, seed=4, device="gpu", reference="cpu",
+                         lengths=lengths, return_cells=True, **OPTIONS[name])
+    for n, err in rows:
+        assert err < TOL[dtype], f"{n}: {err:.2e} ({dtype}, {name})"
+
+
+def test_gpu_gradient_check_with_options():
+    m = gl.LSTM(3, 4, 2, dtype="float64", device="gpu", seed=5, bidirectional=True, proj_size=2,
+                peephole=True, dropout=0.3)
+    for name, err in lstm_gradient_check(m, T=5, B=3, lengths=np.array([5, 2, 4])):
+        assert err < 1e-6, name
+
+
+def test_gpu_dropout_same_seed_bitwise():
+    x = np.random.default_rng(2).standard_normal((6, 8, 16)).astype(np.float32)
+    ys = [gl.to_numpy(gl.LSTM(16, 32, 3, dropout=0.5, device="gpu", seed=11)(x)[0]) for _ in range(2)]
+    np.testing.assert_array_equal(ys[0], ys[1])
+
+
+def test_zero_copy_inputs():
+    import cupy as cp
+    m = gl.LSTM(3, 4, 1, dtype="float32", device="gpu", seed=0)
+    x = cp.random.standard_normal((5, 2, 3), dtype=cp.float32)
+    assert m._be.asarray("x", x) is x
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        t = torch.randn(5, 2, 3, device="cuda")
+        view = m._be.asarray("x", t)
+        assert view.data.ptr == t.data_ptr()          # no copy
+        y, _ = m(t)
+        np.testing.assert_allclose(gl.to_numpy(y), gl.to_numpy(m(cp.asarray(view))[0]))

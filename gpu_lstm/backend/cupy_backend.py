@@ -26,6 +26,14 @@ def device_description(device_id=None):
             f"CuPy {cp.__version__}")
 
 
+def _dlpack_on_cuda(value):
+    try:
+        dev_type, _ = value.__dlpack_device__()
+    except Exception:
+        return False
+    return int(dev_type) in (2, 3, 13)   # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+
+
 class CupyBackend:
     name = "gpu"
     xp = cp
@@ -65,18 +73,23 @@ class CupyBackend:
             return cp.zeros(shape, dtype=self.dtype)
 
     def asarray(self, name, value):
-        """Device arrays are used as they are (checked to be on this model's GPU); NumPy arrays are
-        copied to it; any object with __cuda_array_interface__ is wrapped without a copy."""
-        if isinstance(value, cp.ndarray):
+        """Device arrays are used as they are, without a copy: cupy arrays, and any object that speaks
+        ``__cuda_array_interface__`` (Numba, PyTorch CUDA tensors) or DLPack on a CUDA device (PyTorch,
+        JAX). Host arrays (NumPy, CPU tensors) are copied to this model's GPU. An array on another GPU
+        is an error."""
+        with self.activate():
+            if not isinstance(value, cp.ndarray):
+                if hasattr(value, "__cuda_array_interface__"):
+                    value = cp.asarray(value)                    # zero-copy view
+                elif hasattr(value, "__dlpack__") and _dlpack_on_cuda(value):
+                    value = cp.from_dlpack(value)                # zero-copy view
+                else:
+                    return cp.asarray(np.asarray(value))         # host data: one copy to the device
             if value.device.id != self.device_id:
                 raise ValueError(f"{name}: array is on GPU {value.device.id}, the model is on GPU "
-                                 f"{self.device_id}; move it with cupy.asarray under cupy.cuda.Device("
-                                 f"{self.device_id})")
+                                 f"{self.device_id}; move it there first (e.g. cupy.asarray under "
+                                 f"cupy.cuda.Device({self.device_id}))")
             return value
-        with self.activate():
-            if hasattr(value, "__cuda_array_interface__"):
-                return cp.asarray(value)
-            return cp.asarray(np.asarray(value))
 
     def to_numpy(self, a):
         return cp.asnumpy(a)

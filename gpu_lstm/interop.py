@@ -1,0 +1,68 @@
+"""Use a gpu_lstm LSTM inside a PyTorch model: a ``torch.autograd.Function`` around forward/backward.
+
+    import torch, gpu_lstm as gl
+    from gpu_lstm.interop import torch_lstm_function
+
+    lstm = gl.LSTM(32, 64, 2, dtype="float32", device="gpu")
+    f = torch_lstm_function(lstm)
+    x = torch.randn(50, 8, 32, device="cuda", requires_grad=True)
+    y, h_n, c_n = f(x)                      # torch tensors; on the GPU no copy either way (DLPack)
+    loss = y.square().mean()
+    loss.backward()                         # x.grad from gpu_lstm's BPTT
+    # lstm.grads now holds dW, dR, db: step them with gpu_lstm.optim, or copy them to torch
+
+How it works: ``forward`` hands the tensors to gpu_lstm (zero-copy views through DLPack on the GPU,
+NumPy views on the CPU), runs the LSTM, and wraps the outputs as tensors the same way; ``backward``
+runs gpu_lstm's BPTT with the incoming gradients and returns dx, dh0, dc0. The LSTM's own parameters
+are not torch Parameters: their gradients accumulate in ``lstm.grads`` (call ``lstm.zero_grad()``).
+gpu_lstm keeps the state of its LAST forward only, so each forward must be followed by its own
+backward before the next forward; a mismatch raises instead of returning wrong gradients.
+"""
+
+
+def _to_gl(t):
+    if t is None:
+        return None
+    t = t.detach()
+    if t.is_cuda:
+        import cupy
+        return cupy.from_dlpack(t.contiguous())
+    return t.contiguous().numpy()
+
+
+def _to_torch(a):
+    import torch
+    if hasattr(a, "__cuda_array_interface__"):
+        return torch.from_dlpack(a)
+    return torch.from_numpy(a)
+
+
+def torch_lstm_function(lstm):
+    """Return ``f(x, h0=None, c0=None) -> (y, h_n, c_n)``, differentiable in x, h0 and c0."""
+    import torch
+
+    class LSTMFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, h0, c0):
+            hc = None if h0 is None else (_to_gl(h0), _to_gl(c0))
+            y, (h_n, c_n) = lstm(_to_gl(x), hc)
+            ctx.forward_id = lstm.forward_count
+            ctx.has_state = h0 is not None
+            return _to_torch(y), _to_torch(h_n), _to_torch(c_n)
+
+        @staticmethod
+        def backward(ctx, dy, dh_n, dc_n):
+            if ctx.forward_id != lstm.forward_count:
+                raise RuntimeError("gpu_lstm: backward does not belong to the LSTM's last forward "
+                                   "(run one forward, then its backward)")
+            dx, (dh0, dc0) = lstm.backward(_to_gl(dy), (_to_gl(dh_n), _to_gl(dc_n)))
+            if not ctx.has_state:
+                return _to_torch(dx), None, None
+            return _to_torch(dx), _to_torch(dh0), _to_torch(dc0)
+
+    def f(x, h0=None, c0=None):
+        if (h0 is None) != (c0 is None):
+            raise ValueError("h0, c0: give both or neither")
+        return LSTMFunction.apply(x, h0, c0)
+
+    return f
