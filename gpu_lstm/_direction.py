@@ -7,6 +7,13 @@ Buffer layout (time-major, row-major), for T steps, B samples, H cells, P = proj
 * ``h`` (T+1, B, P), ``c`` (T+1, B, H): slot 0 holds h0/c0, slot t+1 holds h(t)/c(t). R h(t-1) reads
   ``h[t]`` and dR is one GEMM against ``h[:T]`` (eq. 24).
 * ``m`` (T, B, H), projection only: o * tanh(c), the input of h(t) = m(t) W_hr^T.
+* ``ct`` (T, B, H), zoneout only: the new cell c~(t) before zoneout mixes it with c(t-1); the
+  backward's tanh and output peephole read it, while ``c`` holds the zoned states.
+
+Zoneout (Krueger et al., 2016): c(t) = d_c c(t-1) + (1 - d_c) c~(t), h(t) = d_h h(t-1) + (1 - d_h) h~(t)
+with c~, h~ the ordinary LSTM update from (h(t-1), c(t-1)) and d_* per-element Bernoulli(z_*) masks
+in training (their expectation z_* in evaluation). ``zoneout`` is None or (d_h (T, B, P) or a scalar,
+d_c (T, B, H) or a scalar).
 
 Variable lengths: padded steps (t >= length of the sample) carry h and c unchanged (``seq_carry``),
 their gate gradients are zero, and delta-h passes straight through them to the last valid step.
@@ -28,19 +35,26 @@ class DirectionParams:
 
 
 class DirectionWorkspace:
-    def __init__(self, be, T, B, I, H, P, proj, reverse):
+    def __init__(self, be, T, B, I, H, P, proj, reverse, zoneout):
         self.gates = be.empty((T, B, 4 * H))
         self.h = be.empty((T + 1, B, P))
         self.c = be.empty((T + 1, B, H))
         self.m = be.empty((T, B, H)) if proj else None
+        self.ct = be.empty((T, B, H)) if zoneout else None
         self.x = be.empty((T, B, I)) if reverse else None   # the time-reversed input
+        self.zoneout = None                                  # (d_h, d_c) of the last forward
 
 
-def forward(be, prm, ws, x, h0, c0, lengths):
+def _step(d, t):
+    return d if not hasattr(d, "ndim") or d.ndim == 0 else d[t]
+
+
+def forward(be, prm, ws, x, h0, c0, lengths, zoneout=None):
     """Eqs. (1)-(6) over the sequence x (T, B, I). h0 (B, P) and c0 (B, H) may be None (zeros)."""
     T, B = x.shape[0], x.shape[1]
     H = ws.c.shape[-1]
-    gates, h, c, m = ws.gates, ws.h, ws.c, ws.m
+    gates, h, c, m, ct = ws.gates, ws.h, ws.c, ws.m, ws.ct
+    ws.zoneout = zoneout
     h[0] = 0 if h0 is None else h0
     c[0] = 0 if c0 is None else c0
     if T == 0 or B == 0:
@@ -51,11 +65,16 @@ def forward(be, prm, ws, x, h0, c0, lengths):
         # Recurrent part of eqs. (1)-(4): gates[t] += h(t-1) R^T, (B, 4H).
         be.gemm(h[t], prm.R, gates[t], trans_b=True, beta=1.0)
         # Bias, peepholes, nonlinearities, eqs. (5)-(6): one fused step; gates[t] becomes i, f, g, o.
+        c_new = c[t + 1] if zoneout is None else ct[t]
         if m is None:
-            be.cell_forward(gates[t], prm.b, prm.peep, c[t], c[t + 1], h[t + 1])
+            be.cell_forward(gates[t], prm.b, prm.peep, c[t], c_new, h[t + 1])
         else:
-            be.cell_forward(gates[t], prm.b, prm.peep, c[t], c[t + 1], m[t])
+            be.cell_forward(gates[t], prm.b, prm.peep, c[t], c_new, m[t])
             be.gemm(m[t], prm.Whr, h[t + 1], trans_b=True)      # projection: h = m W_hr^T, (B, P)
+        if zoneout is not None:
+            dh_, dc_ = _step(zoneout[0], t), _step(zoneout[1], t)
+            c[t + 1] = dc_ * c[t] + (1 - dc_) * ct[t]
+            h[t + 1] = dh_ * h[t] + (1 - dh_) * h[t + 1]
         if lengths is not None:
             be.seq_carry(lengths, t, c[t], c[t + 1], False)     # padded samples keep their state
             be.seq_carry(lengths, t, h[t], h[t + 1], False)
@@ -71,7 +90,7 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
     """
     T, B = x.shape[0], x.shape[1]
     H = ws.c.shape[-1]
-    gates, h, c, m = ws.gates, ws.h, ws.c, ws.m
+    gates, h, c, m, ct, zoneout = ws.gates, ws.h, ws.c, ws.m, ws.ct, ws.zoneout
     dgates, dc, dm = shared.dgates, shared.dc, shared.dm
     dc[...] = 0 if dc_n is None else dc_n        # nothing flows back from past the last step
     if T == 0:
@@ -83,16 +102,30 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
     for t in reversed(range(T)):
         if lengths is not None and t > 0:
             be.seq_carry(lengths, t, dh[t], dh[t - 1], True)   # padded: delta-h flows to t-1
+        if zoneout is not None:
+            # h(t) = d h(t-1) + (1-d) h~(t): split delta-h(t) between the two; dh[t] becomes
+            # delta-h~(t) (what the cell and dW_hr see). Same for c; the kept part rejoins the carry.
+            dh_, dc_ = _step(zoneout[0], t), _step(zoneout[1], t)
+            if t > 0:
+                dh[t - 1] += dh_ * dh[t]
+            else:
+                dh0[...] = dh_ * dh[0]
+            dh[t] *= 1 - dh_
+            keep = dc_ * dc
+            dc *= 1 - dc_
         if m is None:
             dht = dh[t]
         else:
             be.gemm(dh[t], prm.Whr, dm)           # delta-m(t) = delta-h(t) W_hr, (B, H)
             dht = dm
         # eqs. (16)-(20) times the activation derivatives; dc carries delta-c f between steps.
-        be.cell_backward(gates[t], prm.peep, c[t + 1], c[t], dht, dc, dgates[t],
+        be.cell_backward(gates[t], prm.peep, c[t + 1] if ct is None else ct[t], c[t], dht, dc, dgates[t],
                          None if dc_all is None else dc_all[t], lengths, t)
+        if zoneout is not None:
+            dc += keep
         # eq. (14): delta-h(t-1) += R^T delta(t), i.e. (B, 4H) @ (4H, P).
-        be.gemm(dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=1.0 if t > 0 else 0.0)
+        first = t == 0 and zoneout is None
+        be.gemm(dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0)
     dc0[...] = dc
     TB = T * B
     dg = dgates.reshape(TB, 4 * H)
@@ -104,7 +137,7 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
         # d/dp of p * c: sum over steps and samples of the gate's pre-activation gradient times the
         # cell it looks at: c(t-1) for i and f, c(t) for o.
         dP = grads[f"{prefix}.P"]
-        looks_at = {"i": c[:T], "f": c[:T], "o": c[1:]}
+        looks_at = {"i": c[:T], "f": c[:T], "o": c[1:] if ct is None else ct}
         for row, gate in enumerate(PEEPHOLE_ORDER):
             cells = looks_at[gate]
             be.sum_rows((dgates[:, :, gate_slice(gate, H)] * cells).reshape(TB, H), dP[row])

@@ -38,8 +38,8 @@ def lstm_gradient_check(lstm, T=4, B=3, eps=1e-6, seed=0, with_state=True, lengt
 
     Returns a list of ``(name, relative_error)``. The model must be float64 for the numbers to mean
     anything (central differences in float32 are dominated by rounding). Gradients are zeroed first.
-    ``lengths`` (B,) checks a variable-length batch. With dropout, the generator is reseeded before
-    every forward so all of them draw the same masks.
+    ``lengths`` (B,) checks a variable-length batch. With dropout or zoneout, the generator is reseeded
+    before every forward so all of them draw the same masks.
     """
     if lstm.dtype != np.float64:
         raise ValueError(f"lstm: gradient checks need dtype float64, got {lstm.dtype.name}")
@@ -60,7 +60,7 @@ def lstm_gradient_check(lstm, T=4, B=3, eps=1e-6, seed=0, with_state=True, lengt
     hc = (h0, c0) if with_state else None
 
     def run():
-        if lstm.dropout:
+        if lstm.stochastic:
             lstm.reseed_dropout(seed)
         return lstm(x, hc, lengths=lengths)
 

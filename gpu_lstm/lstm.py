@@ -31,7 +31,8 @@ class _Workspace:
         self.out = [be.empty((T, B, D * P)) for _ in range(L)]               # layer outputs
         self.dropped = [be.empty((T, B, D * P)) if k > 0 and m.dropout else None for k in range(L)]
         self.dirs = [[dirn.DirectionWorkspace(be, T, B, m._layer_input_size(k), H, P, m.proj_size > 0,
-                                              reverse=d == 1) for d in range(D)] for k in range(L)]
+                                              reverse=d == 1, zoneout=m.zoneout)
+                      for d in range(D)] for k in range(L)]
         self.dx = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)]  # per direction
         self.din = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)]  # summed over directions
         self.dgates = be.empty((T, B, 4 * H))   # shared by all layers and directions
@@ -85,6 +86,11 @@ class LSTM:
     learn_initial_state : bool
         Learnable initial states "l{k}.h0" (P,) and "l{k}.c0" (H,), zero at first, used (broadcast over
         the batch) when forward gets no (h0, c0); their gradients are summed over the batch.
+    zoneout_h, zoneout_c : float
+        Zoneout probabilities (Krueger et al., 2016): in training each unit of h(t) (resp. c(t)) keeps
+        its previous value with this probability, c(t) = d c(t-1) + (1 - d) c~(t) with d ~ Bernoulli(z)
+        per unit and step, c~ and h~ being the ordinary LSTM update; in evaluation d = z, the
+        expectation. Masks come from the same seeded generator as dropout.
 
     Attributes
     ----------
@@ -112,7 +118,8 @@ class LSTM:
 
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
                  dtype="float32", device="auto", seed=None, check_finite=False, bidirectional=False,
-                 proj_size=0, peephole=False, dropout=0.0, forget_bias=None, learn_initial_state=False):
+                 proj_size=0, peephole=False, dropout=0.0, forget_bias=None, learn_initial_state=False,
+                 zoneout_h=0.0, zoneout_c=0.0):
         self.input_size = ck.positive_int("input_size", input_size)
         self.hidden_size = ck.positive_int("hidden_size", hidden_size)
         self.num_layers = ck.positive_int("num_layers", num_layers)
@@ -129,9 +136,11 @@ class LSTM:
         if proj_size >= self.hidden_size:
             raise ValueError(f"proj_size: expected less than hidden_size = {self.hidden_size}, got {proj_size}")
         self.proj_size = int(proj_size)
-        self.dropout = ck.nonnegative_float("dropout", dropout)
-        if self.dropout >= 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+        for name, value in (("dropout", dropout), ("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c)):
+            if ck.nonnegative_float(name, value) >= 1.0:
+                raise ValueError(f"{name}: expected a probability in [0, 1), got {value}")
+        self.dropout = float(dropout)
+        self.zoneout_h, self.zoneout_c = float(zoneout_h), float(zoneout_c)
         if forget_bias is not None:
             if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \
                     or not np.isfinite(forget_bias):
@@ -149,7 +158,7 @@ class LSTM:
         self._init_params(seed)
         self.grads = {k: self._be.zeros(v.shape) for k, v in self.params.items()}
         self._dropout_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-        self._rng = self._be.make_rng(self._dropout_seed) if self.dropout else None
+        self._rng = self._be.make_rng(self._dropout_seed) if self.stochastic else None
         self.training = True
         self._ws = None
         self._saved = None
@@ -166,6 +175,15 @@ class LSTM:
     def output_size(self):
         """Features per direction of the outputs and h states: proj_size if set, else hidden_size."""
         return self.proj_size or self.hidden_size
+
+    @property
+    def zoneout(self):
+        return bool(self.zoneout_h or self.zoneout_c)
+
+    @property
+    def stochastic(self):
+        """True when training draws random masks (dropout or zoneout)."""
+        return bool(self.dropout or self.zoneout)
 
     def _layer_input_size(self, k):
         return self.input_size if k == 0 else self.num_directions * self.output_size
@@ -226,20 +244,20 @@ class LSTM:
             g[...] = 0
 
     def train(self):
-        """Training mode: dropout is applied (the default)."""
+        """Training mode: dropout and zoneout draw random masks (the default)."""
         self.training = True
         return self
 
     def eval(self):
-        """Evaluation mode: no dropout."""
+        """Evaluation mode: no dropout; zoneout uses its expectation (d = z)."""
         self.training = False
         return self
 
     def reseed_dropout(self, seed):
-        """Restart the dropout generator: the next forwards draw the same masks as after a model built
-        with this ``seed``."""
+        """Restart the generator of the dropout and zoneout masks: the next forwards draw the same
+        masks as after a model built with this ``seed``."""
         self._dropout_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-        if self.dropout:
+        if self.stochastic:
             self._rng = self._be.make_rng(self._dropout_seed)
 
     @property
@@ -447,6 +465,17 @@ class LSTM:
                     xp.broadcast_to(self.params[f"{p}.c0"], (B, self.hidden_size)))
         return None, None
 
+    def _zoneout_masks(self, T, B):
+        """(d_h, d_c) for one direction of one layer: Bernoulli(z) masks per step and element in
+        training, the constants z in evaluation; None without zoneout."""
+        if not self.zoneout:
+            return None
+        if not self.training:
+            return self.zoneout_h, self.zoneout_c
+        be = self._be
+        return ((be.uniform(self._rng, (T, B, self.output_size)) < self.zoneout_h).astype(self.dtype),
+                (be.uniform(self._rng, (T, B, self.hidden_size)) < self.zoneout_c).astype(self.dtype))
+
     def _forward_direction(self, k, d, ws, layer_in, h0, c0, cells):
         P, H = self.output_size, self.hidden_size
         dws = ws.dirs[k][d]
@@ -457,7 +486,7 @@ class LSTM:
         else:
             x = layer_in
         hd, cd = self._initial_state(k, d, ws, h0, c0, ws.B)
-        dirn.forward(self._be, prm, dws, x, hd, cd, ws.lengths)
+        dirn.forward(self._be, prm, dws, x, hd, cd, ws.lengths, self._zoneout_masks(ws.T, ws.B))
         if d == 0:
             ws.out[k][:, :, :P] = dws.h[1:]
             if cells is not None and k == self.num_layers - 1:
@@ -546,7 +575,8 @@ class LSTM:
     def __repr__(self):
         extra = "".join(f", {n}={getattr(self, n)!r}" for n, default in (
             ("bidirectional", False), ("proj_size", 0), ("peephole", False), ("dropout", 0.0),
-            ("forget_bias", None), ("learn_initial_state", False)) if getattr(self, n) != default)
+            ("forget_bias", None), ("learn_initial_state", False), ("zoneout_h", 0.0), ("zoneout_c", 0.0))
+            if getattr(self, n) != default)
         return (f"LSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bias={self.bias}, batch_first={self.batch_first}, dtype='{self.dtype.name}', "
                 f"device='{self.device}'{extra})")

@@ -20,6 +20,8 @@ CONFIGS = {
     "forget-bias": dict(forget_bias=1.0),
     "bi+proj+peep": dict(bidirectional=True, proj_size=3, peephole=True),
     "bi+dropout+proj": dict(bidirectional=True, dropout=0.3, proj_size=2),
+    "zoneout": dict(zoneout_h=0.3, zoneout_c=0.5),
+    "zoneout+proj+peep": dict(zoneout_h=0.2, zoneout_c=0.4, proj_size=2, peephole=True),
 }
 LENGTHS = np.array([5, 2, 4])     # unsorted, one full length
 
@@ -48,7 +50,7 @@ def test_gradient_check_learned_state_is_used_without_hc():
     assert np.abs(lstm.grads["l0.h0"]).max() > 0     # really used, really trained
 
 
-@pytest.mark.parametrize("name", ["bidirectional", "bi+proj+peep", "bi+dropout+proj"])
+@pytest.mark.parametrize("name", ["bidirectional", "bi+proj+peep", "bi+dropout+proj", "zoneout+proj+peep"])
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
 def test_host_kernels_match_numpy_with_options(name, lengths):
     if "host" not in _devices():
@@ -84,6 +86,37 @@ def test_independent_reference_with_peepholes_and_projection():
     np.testing.assert_allclose(y, np.stack(ys), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(cells, np.stack(cs), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(c_n[0], c, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_zoneout_against_an_independent_reference(mode):
+    """c(t) = d_c c(t-1) + (1 - d_c) c~(t), h(t) = d_h h(t-1) + (1 - d_h) h~(t), with the masks the
+    forward drew (training) or their expectation (evaluation)."""
+    I, H, T, B = 3, 4, 6, 2
+    m = gl.LSTM(I, H, 1, dtype="float64", device="cpu", seed=2, zoneout_h=0.3, zoneout_c=0.6)
+    getattr(m, mode)()
+    x = np.random.default_rng(0).standard_normal((T, B, I))
+    y, (h_n, c_n) = m(x)
+    dh_mask, dc_mask = m._saved.dirs[0][0].zoneout
+    if mode == "train":
+        assert 0 < dc_mask.mean() < 1 and set(np.unique(dh_mask)) == {0.0, 1.0}
+    W, R, b = (m.params[f"l0.{k}"] for k in ("W", "R", "b"))
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    h, c, ys = np.zeros((B, H)), np.zeros((B, H)), []
+    for t in range(T):
+        z = x[t] @ W.T + h @ R.T + b
+        i, f, g, o = sig(z[:, :H]), sig(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), sig(z[:, 3 * H:])
+        c_new = g * i + c * f
+        h_new = o * np.tanh(c_new)
+        d_h = dh_mask[t] if mode == "train" else 0.3
+        d_c = dc_mask[t] if mode == "train" else 0.6
+        c = d_c * c + (1 - d_c) * c_new
+        h = d_h * h + (1 - d_h) * h_new
+        ys.append(h)
+    np.testing.assert_allclose(y, np.stack(ys), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(c_n[0], c, rtol=1e-12, atol=1e-14)
+    plain = gl.LSTM(I, H, 1, dtype="float64", device="cpu", seed=2)
+    assert not np.allclose(plain(x)[0], y)     # zoneout really changes the computation
 
 
 def test_lengths_semantics():
@@ -154,6 +187,8 @@ def test_forget_bias_and_options_validation():
         gl.LSTM(3, 4, proj_size=4, device="cpu")
     with pytest.raises(ValueError, match=r"dropout: expected a probability in \[0, 1\)"):
         gl.LSTM(3, 4, dropout=1.0, device="cpu")
+    with pytest.raises(ValueError, match=r"zoneout_c: expected a probability in \[0, 1\)"):
+        gl.LSTM(3, 4, zoneout_c=1.5, device="cpu")
     with pytest.raises(ValueError, match="forget_bias: needs bias=True"):
         gl.LSTM(3, 4, bias=False, forget_bias=1.0, device="cpu")
     with pytest.raises(ValueError, match="no peephole"):

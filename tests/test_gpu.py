@@ -97,7 +97,7 @@ OPTIONS = {
     "peephole": dict(peephole=True),
     "learned-state": dict(learn_initial_state=True),
     "bi+proj+peep": dict(bidirectional=True, proj_size=8, peephole=True),
-}
+}   # dropout and zoneout draw masks on the device: checked by the gradient check and seeding tests
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -112,7 +112,7 @@ def test_gpu_matches_numpy_with_options(dtype, name, lengths):
 
 def test_gpu_gradient_check_with_options():
     m = gl.LSTM(3, 4, 2, dtype="float64", device="gpu", seed=5, bidirectional=True, proj_size=2,
-                peephole=True, dropout=0.3)
+                peephole=True, dropout=0.3, zoneout_h=0.2, zoneout_c=0.3)
     for name, err in lstm_gradient_check(m, T=5, B=3, lengths=np.array([5, 2, 4])):
         assert err < 1e-6, name
 
