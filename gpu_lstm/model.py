@@ -26,7 +26,8 @@ class SequenceModel:
         self.head_mode = head
         self.lstm = LSTM(input_size, hidden_size, num_layers, dtype=dtype, device=device, seed=seed,
                          **lstm_kwargs)
-        self.head = Dense(hidden_size, ck.positive_int("output_size", output_size), activation,
+        features = self.lstm.num_directions * self.lstm.output_size     # H, or 2P with options
+        self.head = Dense(features, ck.positive_int("output_size", output_size), activation,
                           dtype=dtype, backend=self.lstm._be,
                           seed=None if seed is None else seed + 1)
         self.device, self.dtype, self.xp = self.lstm.device, self.lstm.dtype, self.lstm._be.xp
@@ -36,6 +37,7 @@ class SequenceModel:
                       **{f"head.{k}": v for k, v in self.head.grads.items()}}
         self.training = True
         self._T = None
+        self._last = None
 
     def train(self):
         self.training = True
@@ -52,13 +54,23 @@ class SequenceModel:
         self.lstm.zero_grad()
         self.head.zero_grad()
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, lengths=None):
         """x (T, B, I) -> (prediction, (h_n, c_n)); pass the returned state back in to carry it across
-        chunks of a long sequence (truncated BPTT: no gradient flows between chunks)."""
-        y, state = self.lstm(x, state)
+        chunks of a long sequence (truncated BPTT: no gradient flows between chunks). With
+        ``lengths`` and head='last', each sample's prediction comes from its own last valid step."""
+        y, state = self.lstm(x, state, lengths=lengths)
         self._T = y.shape[0]
-        out = self.head(y if self.head_mode == "all" else y[-1])
-        return out, state
+        if self.head_mode == "all":
+            return self.head(y), state
+        xp = self.xp
+        if lengths is None:
+            self._last = None
+            last = y[-1]
+        else:
+            idx = xp.asarray(np.asarray(lengths, dtype=np.int64) - 1)
+            self._last = idx
+            last = y[idx, xp.arange(y.shape[1])]
+        return self.head(last), state
 
     __call__ = forward
 
@@ -69,7 +81,11 @@ class SequenceModel:
         dh = self.head.backward(dout)
         if self.head_mode == "all":
             self.lstm.backward(dh)
-        else:  # only the last step receives an error from the prediction layer
-            dy = self.lstm._be.zeros((self._T,) + tuple(dh.shape))
+            return
+        # only the step the prediction was read from receives an error
+        dy = self.lstm._be.zeros((self._T,) + tuple(dh.shape))
+        if self._last is None:
             dy[-1] = dh
-            self.lstm.backward(dy)
+        else:
+            dy[self._last, self.xp.arange(dh.shape[0])] = dh
+        self.lstm.backward(dy)
