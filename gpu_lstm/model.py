@@ -4,7 +4,7 @@ import numpy as np
 
 from . import _checks as ck
 from .dense import Dense
-from .lstm import LSTM
+from .lstm import LSTM, to_numpy
 
 
 class SequenceModel:
@@ -67,7 +67,7 @@ class SequenceModel:
             self._last = None
             last = y[-1]
         else:
-            idx = xp.asarray(np.asarray(lengths, dtype=np.int64) - 1)
+            idx = xp.asarray(np.asarray(to_numpy(lengths), dtype=np.int64) - 1)
             self._last = idx
             last = y[idx, xp.arange(y.shape[1])]
         return self.head(last), state
