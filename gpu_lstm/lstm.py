@@ -185,6 +185,9 @@ class LSTM:
         """True when training draws random masks (dropout or zoneout)."""
         return bool(self.dropout or self.zoneout)
 
+    def _direction_params(self, k, d):
+        return dirn.DirectionParams(self.params, self._prefix(k, d), self.bias, self.peephole, self.proj_size > 0)
+
     def _layer_input_size(self, k):
         return self.input_size if k == 0 else self.num_directions * self.output_size
 
@@ -270,11 +273,10 @@ class LSTM:
         if self.peephole or self.learn_initial_state:
             raise ValueError("torch.nn.LSTM has no peephole weights or learnable initial states; "
                              "this model cannot be mapped to its state_dict")
-        names = {}
+        names, shapes = {}, self.param_shapes()
         for k in range(self.num_layers):
             for d in range(self.num_directions):
                 p, sfx = self._prefix(k, d), "_reverse" if d == 1 else ""
-                shapes = self.param_shapes()
                 names[f"weight_ih_l{k}{sfx}"] = (f"{p}.W", shapes[f"{p}.W"])
                 names[f"weight_hh_l{k}{sfx}"] = (f"{p}.R", shapes[f"{p}.R"])
                 if self.bias:
@@ -479,7 +481,7 @@ class LSTM:
     def _forward_direction(self, k, d, ws, layer_in, h0, c0, cells):
         P, H = self.output_size, self.hidden_size
         dws = ws.dirs[k][d]
-        prm = dirn.DirectionParams(self.params, self._prefix(k, d), self.bias, self.peephole, self.proj_size > 0)
+        prm = self._direction_params(k, d)
         if d == 1:   # reverse time, each sample from its own end
             dws.x[...] = layer_in[ws.rev_index]
             x = dws.x
@@ -545,7 +547,7 @@ class LSTM:
             i = k * D + d
             dws = ws.dirs[k][d]
             prefix = self._prefix(k, d)
-            prm = dirn.DirectionParams(self.params, prefix, self.bias, self.peephole, self.proj_size > 0)
+            prm = self._direction_params(k, d)
             dh = ws.dh
             if dout is None:
                 dh[...] = 0
