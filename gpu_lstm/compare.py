@@ -13,10 +13,13 @@ def _rel(a, b):
 
 
 def compare_paths(input_size, hidden, layers, *, T, B, dtype, seed=0, device="gpu", reference="cpu",
-                  batch_first=False, backward_calls=1, lengths=None, return_cells=False, **options):
+                  batch_first=False, backward_calls=1, lengths=None, return_cells=False, train=True,
+                  **options):
     """Forward + backward of identical models on ``device`` and ``reference``.
 
     ``options`` are further LSTM keyword arguments (bidirectional, proj_size, peephole, dropout, ...).
+    Dropout and zoneout masks come from each device's own generator, so compare those in evaluation
+    mode (``train=False``).
     Returns ``[(name, relative difference)]`` for y, h_n, c_n, dx, dh0, dc0 (and the cells) and every
     gradient, each difference taken relative to the reference array's largest magnitude.
     """
@@ -25,6 +28,8 @@ def compare_paths(input_size, hidden, layers, *, T, B, dtype, seed=0, device="gp
     for dev in (device, reference):
         m = LSTM(input_size, hidden, layers, dtype=dtype, device=dev, seed=seed, batch_first=batch_first,
                  **options)
+        if not train:
+            m.eval()
         if not results:   # inputs drawn once, shaped for this configuration
             LD, P, DP = layers * m.num_directions, m.output_size, m.num_directions * m.output_size
             shape = (B, T, input_size) if batch_first else (T, B, input_size)

@@ -1,7 +1,13 @@
+import os
+
 import numpy as np
 import pytest
 
-import gpu_lstm as gl
+if os.environ.get("GPU_LSTM_FAKE_CUPY") == "1":   # tests/test_fake_gpu.py: the GPU suite on host kernels
+    import fake_cupy
+    fake_cupy.install()
+
+import gpu_lstm as gl  # noqa: E402
 
 
 def make_inputs(rng, T, B, I, H, L, dtype="float64", batch_first=False):
