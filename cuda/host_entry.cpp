@@ -26,5 +26,17 @@
         softmax_xent<T>(rows, V, logits, targets, ignore_index, inv_count, loss_rows, grad);         \
     }
 
+#define GL_HOST_ZONEOUT(T, SUFFIX)                                                                  \
+    extern "C" void gl_zoneout_mix_##SUFFIX(long long n, const T* mask, T z, const T* prev,           \
+                                            const T* cur, T* out) {                                   \
+        zoneout_mix<T>(n, mask, z, prev, cur, out);                                                   \
+    }                                                                                                 \
+    extern "C" void gl_zoneout_split_##SUFFIX(long long n, const T* mask, T z, T* grad, T* into,      \
+                                              int accumulate) {                                       \
+        zoneout_split<T>(n, mask, z, grad, into, accumulate);                                         \
+    }
+
+GL_HOST_ZONEOUT(float, f32)
+GL_HOST_ZONEOUT(double, f64)
 GL_HOST_ENTRIES(float, f32)
 GL_HOST_ENTRIES(double, f64)

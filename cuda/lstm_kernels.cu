@@ -112,6 +112,36 @@ __global__ void seq_carry(const long long B, const long long N, const long long*
     }
 }
 
+// Zoneout (Krueger et al., 2016), forward, n elements of step t:
+//   out = d prev + (1 - d) cur,  d = mask[k] (training, 0 or 1) or the constant z (evaluation).
+// out may alias cur (h is mixed in place).
+template <typename T>
+__global__ void zoneout_mix(const long long n, const T* __restrict__ mask, const T z,
+                            const T* __restrict__ prev, const T* cur, T* out) {
+    typedef typename gl_acc<T>::type A;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
+        const A d = mask != 0 ? gl_load(mask[k]) : gl_load(z);
+        out[k] = gl_store<T>(d * gl_load(prev[k]) + (A(1) - d) * gl_load(cur[k]));
+    }
+}
+
+// Zoneout, backward: the gradient of a zoned state splits between its two sources:
+//   into = (accumulate ? into : 0) + d grad   (the kept previous state)
+//   grad = (1 - d) grad                        (the fresh LSTM update)
+template <typename T>
+__global__ void zoneout_split(const long long n, const T* __restrict__ mask, const T z,
+                              T* __restrict__ grad, T* __restrict__ into, const int accumulate) {
+    typedef typename gl_acc<T>::type A;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
+        const A d = mask != 0 ? gl_load(mask[k]) : gl_load(z);
+        const A g = gl_load(grad[k]);
+        into[k] = gl_store<T>((accumulate ? gl_load(into[k]) : A(0)) + d * g);
+        grad[k] = gl_store<T>((A(1) - d) * g);
+    }
+}
+
 // out[j] += sum_r x[r, j] for a (rows, cols) row-major x: eq. (25), db = sum over t and samples.
 // One thread per column summing rows in a fixed order: deterministic (no atomics), and adjacent
 // threads read adjacent addresses. A tree reduction would be faster for huge T*B; see docs.

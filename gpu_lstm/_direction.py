@@ -45,8 +45,12 @@ class DirectionWorkspace:
         self.zoneout = None                                  # (d_h, d_c) of the last forward
 
 
-def _step(d, t):
-    return d if not hasattr(d, "ndim") or d.ndim == 0 else d[t]
+def _masks(zoneout, t):
+    """(mask_h, z_h, mask_c, z_c) for step t: masks in training, constants in evaluation."""
+    d_h, d_c = zoneout
+    mh, zh = (None, float(d_h)) if isinstance(d_h, float) else (d_h[t], 0.0)
+    mc, zc = (None, float(d_c)) if isinstance(d_c, float) else (d_c[t], 0.0)
+    return mh, zh, mc, zc
 
 
 def forward(be, prm, ws, x, h0, c0, lengths, zoneout=None):
@@ -72,9 +76,9 @@ def forward(be, prm, ws, x, h0, c0, lengths, zoneout=None):
             be.cell_forward(gates[t], prm.b, prm.peep, c[t], c_new, m[t])
             be.gemm(m[t], prm.Whr, h[t + 1], trans_b=True)      # projection: h = m W_hr^T, (B, P)
         if zoneout is not None:
-            dh_, dc_ = _step(zoneout[0], t), _step(zoneout[1], t)
-            c[t + 1] = dc_ * c[t] + (1 - dc_) * ct[t]
-            h[t + 1] = dh_ * h[t] + (1 - dh_) * h[t + 1]
+            mh, zh, mc, zc = _masks(zoneout, t)
+            be.zoneout_mix(mc, zc, c[t], ct[t], c[t + 1])
+            be.zoneout_mix(mh, zh, h[t], h[t + 1], h[t + 1])
         if lengths is not None:
             be.seq_carry(lengths, t, c[t], c[t + 1], False)     # padded samples keep their state
             be.seq_carry(lengths, t, h[t], h[t + 1], False)
@@ -105,14 +109,9 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
         if zoneout is not None:
             # h(t) = d h(t-1) + (1-d) h~(t): split delta-h(t) between the two; dh[t] becomes
             # delta-h~(t) (what the cell and dW_hr see). Same for c; the kept part rejoins the carry.
-            dh_, dc_ = _step(zoneout[0], t), _step(zoneout[1], t)
-            if t > 0:
-                dh[t - 1] += dh_ * dh[t]
-            else:
-                dh0[...] = dh_ * dh[0]
-            dh[t] *= 1 - dh_
-            keep = dc_ * dc
-            dc *= 1 - dc_
+            mh, zh, mc, zc = _masks(zoneout, t)
+            be.zoneout_split(mh, zh, dh[t], dh[t - 1] if t > 0 else dh0, t > 0)
+            be.zoneout_split(mc, zc, dc, shared.keep, False)
         if m is None:
             dht = dh[t]
         else:
@@ -122,7 +121,7 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
         be.cell_backward(gates[t], prm.peep, c[t + 1] if ct is None else ct[t], c[t], dht, dc, dgates[t],
                          None if dc_all is None else dc_all[t], lengths, t)
         if zoneout is not None:
-            dc += keep
+            dc += shared.keep
         # eq. (14): delta-h(t-1) += R^T delta(t), i.e. (B, 4H) @ (4H, P).
         first = t == 0 and zoneout is None
         be.gemm(dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0)

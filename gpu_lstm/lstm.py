@@ -39,6 +39,7 @@ class _Workspace:
         self.dh = be.empty((T, B, P))
         self.dc = be.empty((B, H))
         self.dm = be.empty((B, H)) if m.proj_size else None
+        self.keep = be.empty((B, H)) if m.zoneout else None   # zoneout: the kept share of delta-c
         # Per forward: lengths, the reverse-time index, the valid-step mask, dropout masks, inputs.
         self.lengths = self.rev_index = self.valid = None
         self.masks = [None] * L

@@ -95,7 +95,7 @@ def _signatures():
                 base = typ[:-1].strip()
                 kinds.append("T*" if base == "T" else _KINDS[base] + "*")
             else:
-                kinds.append(_KINDS[typ])
+                kinds.append("T" if typ == "T" else _KINDS[typ])
         sigs[name] = kinds
     return sigs
 
@@ -128,6 +128,10 @@ class _Kernel:
                     raise TypeError(f"{where}: expected a C-contiguous {want.name} array, got "
                                     f"{a.dtype.name} with strides {a.strides}")
                 conv.append(a.ctypes.data)
+            elif kind == "T":
+                if type(a) is not self.dtype.type:
+                    raise TypeError(f"{where}: expected {self.dtype.type.__name__}, got {type(a).__name__}")
+                conv.append(float(a))
             elif kind == "i64":
                 if type(a) is not np.int64:
                     raise TypeError(f"{where}: expected np.int64, got {type(a).__name__}")
@@ -141,7 +145,8 @@ class _Kernel:
 
 
 _HOST_NAMES = {"lstm_cell_forward": "gl_cell_forward", "lstm_cell_backward": "gl_cell_backward",
-               "seq_carry": "gl_seq_carry", "sum_rows": "gl_sum_rows", "softmax_xent": "gl_softmax_xent"}
+               "seq_carry": "gl_seq_carry", "zoneout_mix": "gl_zoneout_mix", "zoneout_split": "gl_zoneout_split",
+               "sum_rows": "gl_sum_rows", "softmax_xent": "gl_softmax_xent"}
 compiled = []   # (code, options, name_expressions) of every RawModule made
 
 

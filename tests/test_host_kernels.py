@@ -134,3 +134,24 @@ def test_gradient_check_through_host_kernels(host_cls):
     lstm = gl.LSTM(3, 4, 2, dtype="float64", device="host", seed=2)
     for name, err in lstm_gradient_check(lstm, T=5, B=2):
         assert err < 1e-6, name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_zoneout_kernels_match_numpy(host_cls, dtype, training, accumulate):
+    rng = np.random.default_rng(5)
+    shape = (3, 33)
+    mask = (rng.uniform(size=shape) < 0.3).astype(dtype) if training else None
+    prev, cur, grad, into = (rng.standard_normal(shape).astype(dtype) for _ in range(4))
+    outs = []
+    for be in (NumpyBackend(dtype), host_cls(dtype)):
+        out, g, i = np.empty(shape, dtype), grad.copy(), into.copy()
+        be.zoneout_mix(mask, 0.3, prev, cur, out)
+        be.zoneout_split(mask, 0.3, g, i, accumulate)
+        outs.append((out, g, i))
+    for ref, got in zip(*outs):
+        np.testing.assert_allclose(got, ref, **TOL[dtype])
+    d = mask if training else 0.3
+    np.testing.assert_allclose(outs[1][0], d * prev + (1 - d) * cur, **TOL[dtype])
+    np.testing.assert_allclose(outs[1][2], (into if accumulate else 0) + d * grad, **TOL[dtype])

@@ -150,6 +150,14 @@ class CupyBackend:
                       dc_carry, dgates, null if dc_out is None else dc_out,
                       null if lengths is None else lengths, np.int64(t)))
 
+    def zoneout_mix(self, mask, z, prev, cur, out):
+        self._launch("zoneout_mix", out.size, (np.int64(out.size), np.uintp(0) if mask is None else mask,
+                                               self.dtype.type(z), prev, cur, out))
+
+    def zoneout_split(self, mask, z, grad, into, accumulate):
+        self._launch("zoneout_split", grad.size, (np.int64(grad.size), np.uintp(0) if mask is None else mask,
+                                                  self.dtype.type(z), grad, into, np.int32(1 if accumulate else 0)))
+
     def seq_carry(self, lengths, t, src, dst, move):
         B, N = dst.shape
         self._launch("seq_carry", B * N, (np.int64(B), np.int64(N), lengths, np.int64(t), src, dst,

@@ -64,7 +64,9 @@ def load_library():
         os.replace(tmp, path)   # atomic: a concurrent test process never loads a half-written file
     lib = ctypes.CDLL(path)
     ll, vp = ctypes.c_longlong, ctypes.c_void_p
-    for suffix in ("f32", "f64"):
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+        getattr(lib, f"gl_zoneout_mix_{suffix}").argtypes = [ll, vp, real, vp, vp, vp]
+        getattr(lib, f"gl_zoneout_split_{suffix}").argtypes = [ll, vp, real, vp, vp, ctypes.c_int]
         getattr(lib, f"gl_cell_forward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp]
         getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp, vp, vp, vp, ll]
         getattr(lib, f"gl_seq_carry_{suffix}").argtypes = [ll, ll, vp, ll, vp, vp, ctypes.c_int]
@@ -94,6 +96,8 @@ class HostKernelBackend(NumpyBackend):
         self._fwd = getattr(lib, f"gl_cell_forward_{suffix}")
         self._bwd = getattr(lib, f"gl_cell_backward_{suffix}")
         self._carry = getattr(lib, f"gl_seq_carry_{suffix}")
+        self._zmix = getattr(lib, f"gl_zoneout_mix_{suffix}")
+        self._zsplit = getattr(lib, f"gl_zoneout_split_{suffix}")
         self._sum = getattr(lib, f"gl_sum_rows_{suffix}")
         self._xent = getattr(lib, f"gl_softmax_xent_{suffix}")
 
@@ -113,6 +117,16 @@ class HostKernelBackend(NumpyBackend):
                   _ptr("c_prev", c_prev, d), _ptr("dh", dh, d), _ptr("dc_carry", dc_carry, d),
                   _ptr("dgates", dgates, d), _ptr("dc_out", dc_out, d),
                   _ptr("lengths", lengths, np.dtype(np.int64)), t)
+
+    def zoneout_mix(self, mask, z, prev, cur, out):
+        d = self.dtype
+        self._zmix(out.size, _ptr("mask", mask, d), float(z), _ptr("prev", prev, d), _ptr("cur", cur, d),
+                   _ptr("out", out, d))
+
+    def zoneout_split(self, mask, z, grad, into, accumulate):
+        d = self.dtype
+        self._zsplit(grad.size, _ptr("mask", mask, d), float(z), _ptr("grad", grad, d), _ptr("into", into, d),
+                     int(accumulate))
 
     def seq_carry(self, lengths, t, src, dst, move):
         B, N = dst.shape

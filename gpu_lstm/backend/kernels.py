@@ -12,7 +12,8 @@ import re
 from ..gates import GATE_INDEX
 
 KERNEL_FILE = "lstm_kernels.cu"
-KERNEL_NAMES = ("lstm_cell_forward", "lstm_cell_backward", "seq_carry", "sum_rows", "softmax_xent")
+KERNEL_NAMES = ("lstm_cell_forward", "lstm_cell_backward", "seq_carry", "zoneout_mix", "zoneout_split",
+                "sum_rows", "softmax_xent")
 # NumPy dtype name -> C++ template argument. Half/bfloat16 storage would be added here.
 CTYPES = {"float32": "float", "float64": "double"}
 

@@ -159,6 +159,20 @@ class NumpyBackend:
         else:
             dst[pad] = src[pad]
 
+    def zoneout_mix(self, mask, z, prev, cur, out):
+        """out = d prev + (1 - d) cur with d = mask (training) or the constant z (evaluation)."""
+        d = z if mask is None else mask
+        np.add(d * prev, (1 - d) * cur, out=out)
+
+    def zoneout_split(self, mask, z, grad, into, accumulate):
+        """into (+)= d grad; grad *= 1 - d."""
+        d = z if mask is None else mask
+        if accumulate:
+            into += d * grad
+        else:
+            np.multiply(d, grad, out=into)
+        grad *= 1 - d
+
     def sum_rows(self, x, out):
         out += x.sum(axis=0)
 
