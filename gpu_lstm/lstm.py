@@ -4,6 +4,9 @@ in :mod:`gpu_lstm._direction` (written once for every backend).
 Between layers, each layer writes its output to ``out[k]`` (T, B, D*P): the forward direction in the
 first P columns, the reverse direction (already put back in forward time order) in the next P, zero at
 padded steps. That buffer, after dropout when it is on, is the next layer's input.
+
+This file is the public class (a third of it the documentation of every option) and its orchestration;
+the per-step maths is in _direction.py and cuda/, the torch name mapping in torch_state.py.
 """
 
 import numbers
@@ -268,25 +271,7 @@ class LSTM:
     def num_parameters(self):
         return int(sum(int(np.prod(s)) for s in self.param_shapes().values()))
 
-    # ---- torch interop ----------------------------------------------------------------------------
-    def _torch_names(self):
-        """{torch name: (our name, shape, is_hh_bias)} for the parameters torch.nn.LSTM has."""
-        if self.peephole or self.learn_initial_state:
-            raise ValueError("torch.nn.LSTM has no peephole weights or learnable initial states; "
-                             "this model cannot be mapped to its state_dict")
-        names, shapes = {}, self.param_shapes()
-        for k in range(self.num_layers):
-            for d in range(self.num_directions):
-                p, sfx = self._prefix(k, d), "_reverse" if d == 1 else ""
-                names[f"weight_ih_l{k}{sfx}"] = (f"{p}.W", shapes[f"{p}.W"])
-                names[f"weight_hh_l{k}{sfx}"] = (f"{p}.R", shapes[f"{p}.R"])
-                if self.bias:
-                    names[f"bias_ih_l{k}{sfx}"] = (f"{p}.b", shapes[f"{p}.b"])
-                    names[f"bias_hh_l{k}{sfx}"] = (f"{p}.b", shapes[f"{p}.b"])
-                if self.proj_size:
-                    names[f"weight_hr_l{k}{sfx}"] = (f"{p}.Whr", shapes[f"{p}.Whr"])
-        return names
-
+    # ---- torch interop (gpu_lstm/torch_state.py) -------------------------------------------------
     def load_torch_state_dict(self, state_dict):
         """Load ``torch.nn.LSTM(...).state_dict()`` (tensors or arrays).
 
@@ -294,32 +279,17 @@ class LSTM:
         the forward uses. Every key and shape is checked before anything is written, so a bad dict
         never leaves a half-loaded model.
         """
-        expected = self._torch_names()
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        if missing or unexpected:
-            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected} "
-                           f"(expected those of torch.nn.LSTM({self.input_size}, {self.hidden_size}, "
-                           f"num_layers={self.num_layers}, bias={self.bias}, "
-                           f"bidirectional={self.bidirectional}, proj_size={self.proj_size}))")
-        values = {}
-        for key, (ours, shape) in expected.items():
-            value = state_dict[key]
-            if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
-                value = value.detach().cpu().numpy()
-            arr = np.asarray(to_numpy(value), dtype=np.float64)
-            ck.check_shape(f"state_dict[{key!r}]", arr, shape)
-            # the two torch biases only ever appear summed in the gates: b = bias_ih + bias_hh
-            values[ours] = values.get(ours, 0.0) + arr if key.startswith("bias_") else arr
-        self.set_params(values)
+        from .torch_state import load_torch_state_dict
+        load_torch_state_dict(self, state_dict)
 
     def torch_state_dict(self):
         """Parameters under torch.nn.LSTM's names, as NumPy arrays; bias_hh is zero, bias_ih is b."""
-        sd = {}
-        for key, (ours, _) in self._torch_names().items():
-            value = to_numpy(self.params[ours]).copy()
-            sd[key] = np.zeros_like(value) if key.startswith("bias_hh") else value
-        return sd
+        from .torch_state import torch_state_dict
+        return torch_state_dict(self)
+
+    def _torch_names(self):
+        from .torch_state import torch_names
+        return torch_names(self)
 
     # ---- input checks -----------------------------------------------------------------------------
     def _seq_axes(self):

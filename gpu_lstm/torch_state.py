@@ -1,0 +1,55 @@
+"""Mapping between gpu_lstm's parameter names and torch.nn.LSTM's state_dict."""
+
+import numpy as np
+
+from . import _checks as ck
+
+
+def torch_names(m):
+    """{torch name: (our name, shape)} for the parameters torch.nn.LSTM has."""
+    if m.peephole or m.learn_initial_state:
+        raise ValueError("torch.nn.LSTM has no peephole weights or learnable initial states; "
+                         "this model cannot be mapped to its state_dict")
+    names, shapes = {}, m.param_shapes()
+    for k in range(m.num_layers):
+        for d in range(m.num_directions):
+            p, sfx = m._prefix(k, d), "_reverse" if d == 1 else ""
+            names[f"weight_ih_l{k}{sfx}"] = (f"{p}.W", shapes[f"{p}.W"])
+            names[f"weight_hh_l{k}{sfx}"] = (f"{p}.R", shapes[f"{p}.R"])
+            if m.bias:
+                names[f"bias_ih_l{k}{sfx}"] = (f"{p}.b", shapes[f"{p}.b"])
+                names[f"bias_hh_l{k}{sfx}"] = (f"{p}.b", shapes[f"{p}.b"])
+            if m.proj_size:
+                names[f"weight_hr_l{k}{sfx}"] = (f"{p}.Whr", shapes[f"{p}.Whr"])
+    return names
+
+
+def load_torch_state_dict(m, state_dict):
+    from .lstm import to_numpy
+    expected = torch_names(m)
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected} "
+                       f"(expected those of torch.nn.LSTM({m.input_size}, {m.hidden_size}, "
+                       f"num_layers={m.num_layers}, bias={m.bias}, "
+                       f"bidirectional={m.bidirectional}, proj_size={m.proj_size}))")
+    values = {}
+    for key, (ours, shape) in expected.items():
+        value = state_dict[key]
+        if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
+            value = value.detach().cpu().numpy()
+        arr = np.asarray(to_numpy(value), dtype=np.float64)
+        ck.check_shape(f"state_dict[{key!r}]", arr, shape)
+        # the two torch biases only ever appear summed in the gates: b = bias_ih + bias_hh
+        values[ours] = values.get(ours, 0.0) + arr if key.startswith("bias_") else arr
+    m.set_params(values)
+
+
+def torch_state_dict(m):
+    from .lstm import to_numpy
+    sd = {}
+    for key, (ours, _) in torch_names(m).items():
+        value = to_numpy(m.params[ours]).copy()
+        sd[key] = np.zeros_like(value) if key.startswith("bias_hh") else value
+    return sd
