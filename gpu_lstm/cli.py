@@ -1,4 +1,7 @@
-"""The ``gpu-lstm`` command line: ``train``, ``sample``, ``check`` and ``info``."""
+"""gpu-lstm: LSTM training with exact BPTT on NVIDIA GPUs (CuPy) or the CPU (NumPy).
+
+Subcommands: check (gradient check, the first thing to run), train, sample, bench, profile, info.
+"""
 
 import argparse
 import platform
@@ -140,54 +143,78 @@ def cmd_profile(args):
     return 0
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonnegative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="gpu-lstm", description=__doc__)
+    p = argparse.ArgumentParser(prog="gpu-lstm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="gradient-check a small multi-layer LSTM on the best device")
-    c.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu", "host"))
-    c.add_argument("--layers", type=int, default=2)
-    c.add_argument("--hidden", type=int, default=5)
-    c.add_argument("--input-size", type=int, default=3)
-    c.add_argument("--steps", type=int, default=6)
-    c.add_argument("--batch", type=int, default=3)
+    c.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu", "host"),
+                   help="auto: GPU if usable, else CPU; host: the CUDA kernels built for the CPU")
+    c.add_argument("--layers", type=_positive_int, default=2, help="stacked layers (default 2)")
+    c.add_argument("--hidden", type=_positive_int, default=5, help="hidden size H (default 5)")
+    c.add_argument("--input-size", type=_positive_int, default=3, help="input size I (default 3)")
+    c.add_argument("--steps", type=_positive_int, default=6, help="sequence length T (default 6)")
+    c.add_argument("--batch", type=_positive_int, default=3, help="batch size B (default 3)")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_check)
     t = sub.add_parser("train", help="train on a shipped task: the adding problem or a char LM")
-    t.add_argument("task", choices=("adding", "charlm"))
+    t.add_argument("task", choices=("adding", "charlm"),
+                   help="adding: the adding problem (T=100); charlm: char LM on the shipped KJV text")
     t.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    t.add_argument("--steps", type=int, default=1000)
-    t.add_argument("--hidden", type=int, default=None)
-    t.add_argument("--layers", type=int, default=1)
-    t.add_argument("--batch", type=int, default=None)
-    t.add_argument("--seq-len", type=int, default=None, help="T (adding: sequence length; charlm: BPTT chunk)")
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--clip", type=float, default=1.0, help="clip gradients to this global norm (0: off)")
+    t.add_argument("--steps", type=_positive_int, default=1000, help="optimizer steps (default 1000)")
+    t.add_argument("--hidden", type=_positive_int, default=None, help="H (default: adding 64, charlm 256)")
+    t.add_argument("--layers", type=_positive_int, default=1, help="stacked LSTM layers (default 1)")
+    t.add_argument("--batch", type=_positive_int, default=None, help="B (default: adding 64, charlm 32)")
+    t.add_argument("--seq-len", type=_positive_int, default=None,
+                   help="T: adding sequence length (default 100) or charlm BPTT chunk (default 64)")
+    t.add_argument("--lr", type=_nonnegative_float, default=None, help="learning rate (default: adding 1e-2, charlm 3e-3)")
+    t.add_argument("--clip", type=_nonnegative_float, default=1.0, help="clip gradients to this global norm (0: off)")
     t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
     t.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--seed", type=int, default=0, help="seeds the model and the data")
+    t.add_argument("--log-every", type=_positive_int, default=100, help="progress line every N steps off a terminal")
     t.add_argument("--out", default=None, help="output folder (default runs/TASK)")
     t.set_defaults(func=cmd_train)
     s = sub.add_parser("sample", help="sample text from a char-model checkpoint")
     s.add_argument("checkpoint")
-    s.add_argument("--length", type=int, default=500)
+    s.add_argument("--length", type=_positive_int, default=500, help="characters to generate")
     s.add_argument("--prime", default="And ")
-    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--temperature", type=_nonnegative_float, default=0.8, help="below 1: more conservative")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     s.set_defaults(func=cmd_sample)
     b = sub.add_parser("bench", help="time gpu_lstm against torch.nn.LSTM (cuDNN on a GPU) side by side")
     b.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     b.add_argument("--quick", action="store_true", help="a few shapes only")
-    b.add_argument("--reps", type=int, default=None, help="timed repetitions per row (median reported)")
+    b.add_argument("--reps", type=_positive_int, default=None, help="timed repetitions per row (median reported)")
     b.add_argument("--json", default=None, help="write raw results with the environment to this file")
     b.set_defaults(func=cmd_bench)
     p_ = sub.add_parser("profile", help="where one training step's time goes (GEMMs, kernels, gaps)")
     p_.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    p_.add_argument("-H", type=int, default=512)
-    p_.add_argument("-B", type=int, default=64)
-    p_.add_argument("-T", type=int, default=100)
-    p_.add_argument("--reps", type=int, default=5)
+    p_.add_argument("-H", type=_positive_int, default=512, help="hidden size (default 512)")
+    p_.add_argument("-B", type=_positive_int, default=64, help="batch size (default 64)")
+    p_.add_argument("-T", type=_positive_int, default=100, help="sequence length (default 100)")
+    p_.add_argument("--reps", type=_positive_int, default=5)
     p_.set_defaults(func=cmd_profile)
     i = sub.add_parser("info", help="versions, backends found and the device")
     i.set_defaults(func=cmd_info)
@@ -195,8 +222,17 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run a subcommand. User errors (a missing or wrong checkpoint, --device gpu without a GPU, bad
+    sizes) print one line and exit 2; GPU_LSTM_DEBUG=1 shows the traceback instead."""
+    import os
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        if os.environ.get("GPU_LSTM_DEBUG") == "1":
+            raise
+        print(f"gpu-lstm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

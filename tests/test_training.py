@@ -58,3 +58,13 @@ def test_corpus_and_vocab():
     assert v.decode(v.encode("And God said")) == "And God said"
     with pytest.raises(ValueError, match="not in the vocabulary"):
         v.encode("é")
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    from gpu_lstm.cli import main
+    assert main(["sample", str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpu-lstm sample: error: checkpoint:") and "does not exist" in err
+    with pytest.raises(SystemExit):
+        main(["train", "adding", "--steps", "0"])
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
