@@ -58,3 +58,10 @@ def test_plot_script(tmp_path):
     result = bench.run(device="cpu", quick=True, reps=2, log=lambda s: None)
     out = mod.plot(result, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 5000 and out.endswith("p.png")
+
+
+def test_bench_without_torch_leaves_the_opponent_columns_empty(monkeypatch):
+    monkeypatch.setattr(bench, "_torch_available", lambda: False)
+    rows = bench.run(device="cpu", quick=True, reps=2, log=lambda s: None)["rows"]
+    assert rows and all(r["opponent_ms"] is None and r["ratio"] is None and r["ours_ms"] > 0 for r in rows)
+    assert "-" in bench.format_row(rows[0])
