@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from gpu_lstm import _checks as ck
+
 GRADCHECK_TOL = 1e-6
 
 
@@ -143,24 +145,32 @@ def cmd_profile(args):
     return 0
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _argument(check, convert):
+    """An argparse type from a gpu_lstm._checks validator, so the CLI and the API agree."""
+    def parse(text):
+        try:
+            return check("value", convert(text))
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("value: ", "")) from None
+    return parse
 
 
-def _nonnegative_float(text):
+def _int(text):
     try:
-        value = float(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
+        return text          # the validator reports it as "not an integer"
+
+
+def _float(text):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+_positive_int = _argument(ck.positive_int, _int)
+_nonnegative_float = _argument(ck.nonnegative_float, _float)
 
 
 def build_parser():

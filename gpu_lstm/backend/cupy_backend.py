@@ -94,9 +94,6 @@ class CupyBackend:
     def to_numpy(self, a):
         return cp.asnumpy(a)
 
-    def synchronize(self):
-        cp.cuda.Device(self.device_id).synchronize()
-
     # ---- the seam -----------------------------------------------------------------------------
     def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
         M, N, K = blas.gemm_shapes(a.shape, b.shape, trans_a, trans_b)

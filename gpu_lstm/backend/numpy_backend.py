@@ -35,9 +35,6 @@ class NumpyBackend:
     def to_numpy(self, a):
         return np.asarray(a)
 
-    def synchronize(self):
-        pass
-
     def make_rng(self, seed):
         """A generator for dropout masks, on this backend's device."""
         return np.random.default_rng(seed)
@@ -78,13 +75,19 @@ class NumpyBackend:
         return self._affine[H]
 
     @staticmethod
-    def _tanh(x, out):
-        """tanh via one exp, as in _gate_affine: 2 / (1 + exp(-2x)) - 1."""
-        np.multiply(x, -2.0, out=out)
+    def _logistic(x, out, scale=1.0):
+        """out = 1 / (1 + exp(-scale x)), one exp; exp overflowing to inf gives exactly 0."""
+        np.multiply(x, -scale, out=out)
         with np.errstate(over="ignore"):
             np.exp(out, out=out)
         out += 1
         np.reciprocal(out, out=out)
+        return out
+
+    @classmethod
+    def _tanh(cls, x, out):
+        """tanh via one exp, as in _gate_affine: 2 sigma(2x) - 1."""
+        cls._logistic(x, out, 2.0)
         out *= 2
         out -= 1
         return out
@@ -113,7 +116,7 @@ class NumpyBackend:
         c += c_prev * f                      # eq. (5)
         if peep is not None:                 # eq. (3) with the peephole on the new cell
             zo += peep[2] * c
-            o[...] = 0.5 * np.tanh(0.5 * zo) + 0.5
+            self._logistic(zo, o)
         self._tanh(c, out=h)
         h *= o                               # eq. (6)
 
