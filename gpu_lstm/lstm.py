@@ -24,18 +24,41 @@ class BackwardBeforeForwardError(RuntimeError, ValueError):
     """backward() was called before any forward()."""
 
 
-class _Workspace:
-    """Every buffer a forward and backward of shape (T, B) needs, allocated once per shape."""
+class Tape:
+    """What one forward saves for its backward: the input copy, every layer's output, the activated
+    gates and the h/c (and m, c~) sequences of every direction, dropout masks and the lengths.
+
+    A model keeps the tape of its last forward and reuses its buffers for the next forward of the same
+    shape. :meth:`LSTM.detach_tape` hands the last tape to the caller instead: the next forward then
+    allocates fresh buffers, and ``backward(..., tape=t)`` can run through that forward at any later
+    time (several forwards in flight, as an autograd engine needs). Backward-only scratch buffers are
+    not part of a tape; the model keeps one set per shape (:class:`_Scratch`).
+    """
 
     def __init__(self, m, T, B):
         be, H, P, D, L = m._be, m.hidden_size, m.output_size, m.num_directions, m.num_layers
         self.T, self.B = T, B
+        self.owner = m                    # backward(tape=...) checks the tape is this model's
+        self.detached = False
         self.x = be.empty((T, B, m.input_size))                               # copy of the input
         self.out = [be.empty((T, B, D * P)) for _ in range(L)]               # layer outputs
         self.dropped = [be.empty((T, B, D * P)) if k > 0 and m.dropout else None for k in range(L)]
         self.dirs = [[dirn.DirectionWorkspace(be, T, B, m._layer_input_size(k), H, P, m.proj_size > 0,
                                               reverse=d == 1, zoneout=m.zoneout)
                       for d in range(D)] for k in range(L)]
+        # Per forward: lengths, the reverse-time index, the valid-step mask, dropout masks, inputs.
+        self.lengths = self.rev_index = self.valid = None
+        self.masks = [None] * L
+        self.inputs = [None] * L
+        self.learned_state = False
+
+
+class _Scratch:
+    """Buffers only a backward uses (nothing in them outlives the call), one set per (T, B)."""
+
+    def __init__(self, m, T, B):
+        be, H, P, L = m._be, m.hidden_size, m.output_size, m.num_layers
+        self.T, self.B = T, B
         self.dx = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)]  # per direction
         self.din = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)]  # summed over directions
         self.dgates = be.empty((T, B, 4 * H))   # shared by all layers and directions
@@ -43,11 +66,6 @@ class _Workspace:
         self.dc = be.empty((B, H))
         self.dm = be.empty((B, H)) if m.proj_size else None
         self.keep = be.empty((B, H)) if m.zoneout else None   # zoneout: the kept share of delta-c
-        # Per forward: lengths, the reverse-time index, the valid-step mask, dropout masks, inputs.
-        self.lengths = self.rev_index = self.valid = None
-        self.masks = [None] * L
-        self.inputs = [None] * L
-        self.learned_state = False
 
 
 class LSTM:
@@ -164,8 +182,8 @@ class LSTM:
         self._dropout_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._rng = self._be.make_rng(self._dropout_seed) if self.stochastic else None
         self.training = True
-        self._ws = None
-        self._saved = None
+        self._saved = None        # the Tape of the last forward (None once detached)
+        self._scratch = None
         self.forward_count = 0    # lets wrappers check that a backward belongs to the last forward
         self.track_gradient_flow = False
         self.gradient_flow = {}
@@ -341,12 +359,34 @@ class LSTM:
             return None, None       # no padding: the plain path computes exactly the same thing
         return self._be.xp.asarray(host), host
 
-    def _workspace(self, T, B):
-        ws = self._ws
-        if ws is None or ws.T != T or ws.B != B:
-            ws = _Workspace(self, T, B)
-            self._ws = ws
-        return ws
+    def _new_tape(self, T, B):
+        """The last forward's tape when this model still owns it and the shape matches, else a new one."""
+        tape = self._saved
+        if tape is None or tape.T != T or tape.B != B:
+            tape = Tape(self, T, B)
+        return tape
+
+    def _scratch_for(self, T, B):
+        s = self._scratch
+        if s is None or s.T != T or s.B != B:
+            s = self._scratch = _Scratch(self, T, B)
+        return s
+
+    def detach_tape(self):
+        """Take the last forward's saved state out of the model and return it (a :class:`Tape`).
+
+        The model forgets it: the next forward allocates new buffers instead of overwriting these, so
+        ``backward(dy, tape=tape)`` may run after any number of later forwards. This is how an autograd
+        engine (``gpu_lstm.torch``) keeps several forwards of one model alive. The gradient is taken
+        at the parameters' values at backward time: change them in between (an optimizer step) and
+        the result is not the gradient of that forward.
+        """
+        tape = self._saved
+        if tape is None:
+            raise BackwardBeforeForwardError("detach_tape: no forward to detach; run lstm(x) first")
+        tape.detached = True
+        self._saved = None
+        return tape
 
     # ---- forward ----------------------------------------------------------------------------------
     def forward(self, x, hc=None, *, lengths=None, check_finite=None, return_cells=False):
@@ -383,7 +423,7 @@ class LSTM:
                 if arr is not None:
                     ck.check_finite(name, arr, xp)
 
-        ws = self._workspace(T, B)
+        ws = self._new_tape(T, B)
         ws.lengths = lengths
         if lengths is not None:
             t = np.arange(T)[:, None]
@@ -470,22 +510,29 @@ class LSTM:
                 cells[:, :, H:] = dws.c[1:][ws.rev_index]
 
     # ---- backward ---------------------------------------------------------------------------------
-    def backward(self, dy=None, dhc=None):
+    def backward(self, dy=None, dhc=None, *, tape=None):
         """Backpropagation through time through the last forward; gradients ADD into ``grads``.
 
         dy : gradient of the loss with respect to y, same shape as y (None means zero).
         dhc : optional (dh_n, dc_n), shaped like (h_n, c_n).
+        tape : a :class:`Tape` from :meth:`detach_tape`, to go back through that forward instead of
+            the last one.
         Returns ``dx, (dh0, dc0)`` with the shapes of x, h0 and c0.
         May be called more than once after one forward; each call adds its gradients again.
         """
+        if tape is not None and (not isinstance(tape, Tape) or tape.owner is not self):
+            raise ValueError(f"tape: expected a Tape from this model's detach_tape(), got "
+                             f"{'a tape of another model' if isinstance(tape, Tape) else type(tape).__name__}")
         with self._be.activate():
-            return self._backward(dy, dhc)
+            return self._backward(dy, dhc, tape)
 
-    def _backward(self, dy, dhc):
-        ws = self._saved
+    def _backward(self, dy, dhc, tape=None):
+        ws = self._saved if tape is None else tape
         if ws is None:
-            raise BackwardBeforeForwardError("backward: called before forward; run lstm(x) first")
+            raise BackwardBeforeForwardError("backward: called before forward (or its tape was detached); "
+                                             "run lstm(x) first, or pass tape=")
         be, T, B, L, D = self._be, ws.T, ws.B, self.num_layers, self.num_directions
+        scratch = self._scratch_for(T, B)
         P, H = self.output_size, self.hidden_size
         y_shape = (B, T, D * P) if self.batch_first else (T, B, D * P)
         if dy is not None:
@@ -501,25 +548,25 @@ class LSTM:
             dout = dy                                     # (T, B, D*P) error on layer k's output
             for k in reversed(range(L)):
                 with annotate(f"lstm.backward.l{k}"):
-                    din = self._backward_layer(k, ws, dout, dh_n, dc_n, dh0, dc0)
+                    din = self._backward_layer(k, ws, scratch, dout, dh_n, dc_n, dh0, dc0)
                 if ws.masks[k] is not None:
                     din *= ws.masks[k]                    # dropout on this layer's input
                 dout = din
-        dx = ws.din[0].copy()
+        dx = scratch.din[0].copy()
         if self.batch_first:
             dx = be.xp.ascontiguousarray(dx.transpose(1, 0, 2))
         return dx, (dh0, dc0)
 
-    def _backward_layer(self, k, ws, dout, dh_n, dc_n, dh0, dc0):
+    def _backward_layer(self, k, ws, scratch, dout, dh_n, dc_n, dh0, dc0):
         be, D, P = self._be, self.num_directions, self.output_size
         xp = be.xp
-        din = ws.din[k]
+        din = scratch.din[k]
         for d in range(D):
             i = k * D + d
             dws = ws.dirs[k][d]
             prefix = self._prefix(k, d)
             prm = self._direction_params(k, d)
-            dh = ws.dh
+            dh = scratch.dh
             if dout is None:
                 dh[...] = 0
             else:
@@ -529,9 +576,9 @@ class LSTM:
                 dh[...] = part if d == 0 else part[ws.rev_index]
             x = ws.inputs[k] if d == 0 else dws.x
             dc_all = be.empty((ws.T, ws.B, self.hidden_size)) if self.track_gradient_flow else None
-            dirn.backward(be, prm, self.grads, prefix, dws, ws, x, dh,
+            dirn.backward(be, prm, self.grads, prefix, dws, scratch, x, dh,
                           None if dh_n is None else dh_n[i], None if dc_n is None else dc_n[i],
-                          dh0[i], dc0[i], ws.dx[k], ws.lengths, dc_all)
+                          dh0[i], dc0[i], scratch.dx[k], ws.lengths, dc_all)
             if self.track_gradient_flow:
                 dh_flow = xp.sqrt((dh * dh).sum(axis=(1, 2)))
                 dc_flow = xp.sqrt((dc_all * dc_all).sum(axis=(1, 2)))
@@ -540,9 +587,9 @@ class LSTM:
                 be.sum_rows(dh0[i], self.grads[f"{prefix}.h0"])
                 be.sum_rows(dc0[i], self.grads[f"{prefix}.c0"])
             if d == 0:
-                din[...] = ws.dx[k]
+                din[...] = scratch.dx[k]
             else:
-                din += ws.dx[k][ws.rev_index]             # back to forward time order
+                din += scratch.dx[k][ws.rev_index]             # back to forward time order
         return din
 
     def __repr__(self):
