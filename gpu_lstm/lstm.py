@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import _direction as dirn
+from . import plan as _plan
 from ._nvtx import annotate
 from .backend import get_backend
 from .gates import GATE_INDEX
@@ -40,6 +41,7 @@ class Tape:
         self.T, self.B = T, B
         self.owner = m                    # backward(tape=...) checks the tape is this model's
         self.detached = False
+        self.plan = None                  # the gpu_lstm.plan.Plan whose buffers these are, if any
         self.x = be.empty((T, B, m.input_size))                               # copy of the input
         self.out = [be.empty((T, B, D * P)) for _ in range(L)]               # layer outputs
         self.dropped = [be.empty((T, B, D * P)) if k > 0 and m.dropout else None for k in range(L)]
@@ -113,6 +115,13 @@ class LSTM:
         its previous value with this probability, c(t) = d c(t-1) + (1 - d) c~(t) with d ~ Bernoulli(z)
         per unit and step, c~ and h~ being the ordinary LSTM update; in evaluation d = z, the
         expectation. Masks come from the same seeded generator as dropout.
+    algo : 'auto', 'graph', 'plan' or 'eager'
+        How forward and backward are run (:mod:`gpu_lstm.plan`). 'eager' is the per-step Python loop
+        (the GPU reference); 'plan' replays operations prepared once per shape (every pointer and
+        argument computed once); 'graph' (GPU only) captures each plan into CUDA graphs, so a call
+        is one input copy and one graph launch whatever T is. 'auto' picks 'graph' on the GPU and
+        'plan' elsewhere. Calls a plan does not cover run eagerly: T = 0 or B = 0,
+        ``track_gradient_flow``, and training with dropout or zoneout (masks drawn on the host side).
 
     Attributes
     ----------
@@ -141,7 +150,7 @@ class LSTM:
     def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
                  dtype="float32", device="auto", seed=None, check_finite=False, bidirectional=False,
                  proj_size=0, peephole=False, dropout=0.0, forget_bias=None, learn_initial_state=False,
-                 zoneout_h=0.0, zoneout_c=0.0):
+                 zoneout_h=0.0, zoneout_c=0.0, algo="auto"):
         self.input_size = ck.positive_int("input_size", input_size)
         self.hidden_size = ck.positive_int("hidden_size", hidden_size)
         self.num_layers = ck.positive_int("num_layers", num_layers)
@@ -176,6 +185,9 @@ class LSTM:
             raise TypeError(f"seed: expected an int or None, got {seed!r}")
         self._be = get_backend(device, self.dtype)
         self.device = self._be.name
+        self.algo = algo
+        self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
+        self._plans = _plan.PlanCache()
         self.params = {}
         self._init_params(seed)
         self.grads = {k: self._be.zeros(v.shape) for k, v in self.params.items()}
@@ -362,6 +374,9 @@ class LSTM:
     def _new_tape(self, T, B):
         """The last forward's tape when this model still owns it and the shape matches, else a new one."""
         tape = self._saved
+        if tape is not None and tape.plan is not None:   # a plan's tape: the plan goes back to its pool
+            self._plans.give_back(tape.plan)
+            tape = None
         if tape is None or tape.T != T or tape.B != B:
             tape = Tape(self, T, B)
         return tape
@@ -386,6 +401,8 @@ class LSTM:
             raise BackwardBeforeForwardError("detach_tape: no forward to detach; run lstm(x) first")
         tape.detached = True
         self._saved = None
+        if tape.plan is not None:
+            self._plans.lend(tape, tape.plan)
         return tape
 
     # ---- forward ----------------------------------------------------------------------------------
@@ -422,6 +439,8 @@ class LSTM:
             for name, arr in (("x", x), ("h0", h0), ("c0", c0)):
                 if arr is not None:
                     ck.check_finite(name, arr, xp)
+        if _plan.plan_ok(self, T, B):
+            return _plan.forward(self, x, h0, c0, host_lengths, return_cells)
 
         ws = self._new_tape(T, B)
         ws.lengths = lengths
@@ -540,6 +559,8 @@ class LSTM:
             ck.check_shape("dy", dy, y_shape, self._out_axes())
             dy = dy.transpose(1, 0, 2) if self.batch_first else dy
         dh_n, dc_n = self._state_pair("dhc", dhc, B)
+        if ws.plan is not None and not self.track_gradient_flow and self._algo != "eager":
+            return _plan.backward(self, ws, dy, dh_n, dc_n)
         dh0 = be.empty((L * D, B, P))
         dc0 = be.empty((L * D, B, H))
         if self.track_gradient_flow:
@@ -595,7 +616,8 @@ class LSTM:
     def __repr__(self):
         extra = "".join(f", {n}={getattr(self, n)!r}" for n, default in (
             ("bidirectional", False), ("proj_size", 0), ("peephole", False), ("dropout", 0.0),
-            ("forget_bias", None), ("learn_initial_state", False), ("zoneout_h", 0.0), ("zoneout_c", 0.0))
+            ("forget_bias", None), ("learn_initial_state", False), ("zoneout_h", 0.0), ("zoneout_c", 0.0),
+            ("algo", "auto"))
             if getattr(self, n) != default)
         return (f"LSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bias={self.bias}, batch_first={self.batch_first}, dtype='{self.dtype.name}', "

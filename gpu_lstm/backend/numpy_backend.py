@@ -1,10 +1,15 @@
 """The reference backend: explicit NumPy, one line per equation."""
 
 import contextlib
+import functools
 
 import numpy as np
 
 from ..gates import GATE_INDEX
+
+
+def _call(be, name, args):
+    return getattr(be, name)(*args)
 
 
 class NumpyBackend:
@@ -45,6 +50,19 @@ class NumpyBackend:
     def activate(self):
         """Context in which this backend's arrays are made (the GPU backend selects its device)."""
         return contextlib.nullcontext()
+
+    # ---- plans (gpu_lstm/plan.py): operations prepared once, replayed ----------------------------
+    def prepare(self, name, *args):
+        """``name(*args)`` as a zero-argument callable over the given (precomputed) views. The method
+        is looked up when called, so the plan runs whatever the backend's method is then."""
+        return functools.partial(_call, self, name, args)
+
+    def prepare_gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
+        return functools.partial(_call, self, "gemm", (a, b, out, trans_a, trans_b, beta))
+
+    def run_prepared(self, ops):
+        from ..plan import replay
+        replay(ops)
 
     # ---- the seam -----------------------------------------------------------------------------
     def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):

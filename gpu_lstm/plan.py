@@ -1,0 +1,489 @@
+"""Plans: a forward and backward computed once per shape, then replayed (issue 9, sections 1 and 2).
+
+A :class:`Plan` is built once per (model configuration, T, B, options in use) and owns every buffer
+of one forward and its backward: the saved state (a :class:`~gpu_lstm.lstm.Tape`), static input
+buffers (x, h0/c0, lengths and the index arrays derived from them, dy, dh_n/dc_n) and static output
+buffers (h_n/c_n, cells, dh0/dc0). Building it walks the same time loop as the eager path
+(:mod:`gpu_lstm._direction` and :class:`~gpu_lstm.lstm.LSTM`), in the same order, but instead of
+running each operation it asks the backend to *prepare* it: a zero-argument callable with every
+pointer, leading dimension, m/n/k and kernel argument tuple fixed (only the step index differs from
+step to step, and it is baked into that step's callable). Replaying is then a flat loop over
+callables: no slicing, no shape arithmetic, no argument conversion per step.
+
+* NumPy backend: the callables are the backend's own methods bound to precomputed views, so the CPU
+  path computes exactly what the eager loop computes, bitwise.
+* GPU, ``algo="plan"``: cuBLAS through the capture-capable binding (cublas_capture.py), kernels with
+  prebuilt argument tuples, replayed from Python.
+* GPU, ``algo="graph"``: the first call runs the plan and then captures it into a CUDA graph on a
+  private stream (cupy.cuda.Stream.begin_capture/end_capture); later calls do one input copy and one
+  graph launch on the current stream, whatever T is.
+
+What a plan does not cover falls back to the eager loop for that call, with today's semantics:
+T == 0 or B == 0, ``track_gradient_flow``, and training with dropout or zoneout (their masks are drawn
+by the host-side generator, which cannot run inside a graph; in-kernel Philox masks will remove this
+fallback).
+
+Bindings: a plan is bound to the model's parameter and gradient arrays. Every replay checks (by
+identity) that they are still the model's; if one was replaced, the plan's operations are built again
+for the new arrays and its graphs dropped, so a graph never reads an array the model no longer owns
+(the plan also holds a reference to every array it is bound to, so none is freed under it).
+:meth:`LSTM.set_params`, checkpoint loading and ``load_torch_state_dict`` copy in place and need no
+rebuild.
+
+Detached tapes: a plan's tape is lent out by ``detach_tape()`` and the plan returns to the model's
+pool when the caller drops the tape; the next forward of that shape takes a free plan or builds one.
+Chosen over copying the saved buffers out and back (two device-to-device copies of the whole tape per
+training step: gates, h, c of every layer) and over recapturing per forward (milliseconds of host
+time per call): in steady state an autograd engine with N forwards in flight uses N plans and no
+copies or rebuilds at all.
+"""
+
+import copy
+import functools
+import weakref
+
+import numpy as np
+
+from .gates import PEEPHOLE_ORDER, gate_slice
+
+ALGOS = ("auto", "graph", "plan", "eager")
+MAX_FREE_PLANS = 4      # free (not lent out) plans kept per model, beyond the one in use
+
+
+class _Ops(list):
+    """Prepared operations: zero-argument callables, each with a ``label`` for error messages."""
+
+    def add(self, op, label):
+        if op is None:
+            return
+        try:
+            op.label = label
+        except AttributeError:
+            op = functools.partial(op)
+            op.label = label
+        self.append(op)
+
+
+def replay(ops):
+    op = None
+    try:
+        for op in ops:
+            op()
+    except Exception as exc:
+        label = getattr(op, "label", "?")
+        raise RuntimeError(f"plan step {label} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _bound(m):
+    """The arrays a plan of model m is bound to (identity matters, see the module docstring)."""
+    return tuple(m.params.values()) + tuple(m.grads.values())
+
+
+class Plan:
+    def __init__(self, m, key):
+        from .lstm import Tape
+        T, B, has_len, has_hc, learned, cells = key
+        be, xp = m._be, m._be.xp
+        L, D, H, P = m.num_layers, m.num_directions, m.hidden_size, m.output_size
+        self.key, self.T, self.B = key, T, B
+        self.has_len, self.has_hc, self.learned, self.want_cells = has_len, has_hc, learned, cells
+        LD, TB = L * D, T * B
+        self.template = t = Tape(m, T, B)
+        # Static inputs: copied into before each replay.
+        self.h0 = be.empty((LD, B, P)) if has_hc else None
+        self.c0 = be.empty((LD, B, H)) if has_hc else None
+        if has_len:
+            self.lengths = xp.zeros((B,), dtype=np.int64)
+            self.valid = be.empty((T, B, 1))
+            self.rev_t = xp.zeros((T, B), dtype=np.int64)     # reversed time index per sample
+            self.rev = xp.zeros((TB,), dtype=np.int64)        # the same as rows of a (T*B, n) view
+            t.lengths, t.valid = self.lengths, self.valid
+            t.rev_index = (self.rev_t, xp.arange(B)[None, :])  # what the eager backward indexes with
+            self.host_lengths = None                          # the lengths now in self.lengths
+        else:
+            self.lengths = self.valid = self.rev = self.rev_t = None
+            t.lengths, t.valid, t.rev_index = None, None, (slice(None, None, -1),)
+        t.learned_state = learned
+        t.masks = [None] * L
+        t.inputs = [t.x if k == 0 else t.out[k - 1] for k in range(L)]
+        zo = (m.zoneout_h, m.zoneout_c) if m.zoneout else None   # evaluation: the constants
+        for k in range(L):
+            for d in range(D):
+                t.dirs[k][d].zoneout = zo
+        # Static outputs.
+        self.hn, self.cn = be.empty((LD, B, P)), be.empty((LD, B, H))
+        self.cells = be.empty((T, B, D * H)) if cells else None
+        self.gH = be.empty((T, B, H)) if (has_len and D == 2 and cells) else None   # reversed gathers
+        # Backward buffers (their own per plan; a plan's backward graph is bound to them).
+        self.dy = be.empty((T, B, D * P))
+        self.dhn, self.dcn = be.empty((LD, B, P)), be.empty((LD, B, H))
+        self.dh0, self.dc0 = be.empty((LD, B, P)), be.empty((LD, B, H))
+        self.scratch = None
+        self.ptmp = be.empty((T, B, H)) if m.peephole else None
+        self.part = be.empty((T, B, P)) if has_len else None
+        self.itmp = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)] if D == 2 else None
+        self.rebind(m)
+
+    # ---- building ----------------------------------------------------------------------------
+    def rebind(self, m):
+        """(Re)build every prepared operation for the model's current parameter and gradient arrays."""
+        from .lstm import _Scratch
+        if self.scratch is None:
+            self.scratch = _Scratch(m, self.T, self.B)
+        self.bound = _bound(m)
+        self.fwd = self._build_forward(m)
+        self.bwd = {}            # (dy given, dhc given) -> _Ops, built on first use
+        self.graphs = {}         # "fwd" / ("bwd", dy given, dhc given) -> captured graph
+        return self
+
+    def _build_forward(self, m):
+        be, xp = m._be, m._be.xp
+        t, T, B = self.template, self.T, self.B
+        L, D, H, P = m.num_layers, m.num_directions, m.hidden_size, m.output_size
+        TB = T * B
+        ops = _Ops()
+        for k in range(L):
+            layer_in = t.inputs[k]
+            I = layer_in.shape[-1]
+            for d in range(D):
+                i = k * D + d
+                dws = t.dirs[k][d]
+                prm = m._direction_params(k, d)
+                tag = f"l{k}{'r' if d else ''}"
+                if d == 1:
+                    if self.has_len:
+                        ops.add(functools.partial(xp.take, layer_in.reshape(TB, I), self.rev, axis=0,
+                                                  out=dws.x.reshape(TB, I)), f"{tag} reverse x")
+                    else:
+                        ops.add(functools.partial(xp.copyto, dws.x, layer_in[::-1]), f"{tag} reverse x")
+                    x = dws.x
+                else:
+                    x = layer_in
+                # Initial state, as LSTM._initial_state.
+                if self.has_hc:
+                    ops.add(functools.partial(xp.copyto, dws.h[0], self.h0[i]), f"{tag} h0")
+                    ops.add(functools.partial(xp.copyto, dws.c[0], self.c0[i]), f"{tag} c0")
+                elif self.learned:
+                    p = m._prefix(k, d)
+                    ops.add(functools.partial(xp.copyto, dws.h[0], xp.broadcast_to(m.params[f"{p}.h0"], (B, P))),
+                            f"{tag} h0")
+                    ops.add(functools.partial(xp.copyto, dws.c[0], xp.broadcast_to(m.params[f"{p}.c0"], (B, H))),
+                            f"{tag} c0")
+                else:
+                    ops.add(functools.partial(dws.h[0].fill, 0), f"{tag} h0")
+                    ops.add(functools.partial(dws.c[0].fill, 0), f"{tag} c0")
+                self._direction_forward(be, ops, tag, prm, dws, x)
+                if d == 0:
+                    ops.add(functools.partial(xp.copyto, t.out[k][:, :, :P], dws.h[1:]), f"{tag} out")
+                    if self.want_cells and k == L - 1:
+                        ops.add(functools.partial(xp.copyto, self.cells[:, :, :H], dws.c[1:]), f"{tag} cells")
+                else:
+                    last = self.want_cells and k == L - 1
+                    for src, dst, gather in ((dws.h, t.out[k][:, :, P:], self.part),
+                                             (dws.c, self.cells[:, :, H:] if last else None, self.gH)):
+                        if dst is None:
+                            continue
+                        if self.has_len:   # gather the reversed rows into a contiguous buffer, then place
+                            n = src.shape[-1]
+                            ops.add(functools.partial(xp.take, src[1:].reshape(TB, n), self.rev, axis=0,
+                                                      out=gather.reshape(TB, n)), f"{tag} reverse back")
+                            ops.add(functools.partial(xp.copyto, dst, gather), f"{tag} out")
+                        else:
+                            ops.add(functools.partial(xp.copyto, dst, src[1:][::-1]), f"{tag} out")
+            if self.has_len:
+                ops.add(functools.partial(xp.multiply, t.out[k], self.valid, out=t.out[k]), f"l{k} mask out")
+        for k in range(L):
+            for d in range(D):
+                i = k * D + d
+                ops.add(functools.partial(xp.copyto, self.hn[i], t.dirs[k][d].h[T]), f"h_n[{i}]")
+                ops.add(functools.partial(xp.copyto, self.cn[i], t.dirs[k][d].c[T]), f"c_n[{i}]")
+        if self.want_cells and self.has_len:
+            ops.add(functools.partial(xp.multiply, self.cells, self.valid, out=self.cells), "mask cells")
+        return ops
+
+    def _direction_forward(self, be, ops, tag, prm, ws, x):
+        """_direction.forward, prepared (same operations, same order)."""
+        T, B = self.T, self.B
+        H = ws.c.shape[-1]
+        gates, h, c, m, ct, zo = ws.gates, ws.h, ws.c, ws.m, ws.ct, ws.zoneout
+        lengths = self.lengths
+        ops.add(be.prepare_gemm(x.reshape(T * B, x.shape[-1]), prm.W, gates.reshape(T * B, 4 * H), trans_b=True),
+                f"{tag} gemm x W^T")
+        for t in range(T):
+            ops.add(be.prepare_gemm(h[t], prm.R, gates[t], trans_b=True, beta=1.0), f"{tag} t={t} gemm h R^T")
+            c_new = c[t + 1] if zo is None else ct[t]
+            if m is None:
+                ops.add(be.prepare("cell_forward", gates[t], prm.b, prm.peep, c[t], c_new, h[t + 1]),
+                        f"{tag} t={t} cell_forward")
+            else:
+                ops.add(be.prepare("cell_forward", gates[t], prm.b, prm.peep, c[t], c_new, m[t]),
+                        f"{tag} t={t} cell_forward")
+                ops.add(be.prepare_gemm(m[t], prm.Whr, h[t + 1], trans_b=True), f"{tag} t={t} gemm m Whr^T")
+            if zo is not None:
+                ops.add(be.prepare("zoneout_mix", None, float(zo[1]), c[t], ct[t], c[t + 1]), f"{tag} t={t} zoneout c")
+                ops.add(be.prepare("zoneout_mix", None, float(zo[0]), h[t], h[t + 1], h[t + 1]), f"{tag} t={t} zoneout h")
+            if lengths is not None:
+                ops.add(be.prepare("seq_carry", lengths, t, c[t], c[t + 1], False), f"{tag} t={t} carry c")
+                ops.add(be.prepare("seq_carry", lengths, t, h[t], h[t + 1], False), f"{tag} t={t} carry h")
+
+    def backward_ops(self, m, dy_given, dhc_given):
+        key = (dy_given, dhc_given)
+        if key not in self.bwd:
+            self.bwd[key] = self._build_backward(m, dy_given, dhc_given)
+        return self.bwd[key]
+
+    def _build_backward(self, m, dy_given, dhc_given):
+        be, xp = m._be, m._be.xp
+        t, s, T, B = self.template, self.scratch, self.T, self.B
+        L, D, H, P = m.num_layers, m.num_directions, m.hidden_size, m.output_size
+        TB = T * B
+        ops = _Ops()
+        dout = self.dy if dy_given else None
+        for k in reversed(range(L)):
+            din = s.din[k]
+            I = din.shape[-1]
+            for d in range(D):
+                i = k * D + d
+                dws = t.dirs[k][d]
+                prm = m._direction_params(k, d)
+                prefix = m._prefix(k, d)
+                tag = f"l{k}{'r' if d else ''}"
+                dh = s.dh
+                if dout is None:
+                    ops.add(functools.partial(dh.fill, 0), f"{tag} dh")
+                else:
+                    part = dout[:, :, d * P:(d + 1) * P]
+                    if self.has_len:
+                        ops.add(functools.partial(xp.multiply, part, self.valid, out=dh if d == 0 else self.part),
+                                f"{tag} dh")
+                        if d == 1:
+                            ops.add(functools.partial(xp.take, self.part.reshape(TB, P), self.rev, axis=0,
+                                                      out=dh.reshape(TB, P)), f"{tag} reverse dh")
+                    else:
+                        ops.add(functools.partial(xp.copyto, dh, part if d == 0 else part[::-1]), f"{tag} dh")
+                x = t.inputs[k] if d == 0 else dws.x
+                self._direction_backward(be, xp, ops, tag, prm, m.grads, prefix, dws, s, x, dh,
+                                         self.dhn[i] if dhc_given else None, self.dcn[i] if dhc_given else None,
+                                         self.dh0[i], self.dc0[i], s.dx[k])
+                if self.learned:
+                    ops.add(be.prepare("sum_rows", self.dh0[i], m.grads[f"{prefix}.h0"]), f"{tag} d h0")
+                    ops.add(be.prepare("sum_rows", self.dc0[i], m.grads[f"{prefix}.c0"]), f"{tag} d c0")
+                if d == 0:
+                    ops.add(functools.partial(xp.copyto, din, s.dx[k]), f"{tag} din")
+                elif self.has_len:
+                    ops.add(functools.partial(xp.take, s.dx[k].reshape(TB, I), self.rev, axis=0,
+                                              out=self.itmp[k].reshape(TB, I)), f"{tag} reverse dx")
+                    ops.add(functools.partial(xp.add, din, self.itmp[k], out=din), f"{tag} din")
+                else:
+                    ops.add(functools.partial(xp.add, din, s.dx[k][::-1], out=din), f"{tag} din")
+            dout = din
+        return ops
+
+    def _direction_backward(self, be, xp, ops, tag, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx):
+        """_direction.backward, prepared (same operations, same order); T > 0 here."""
+        T, B = self.T, self.B
+        H = ws.c.shape[-1]
+        gates, h, c, m, ct, zo = ws.gates, ws.h, ws.c, ws.m, ws.ct, ws.zoneout
+        dgates, dc, dm = shared.dgates, shared.dc, shared.dm
+        lengths = self.lengths
+        if dc_n is None:
+            ops.add(functools.partial(dc.fill, 0), f"{tag} dc")
+        else:
+            ops.add(functools.partial(xp.copyto, dc, dc_n), f"{tag} dc")
+        if dh_n is not None:
+            ops.add(functools.partial(xp.add, dh[T - 1], dh_n, out=dh[T - 1]), f"{tag} dh_n")
+        for t in reversed(range(T)):
+            if lengths is not None and t > 0:
+                ops.add(be.prepare("seq_carry", lengths, t, dh[t], dh[t - 1], True), f"{tag} t={t} carry dh")
+            if zo is not None:
+                ops.add(be.prepare("zoneout_split", None, float(zo[0]), dh[t], dh[t - 1] if t > 0 else dh0, t > 0),
+                        f"{tag} t={t} zoneout dh")
+                ops.add(be.prepare("zoneout_split", None, float(zo[1]), dc, shared.keep, False),
+                        f"{tag} t={t} zoneout dc")
+            if m is None:
+                dht = dh[t]
+            else:
+                ops.add(be.prepare_gemm(dh[t], prm.Whr, dm), f"{tag} t={t} gemm dh Whr")
+                dht = dm
+            ops.add(be.prepare("cell_backward", gates[t], prm.peep, c[t + 1] if ct is None else ct[t], c[t], dht,
+                               dc, dgates[t], None, lengths, t), f"{tag} t={t} cell_backward")
+            if zo is not None:
+                ops.add(functools.partial(xp.add, dc, shared.keep, out=dc), f"{tag} t={t} dc keep")
+            first = t == 0 and zo is None
+            ops.add(be.prepare_gemm(dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0),
+                    f"{tag} t={t} gemm dgates R")
+        ops.add(functools.partial(xp.copyto, dc0, dc), f"{tag} dc0")
+        TB = T * B
+        dg = dgates.reshape(TB, 4 * H)
+        ops.add(be.prepare_gemm(dg, x.reshape(TB, x.shape[-1]), grads[f"{prefix}.W"], trans_a=True, beta=1.0),
+                f"{tag} dW")
+        ops.add(be.prepare_gemm(dg, h[:T].reshape(TB, h.shape[-1]), grads[f"{prefix}.R"], trans_a=True, beta=1.0),
+                f"{tag} dR")
+        if prm.b is not None:
+            ops.add(be.prepare("sum_rows", dg, grads[f"{prefix}.b"]), f"{tag} db")
+        if prm.peep is not None:
+            dP = grads[f"{prefix}.P"]
+            looks_at = {"i": c[:T], "f": c[:T], "o": c[1:] if ct is None else ct}
+            for row, gate in enumerate(PEEPHOLE_ORDER):
+                ops.add(functools.partial(xp.multiply, dgates[:, :, gate_slice(gate, H)], looks_at[gate],
+                                          out=self.ptmp), f"{tag} dP {gate}")
+                ops.add(be.prepare("sum_rows", self.ptmp.reshape(TB, H), dP[row]), f"{tag} dP {gate} sum")
+        if m is not None:
+            ops.add(be.prepare_gemm(dh.reshape(TB, dh.shape[-1]), m.reshape(TB, H), grads[f"{prefix}.Whr"],
+                                    trans_a=True, beta=1.0), f"{tag} dWhr")
+        ops.add(be.prepare_gemm(dg, prm.W, dx.reshape(TB, dx.shape[-1])), f"{tag} dx")
+
+
+    # ---- running -------------------------------------------------------------------------------
+    def shell(self):
+        """A Tape object over this plan's buffers (the tape the model keeps or lends out)."""
+        tape = copy.copy(self.template)
+        tape.plan, tape.detached = self, False
+        return tape
+
+    def run(self, be, graph_key, ops, use_graph):
+        if not use_graph:
+            be.run_prepared(ops)
+            return
+        graph = self.graphs.get(graph_key)
+        if graph is None:
+            be.run_prepared(ops)                  # this call's result; it also warms every kernel
+            self.graphs[graph_key] = be.capture(ops)
+        else:
+            be.launch_graph(graph)
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def _upload(xp, dst, host):
+    if xp is np:
+        dst[...] = host
+    else:
+        dst.set(np.ascontiguousarray(host, dtype=dst.dtype))
+
+
+def forward(m, x, h0, c0, host_lengths, return_cells):
+    """LSTM._forward through a plan (arguments already checked; x time-major)."""
+    be, xp = m._be, m._be.xp
+    T, B = int(x.shape[0]), int(x.shape[1])
+    key = (T, B, host_lengths is not None, h0 is not None, h0 is None and m.learn_initial_state,
+           bool(return_cells))
+    ws = m._saved
+    plan = ws.plan if ws is not None else None
+    if plan is None or plan.key != key:
+        m._plans.give_back(plan)
+        plan = m._plans.take(m, key)
+        ws = plan.shell()
+    if not _same(plan.bound, _bound(m)):
+        plan.rebind(m)                        # a parameter or gradient array was replaced
+    t = plan.template
+    t.x[...] = x                              # own copy, as in the eager path
+    if h0 is not None:
+        plan.h0[...] = h0
+        plan.c0[...] = c0
+    if host_lengths is not None and (plan.host_lengths is None
+                                     or not np.array_equal(plan.host_lengths, host_lengths)):
+        steps = np.arange(T)[:, None]
+        valid = steps < host_lengths[None, :]                                     # (T, B)
+        rev = np.where(valid, host_lengths[None, :] - 1 - steps, steps)          # involution
+        _upload(xp, plan.lengths, host_lengths)
+        _upload(xp, plan.valid, valid.astype(m.dtype)[:, :, None])
+        _upload(xp, plan.rev_t, rev)
+        _upload(xp, plan.rev, (rev * B + np.arange(B)[None, :]).reshape(-1))
+        plan.host_lengths = host_lengths.copy()
+    plan.run(be, "fwd", plan.fwd, m._algo == "graph")
+    m._saved = ws
+    m.forward_count += 1
+    y = t.out[m.num_layers - 1]
+    y = (y.transpose(1, 0, 2) if m.batch_first else y).copy()
+    out = (y, (plan.hn.copy(), plan.cn.copy()))
+    if return_cells:
+        out += ((plan.cells.transpose(1, 0, 2) if m.batch_first else plan.cells).copy(),)
+    return out
+
+
+def backward(m, ws, dy, dh_n, dc_n):
+    """LSTM._backward through the plan of the tape ws (arguments checked; dy time-major or None)."""
+    be, xp = m._be, m._be.xp
+    plan = ws.plan
+    if not _same(plan.bound, _bound(m)):
+        plan.rebind(m)
+    if dy is not None:
+        plan.dy[...] = dy
+    if dh_n is not None:
+        plan.dhn[...] = dh_n
+        plan.dcn[...] = dc_n
+    dy_given, dhc_given = dy is not None, dh_n is not None
+    ops = plan.backward_ops(m, dy_given, dhc_given)
+    plan.run(be, ("bwd", dy_given, dhc_given), ops, m._algo == "graph")
+    dx = plan.scratch.din[0]
+    dx = xp.ascontiguousarray(dx.transpose(1, 0, 2)) if m.batch_first else dx.copy()
+    return dx, (plan.dh0.copy(), plan.dc0.copy())
+
+
+def plan_ok(m, T, B):
+    """Whether this forward can run from a plan (else the eager loop, see the module docstring)."""
+    return (m._algo != "eager" and T > 0 and B > 0 and not m.track_gradient_flow
+            and not (m.training and m.stochastic))
+
+
+def resolve_algo(algo, be):
+    """The algorithm a model runs: 'graph' and 'plan' as asked (graph needs the GPU), 'auto' picks
+    graphs on the GPU (eager if the capture-capable cuBLAS binding cannot be loaded) and plans
+    elsewhere. Returns (algo, reason)."""
+    if not isinstance(algo, str) or algo not in ALGOS:
+        raise ValueError(f"algo: expected one of {ALGOS}, got {algo!r}")
+    graphs = getattr(be, "graph_support", None)
+    if algo == "eager":
+        return "eager", "requested"
+    if algo == "graph" and graphs is None:
+        raise ValueError(f"algo='graph': CUDA graphs need device='gpu' (this model is on '{be.name}'); "
+                         "use algo='plan' or 'auto'")
+    if graphs is None:
+        return "plan", "requested" if algo == "plan" else "auto: plans on this device"
+    ok, why = graphs()
+    if not ok:
+        if algo == "auto":
+            return "eager", f"auto: {why}"
+        raise RuntimeError(f"algo={algo!r}: {why}")
+    return ("graph", "auto: CUDA graphs") if algo == "auto" else (algo, "requested")
+
+
+class PlanCache:
+    """A model's plans: the one in use, free ones by key, and lent ones (their tapes detached)."""
+
+    def __init__(self):
+        self.free = {}     # key -> [Plan]
+
+    def take(self, m, key):
+        plans = self.free.get(key)
+        if plans:
+            plan = plans.pop()
+            if not plans:
+                del self.free[key]
+            return plan
+        return Plan(m, key)
+
+    def give_back(self, plan):
+        if plan is None:
+            return
+        self.free.setdefault(plan.key, []).append(plan)
+        total = sum(len(v) for v in self.free.values())
+        while total > MAX_FREE_PLANS:             # drop the oldest free plans beyond the cap
+            oldest = next(iter(self.free))
+            self.free[oldest].pop(0)
+            if not self.free[oldest]:
+                del self.free[oldest]
+            total -= 1
+
+    def lend(self, tape, plan):
+        """The tape leaves the model: its plan comes back here when the caller drops the tape."""
+        weakref.finalize(tape, _return_plan, weakref.ref(self), plan)
+
+
+def _return_plan(cache_ref, plan):
+    cache = cache_ref()
+    if cache is not None:
+        cache.give_back(plan)
