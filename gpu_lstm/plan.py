@@ -40,6 +40,7 @@ copies or rebuilds at all.
 
 import copy
 import functools
+import os
 import weakref
 
 import numpy as np
@@ -47,6 +48,7 @@ import numpy as np
 from .gates import PEEPHOLE_ORDER, gate_slice
 
 ALGOS = ("auto", "graph", "plan", "eager")
+ALGO_ENV = "GPU_LSTM_ALGO"
 MAX_FREE_PLANS = 4      # free (not lent out) plans kept per model, beyond the one in use
 
 
@@ -432,10 +434,16 @@ def plan_ok(m, T, B):
 def resolve_algo(algo, be):
     """The algorithm a model runs: 'graph' and 'plan' as asked (graph needs the GPU), 'auto' picks
     graphs on the GPU (eager if the capture-capable cuBLAS binding cannot be loaded) and plans
-    elsewhere. Returns (algo, reason)."""
+    elsewhere. The environment variable GPU_LSTM_ALGO ('graph', 'plan' or 'eager') sets what 'auto'
+    means on the GPU (A/B runs, the GPU test module). Returns (algo, reason)."""
     if not isinstance(algo, str) or algo not in ALGOS:
         raise ValueError(f"algo: expected one of {ALGOS}, got {algo!r}")
     graphs = getattr(be, "graph_support", None)
+    forced = os.environ.get(ALGO_ENV, "").strip().lower()
+    if algo == "auto" and forced and graphs is not None:
+        if forced not in ALGOS[1:]:
+            raise ValueError(f"{ALGO_ENV}: expected 'graph', 'plan' or 'eager', got {forced!r}")
+        algo = forced
     if algo == "eager":
         return "eager", "requested"
     if algo == "graph" and graphs is None:

@@ -10,7 +10,11 @@ the most likely place for a bug nobody could run:
   ``np.uintp(0)``, ...), as a real launch would silently misread a wrong one, then calls the same
   kernel compiled for the host (gpu_lstm.backend.host_backend);
 * ``cupy_backends.cuda.libs.cublas.sgemm/dgemm`` emulate cuBLAS's column-major GEMM on raw pointers,
-  with its argument checks (leading dimensions, host pointer mode).
+  with its argument checks (leading dimensions, host pointer mode);
+* stream capture (section at the end): streams, ``begin_capture``/``end_capture`` and graph replay;
+  while a stream captures, kernel launches, GEMMs of the capture-capable binding
+  (gpu_lstm.backend.cublas_capture, emulated as ``FakeLibcublas``) and in-place array operations are
+  recorded instead of run, and what CUDA or CuPy would refuse raises ``CaptureError``.
 
 ``install()`` puts the fake modules in ``sys.modules``; use it in a fresh process only.
 """
@@ -267,7 +271,369 @@ def install():
         standard_normal=lambda size=None, dtype=float: _global.standard_normal(size).astype(dtype).view(ndarray))
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = _make_cublas()
+    _install_capture(cupy, cuda, libs.cublas)
     sys.modules.update({"cupy": cupy, "cupy.cuda": cuda, "cupy_backends": types.ModuleType("cupy_backends"),
                         "cupy_backends.cuda": types.ModuleType("cupy_backends.cuda"),
                         "cupy_backends.cuda.libs": libs, "cupy_backends.cuda.libs.cublas": libs.cublas})
     return cupy
+
+
+# ---- stream capture and graphs ---------------------------------------------------------------------
+# What CUDA and CuPy refuse while a stream captures (global capture mode), and what this fake raises
+# CaptureError for: allocation (cupy.empty/zeros/..., any operation without ``out=``, copy/astype),
+# host synchronisation (get, asnumpy, synchronize), synchronous host<->device copies (asarray of host
+# data, ndarray.set), CuPy's cuBLAS wrapper (cublas.pyx setStream raises NotImplementedError), cuRAND
+# (cupy.random), work on a stream other than the capturing one, and a GEMM of the capture binding whose
+# handle has no user workspace (cuBLAS would allocate one). Recorded: kernel launches, GEMMs of the
+# binding, ufuncs with ``out=``, copyto, take with ``out=``, fill.
+import functools  # noqa: E402
+
+
+class CaptureError(RuntimeError):
+    pass
+
+
+class _CaptureState:
+    def __init__(self):
+        self.current = []          # stack of streams made current with ``with stream:``
+        self.capturing = None      # the stream being captured
+        self.record = None
+        self.graphs = 0
+        self.launched = 0
+
+
+_cap = _CaptureState()
+
+
+def _capturing(what):
+    """None when nothing captures; else the record list when the current stream is the capturing one
+    (and ``what`` may be recorded), else raise."""
+    if _cap.capturing is None:
+        return None
+    if _current_stream() is not _cap.capturing:
+        raise CaptureError(f"{what}: issued to a stream other than the capturing one during capture")
+    return _cap.record
+
+
+def _refuse(what):
+    if _cap.capturing is not None:
+        raise CaptureError(f"{what} is not permitted while a stream is capturing")
+
+
+class Stream:
+    _next_ptr = 0x1000
+
+    def __init__(self, non_blocking=False, null=False):
+        self.non_blocking = non_blocking
+        if null:
+            self.ptr = 0
+        else:
+            Stream._next_ptr += 0x10
+            self.ptr = Stream._next_ptr
+
+    def __enter__(self):
+        _cap.current.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _cap.current.pop()
+        return False
+
+    def begin_capture(self, mode=None):
+        if self.ptr == 0:
+            raise CaptureError("the legacy default stream cannot be captured")
+        if _cap.capturing is not None:
+            raise CaptureError("another stream is already capturing")
+        _cap.capturing, _cap.record = self, []
+
+    def end_capture(self):
+        if _cap.capturing is not self:
+            raise CaptureError("end_capture on a stream that is not capturing")
+        ops, _cap.capturing, _cap.record = _cap.record, None, None
+        _cap.graphs += 1
+        return Graph(ops)
+
+    def is_capturing(self):
+        return _cap.capturing is self
+
+    def synchronize(self):
+        _refuse("Stream.synchronize")
+
+
+_NULL_STREAM = Stream(null=True)
+
+
+def _current_stream():
+    return _cap.current[-1] if _cap.current else _NULL_STREAM
+
+
+class Graph:
+    def __init__(self, ops):
+        self.ops = ops
+
+    def launch(self, stream=None):
+        _refuse("Graph.launch into the capturing stream (not used here)")
+        _cap.launched += 1
+        for op in self.ops:
+            op()
+
+
+def _plain(a):
+    return a.view(np.ndarray) if isinstance(a, ndarray) else a
+
+
+def _check_device_operand(what, a):
+    if isinstance(a, np.ndarray) and not isinstance(a, ndarray):
+        raise CaptureError(f"{what}: a host array operand during capture (a synchronous copy)")
+
+
+def _as_fake(r):
+    if isinstance(r, tuple):
+        return tuple(_as_fake(x) for x in r)
+    if isinstance(r, (np.ndarray, np.generic)):
+        return np.asarray(r).view(ndarray)    # as NumPy's default for a subclass: 0-d arrays included
+    return r
+
+
+def _array_ufunc(self, ufunc, method, *inputs, **kwargs):
+    if _cap.capturing is None:   # NumPy's behaviour for a subclass without __array_ufunc__
+        out = kwargs.get("out")
+        if out:
+            kwargs["out"] = tuple(_plain(o) for o in out)
+        result = getattr(ufunc, method)(*[_plain(a) for a in inputs], **kwargs)
+        if out:
+            return out[0] if len(out) == 1 else out
+        return _as_fake(result)
+    what = f"{ufunc.__name__}.{method}"
+    record = _capturing(what)
+    out = kwargs.get("out")
+    if method != "__call__" or not out or not all(isinstance(o, ndarray) for o in out):
+        raise CaptureError(f"{what} without out= allocates: not permitted while a stream is capturing")
+    for a in inputs:
+        _check_device_operand(what, a)
+    kw = dict(kwargs, out=tuple(_plain(o) for o in out))
+    record.append(functools.partial(ufunc, *[_plain(a) for a in inputs], **kw))
+    return out[0] if len(out) == 1 else out
+
+
+def _cap_copyto(dst, src, **kw):
+    record = _capturing("copyto")
+    if record is None:
+        return np.copyto(dst, src, **kw)
+    _check_device_operand("copyto", src)
+    record.append(functools.partial(np.copyto, _plain(dst), _plain(src), **kw))
+
+
+def _cap_take(a, indices, axis=None, out=None):
+    record = _capturing("take")
+    if record is None:
+        return _fake(np.take(a, indices, axis=axis, out=out))
+    if out is None:
+        raise CaptureError("take without out= allocates: not permitted while a stream is capturing")
+    record.append(functools.partial(np.take, _plain(a), _plain(indices), axis=axis, out=_plain(out)))
+    return out
+
+
+_np_fill = np.ndarray.fill
+
+
+def _cap_fill(self, value):
+    record = _capturing("fill")
+    if record is None:
+        return _np_fill(self, value)
+    record.append(functools.partial(_np_fill, _plain(self), value))
+
+
+def _set(self, host):
+    """cupy.ndarray.set: a synchronous host-to-device copy of a same-shaped host array."""
+    _refuse("ndarray.set (a synchronous copy)")
+    host = np.asarray(host)
+    if host.shape != self.shape or host.dtype != self.dtype:
+        raise ValueError(f"set: shape/dtype {host.shape} {host.dtype} differ from {self.shape} {self.dtype}")
+    np.copyto(self.view(np.ndarray), host)
+
+
+def _refusing(name, fn):
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        _refuse(name)
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+ndarray.__array_ufunc__ = _array_ufunc
+ndarray.fill = _cap_fill
+ndarray.set = _set
+for _name in ("copy", "astype", "get", "__setitem__"):
+    setattr(ndarray, _name, _refusing(f"ndarray.{_name}", getattr(ndarray, _name)))
+
+_kernel_call = _Kernel.__call__
+
+
+def _kernel_call_or_record(self, grid, block, args):
+    record = _capturing(f"kernel {self.name}")
+    if record is None:
+        return _kernel_call(self, grid, block, args)
+    fn, seen = self.fn, []
+    self.fn = lambda *conv: seen.append(conv)    # run every argument check, keep the converted args
+    try:
+        _kernel_call(self, grid, block, args)
+    finally:
+        self.fn = fn
+    record.append(functools.partial(fn, *seen[0]))
+
+
+_Kernel.__call__ = _kernel_call_or_record
+
+
+class FakeLibcublas:
+    """libcublas as gpu_lstm.backend.cublas_capture binds it: the six entry points, each checking
+    that the binding declared the C signature (restype and argtypes) before the first call; status
+    codes returned, not raised. GEMMs on a capturing stream are recorded."""
+
+    EXPECTED = None   # filled from cublas_capture.SIGNATURES on first use (the declared C prototypes)
+
+    def __init__(self):
+        self.handles = {}
+        self.calls = {"gemm": 0, "recorded": 0, "setStream": 0, "setWorkspace": 0}
+        for name in ("cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
+                     "cublasSetPointerMode_v2", "cublasSgemm_v2", "cublasDgemm_v2"):
+            impl = getattr(self, "_" + name)
+
+            def fn(*args, _impl=impl, _name=name):
+                return self._checked(_name, args, _impl)
+            fn.restype, fn.argtypes = None, None
+            setattr(self, name, fn)
+
+    def _checked(self, name, args, impl):
+        from gpu_lstm.backend import cublas_capture
+        restype, argtypes = cublas_capture.SIGNATURES[name]
+        fn = getattr(self, name)
+        if fn.restype is not ctypes.c_int or fn.argtypes is None or len(fn.argtypes) != len(argtypes):
+            raise TypeError(f"{name}: called before its C signature was declared")
+        if len(args) != len(argtypes):
+            raise TypeError(f"{name}: {len(args)} arguments for {len(argtypes)} parameters")
+        for i, (a, t) in enumerate(zip(args, fn.argtypes)):
+            if t is ctypes.c_int and not (isinstance(a, int) and -2**31 <= a < 2**31):
+                raise TypeError(f"{name} argument {i}: expected a C int, got {a!r}")
+            if t in (ctypes.c_void_p, ctypes.c_size_t) and not isinstance(a, int):
+                raise TypeError(f"{name} argument {i}: expected an integer address/size, got {type(a).__name__}")
+        return impl(*args)
+
+    def _handle(self, h):
+        if h not in self.handles:
+            return None
+        return self.handles[h]
+
+    def _cublasCreate_v2(self, out):
+        ptr = 0x5000 + 0x10 * len(self.handles)
+        out._obj.value = ptr
+        # A new handle: default stream, default (library-owned) workspace, host pointer mode.
+        self.handles[ptr] = {"stream": 0, "workspace": None, "pointer_mode": 0}
+        return 0
+
+    def _cublasDestroy_v2(self, h):
+        return 0 if self.handles.pop(h, None) is not None else 1
+
+    def _cublasSetStream_v2(self, h, stream):
+        st = self._handle(h)
+        if st is None:
+            return 1   # CUBLAS_STATUS_NOT_INITIALIZED
+        st["stream"], st["workspace"] = stream, None   # cublasSetStream resets the workspace
+        self.calls["setStream"] += 1
+        return 0
+
+    def _cublasSetWorkspace_v2(self, h, ptr, nbytes):
+        st = self._handle(h)
+        if st is None:
+            return 1
+        if ptr % 256 or nbytes < 4 * 1024 * 1024:
+            return 7   # CUBLAS_STATUS_INVALID_VALUE
+        st["workspace"] = (ptr, nbytes)
+        self.calls["setWorkspace"] += 1
+        return 0
+
+    def _cublasSetPointerMode_v2(self, h, mode):
+        st = self._handle(h)
+        if st is None:
+            return 1
+        st["pointer_mode"] = mode
+        return 0
+
+    def _gemm(self, ctype, h, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        st = self._handle(h)
+        if st is None:
+            return 1
+        if st["pointer_mode"] != 0:
+            raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
+        if _cap.capturing is not None:
+            if st["stream"] != _cap.capturing.ptr:
+                raise CaptureError("GEMM on a handle whose stream is not the capturing stream")
+            if st["workspace"] is None:
+                raise CaptureError("GEMM during capture with cuBLAS's default workspace (it would allocate):"
+                                   " cublasSetWorkspace after cublasSetStream")
+            # alpha/beta are read when the GEMM is captured (host pointer mode), not at replay.
+            a = ctypes.cast(alpha, ctypes.POINTER(ctype)).contents.value
+            b = ctypes.cast(beta, ctypes.POINTER(ctype)).contents.value
+            _cap.record.append(functools.partial(_gemm_values, ctype, transa, transb, m, n, k, a, A, lda, B,
+                                                 ldb, b, C, ldc))
+            self.calls["recorded"] += 1
+            return 0
+        if st["stream"] != _current_stream().ptr:
+            raise RuntimeError("fake cuBLAS: handle's stream differs from the current stream (GEMM would be "
+                               "unordered with the kernels)")
+        a = ctypes.cast(alpha, ctypes.POINTER(ctype)).contents.value
+        b = ctypes.cast(beta, ctypes.POINTER(ctype)).contents.value
+        _gemm_values(ctype, transa, transb, m, n, k, a, A, lda, B, ldb, b, C, ldc)
+        self.calls["gemm"] += 1
+        return 0
+
+    def _cublasSgemm_v2(self, *args):
+        return self._gemm(ctypes.c_float, *args)
+
+    def _cublasDgemm_v2(self, *args):
+        return self._gemm(ctypes.c_double, *args)
+
+
+def _gemm_values(ctype, transa, transb, m, n, k, a, A, lda, B, ldb, b, C, ldc):
+    opA = _view(A, ctype, k, m, lda).T if transa == 1 else _view(A, ctype, m, k, lda)
+    opB = _view(B, ctype, n, k, ldb).T if transb == 1 else _view(B, ctype, k, n, ldb)
+    Cm = _view(C, ctype, m, n, ldc)
+    Cm[...] = a * (opA @ opB) + (b * Cm if b != 0 else 0)
+
+
+fake_libcublas = None
+
+
+def _install_capture(cupy, cuda, cublas_mod):
+    """Streams and graphs on the fake cupy, capture checks on CuPy's cuBLAS wrapper and cuRAND, and
+    the fake libcublas for gpu_lstm.backend.cublas_capture."""
+    global fake_libcublas
+    cuda.Stream = Stream
+    cuda.get_current_stream = _current_stream
+    cuda.capture_state = _cap
+    cupy.copyto = _cap_copyto
+    cupy.take = _cap_take
+    getattr_np = cupy.__getattr__
+
+    def module_getattr(name):
+        obj = getattr_np(name)
+        if callable(obj) and not isinstance(obj, type) and name not in ("multiply", "add", "subtract",
+                                                                          "broadcast_to"):
+            return _refusing(f"cupy.{name}", obj)
+        return obj
+    cupy.__getattr__ = module_getattr
+    for name in ("asarray", "ascontiguousarray", "asnumpy"):
+        setattr(cupy, name, _refusing(f"cupy.{name}", getattr(cupy, name)))
+
+    def set_stream(handle, stream):
+        if _cap.capturing is not None and stream == _cap.capturing.ptr:
+            raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+    cublas_mod.setStream = set_stream
+    for name in ("sgemm", "dgemm"):
+        setattr(cublas_mod, name, _refusing(f"CuPy's cublas.{name}", getattr(cublas_mod, name)))
+    RandomState.random_sample = _refusing("cuRAND (cupy.random)", RandomState.random_sample)
+    Device.synchronize = _refusing("Device.synchronize", Device.synchronize)
+    fake_libcublas = FakeLibcublas()
+    from gpu_lstm.backend import cublas_capture
+    cublas_capture._library_override = fake_libcublas

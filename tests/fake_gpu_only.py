@@ -36,3 +36,73 @@ def test_cli_profile_and_bench_on_the_fake_gpu(capsys):
     result = bench.run(device="gpu", shapes=[(16, 4, 5)], reps=3, warmup=1, log=lambda s: None)
     assert [r["mode"] for r in result["rows"] if r["dtype"] == "float32"] == ["inference", "training"]
     assert "fake GPU" in result["environment"]["device_name"]
+
+
+# ---- capture and graphs (fake_cupy's capture section) -------------------------------------------------
+def _kernel_launches(be):
+    return sum(k.launches for k in be._k.values())
+
+
+def test_graph_mode_replays_without_per_step_host_work():
+    """After the first call (run + capture) a forward and a backward are one graph launch each: no
+    kernel launch and no GEMM is issued from Python."""
+    import fake_cupy
+    m = gl.LSTM(4, 8, 2, device="gpu", dtype="float64", seed=0, algo="graph", bidirectional=True)
+    x = np.random.default_rng(0).standard_normal((6, 3, 4))
+    for _ in range(2):
+        y, _ = m(x)
+        m.backward(np.ones(y.shape))
+    be, cap, lib = m._be, fake_cupy._cap, fake_cupy.fake_libcublas
+    before = (_kernel_launches(be), lib.calls["gemm"], lib.calls["recorded"], cap.graphs, cap.launched)
+    y2, _ = m(x * 2)
+    m.backward(np.ones(y.shape))
+    after = (_kernel_launches(be), lib.calls["gemm"], lib.calls["recorded"], cap.graphs, cap.launched)
+    assert after[:4] == before[:4] and after[4] == before[4] + 2
+    ref = gl.LSTM(4, 8, 2, device="cpu", dtype="float64", seed=0, bidirectional=True)
+    np.testing.assert_allclose(gl.to_numpy(y2), ref(x * 2)[0], rtol=0, atol=1e-12)
+
+
+def test_plan_mode_uses_the_capture_binding_not_cupys_wrapper():
+    import fake_cupy
+    m = gl.LSTM(4, 8, 1, device="gpu", dtype="float32", seed=0, algo="plan")
+    lib = fake_cupy.fake_libcublas
+    n = lib.calls["gemm"]
+    m(np.zeros((5, 2, 4), np.float32))
+    assert lib.calls["gemm"] == n + 1 + 5                # x W^T, then h R^T per step
+    assert m._saved.plan is not None and not m._saved.plan.graphs
+
+
+def test_the_fake_refuses_what_capture_refuses():
+    import cupy
+    import fake_cupy
+    from cupy_backends.cuda.libs import cublas
+    be = gl.LSTM(3, 4, device="gpu", dtype="float64", algo="eager")._be
+    a = be.zeros((2, 2))
+    s = cupy.cuda.Stream(non_blocking=True)
+    rng = be.make_rng(0)
+    refused = [
+        (fake_cupy.CaptureError, lambda: cupy.empty((3,))),                 # allocation
+        (fake_cupy.CaptureError, lambda: a + 1),                           # allocation (no out=)
+        (fake_cupy.CaptureError, lambda: a.get()),                         # host synchronisation
+        (fake_cupy.CaptureError, lambda: cupy.asarray(np.zeros(2))),       # synchronous copy
+        (fake_cupy.CaptureError, lambda: be.uniform(rng, (2,))),           # cuRAND
+        (RuntimeError, lambda: be.gemm(a, a, a)),     # CuPy's cuBLAS wrapper: NotImplementedError inside
+    ]
+    for exc, fn in refused:
+        with s:
+            s.begin_capture()
+            try:
+                with pytest.raises(exc) as info:
+                    fn()
+                if exc is RuntimeError:
+                    assert isinstance(info.value.__cause__, NotImplementedError)
+            finally:
+                s.end_capture()
+    with s:                                   # what may be captured is recorded, not run
+        s.begin_capture()
+        a.fill(5)
+        cupy.multiply(a, 2.0, out=a)
+        g = s.end_capture()
+    assert float(a.sum()) == 0.0
+    g.launch()
+    assert float(a.sum()) == 40.0

@@ -1,7 +1,8 @@
 """Ring 3: the GPU path against the NumPy path. Marked `gpu`; skipped without cupy or a CUDA device.
 
 Run on a GPU machine with `python -m pytest -m gpu tests/test_gpu.py -v`
-(benchmarks/gpu_verify.sh does that and records the output)."""
+(benchmarks/gpu_verify.sh does that and records the output). Every test runs twice, in eager and in
+graph mode (the `algo` fixture)."""
 
 import numpy as np
 import pytest
@@ -15,6 +16,14 @@ _ok, _why = gpu_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _ok, reason=f"no GPU: {_why}")]
 
 TOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+@pytest.fixture(autouse=True, params=["eager", "graph"])
+def algo(request, monkeypatch):
+    """Every test runs in both modes: 'eager' (the per-step loop, the GPU reference) and 'graph'
+    (plans captured into CUDA graphs); GPU_LSTM_ALGO sets what algo='auto' means on the GPU."""
+    monkeypatch.setenv("GPU_LSTM_ALGO", request.param)
+    return request.param
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -177,3 +186,90 @@ def test_zero_copy_inputs():
         assert view.data.ptr == t.data_ptr()          # no copy
         y, _ = m(t)
         np.testing.assert_allclose(gl.to_numpy(y), gl.to_numpy(m(cp.asarray(view))[0]))
+
+
+# ---- plans and graphs ------------------------------------------------------------------------------
+def _pair(dtype, **kw):
+    gpu = gl.LSTM(5, 12, 2, dtype=dtype, device="gpu", seed=7, **kw)
+    cpu = gl.LSTM(5, 12, 2, dtype=dtype, device="cpu", seed=7, **kw)
+    return gpu, cpu
+
+
+def _close(a, b, dtype):
+    a, b = gl.to_numpy(a), gl.to_numpy(b)
+    scale = max(float(np.abs(b).max(initial=0.0)), 1e-300)
+    assert float(np.abs(a - b).max(initial=0.0)) / scale < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_replays_with_new_inputs_match_numpy(algo, dtype):
+    """The same plan (graph) replayed with new x, h0/c0, lengths, dy and dh_n each call."""
+    gpu, cpu = _pair(dtype, bidirectional=True, peephole=True)
+    rng = np.random.default_rng(3)
+    for call, lengths in enumerate([None, None, np.array([6, 2, 5, 1]), np.array([3, 6, 6, 2]), None]):
+        x = rng.standard_normal((6, 4, 5)).astype(dtype)
+        hc = tuple(rng.standard_normal((4, 4, 12)).astype(dtype) for _ in range(2))
+        outs = [m(x, hc, lengths=lengths) for m in (gpu, cpu)]
+        dy = rng.standard_normal(outs[1][0].shape).astype(dtype)
+        dhc = tuple(rng.standard_normal(a.shape).astype(dtype) for a in outs[1][1])
+        backs = [m.backward(dy, dhc if call % 2 else None) for m in (gpu, cpu)]
+        for a, b in zip((outs[0][0], *outs[0][1], backs[0][0], *backs[0][1]),
+                        (outs[1][0], *outs[1][1], backs[1][0], *backs[1][1])):
+            _close(a, b, dtype)
+    for k in cpu.grads:
+        _close(gpu.grads[k], cpu.grads[k], dtype)
+    if algo == "graph":
+        assert gpu._algo == "graph" and gpu._saved.plan is not None and gpu._saved.plan.graphs
+
+
+def test_detached_tapes_in_flight(algo):
+    gpu, cpu = _pair("float64", proj_size=4)
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((5, 3, 5)) for _ in range(3)]
+    dys = [rng.standard_normal((5, 3, 4)) for _ in range(3)]
+    tapes = []
+    for x in xs:
+        gpu(x)
+        tapes.append(gpu.detach_tape())
+    for x, dy, tape in reversed(list(zip(xs, dys, tapes))):
+        gpu.zero_grad()
+        cpu.zero_grad()
+        cpu(x)
+        dx_ref, _ = cpu.backward(dy)
+        dx, _ = gpu.backward(dy, tape=tape)
+        _close(dx, dx_ref, "float64")
+        for k in cpu.grads:
+            _close(gpu.grads[k], cpu.grads[k], "float64")
+
+
+def test_replaced_parameters_are_used(algo):
+    """A parameter or gradient array replaced wholesale: the plan is rebuilt (a graph never reads an
+    array the model no longer owns); set_params copies in place."""
+    import cupy as cp
+    gpu, cpu = _pair("float64")
+    x = np.random.default_rng(5).standard_normal((4, 2, 5))
+    gpu(x)
+    gpu.backward(np.ones((4, 2, 12)))
+    new = {k: np.random.default_rng(6).uniform(-0.3, 0.3, v.shape) for k, v in cpu.params.items()}
+    cpu.set_params(new)
+    gpu.params["l0.W"] = cp.asarray(new["l0.W"])          # replaced, not copied into
+    gpu.set_params({k: v for k, v in new.items() if k != "l0.W"})
+    gpu.grads["l1.R"] = cp.zeros_like(gpu.grads["l1.R"])
+    gpu.zero_grad()
+    cpu.zero_grad()
+    for m in (gpu, cpu):
+        y, _ = m(x)
+        m.backward(np.ones((4, 2, 12)))
+    _close(gpu(x)[0], cpu(x)[0], "float64")
+    for k in cpu.grads:
+        _close(gpu.grads[k], cpu.grads[k], "float64")
+
+
+def test_dropout_training_falls_back_to_eager(algo):
+    m = gl.LSTM(4, 8, 2, dropout=0.3, device="gpu", seed=1)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    m(x)
+    assert m._saved.plan is None                 # masks are drawn outside any graph: eager
+    m.eval()
+    m(x)
+    assert (m._saved.plan is not None) == (algo != "eager")

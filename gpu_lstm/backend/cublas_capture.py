@@ -140,7 +140,9 @@ class Handle:
         _check(self.lib.cublasCreate_v2(ctypes.byref(h)), "cublasCreate_v2")
         self.ptr = h.value
         _check(self.lib.cublasSetPointerMode_v2(self.ptr, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode_v2")
-        self.workspace = workspace_alloc(WORKSPACE_BYTES)   # kept alive as long as the handle
+        # Kept alive as long as the handle; 256-byte aligned as cublasSetWorkspace requires.
+        self.workspace = workspace_alloc(WORKSPACE_BYTES + 256)
+        self.workspace_ptr = (self.workspace.data.ptr + 255) // 256 * 256
         self.stream = None
         self.gemm_fn = self.lib.cublasSgemm_v2 if self.dtype == np.float32 else self.lib.cublasDgemm_v2
         self.gemm_name = "cublasSgemm_v2" if self.dtype == np.float32 else "cublasDgemm_v2"
@@ -153,7 +155,7 @@ class Handle:
         if stream_ptr == self.stream:
             return
         _check(self.lib.cublasSetStream_v2(self.ptr, stream_ptr), "cublasSetStream_v2")
-        _check(self.lib.cublasSetWorkspace_v2(self.ptr, self.workspace.data.ptr, WORKSPACE_BYTES),
+        _check(self.lib.cublasSetWorkspace_v2(self.ptr, self.workspace_ptr, WORKSPACE_BYTES),
                "cublasSetWorkspace_v2")
         self.stream = stream_ptr
 

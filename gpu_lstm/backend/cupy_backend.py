@@ -10,7 +10,9 @@ import cupy as cp
 import numpy as np
 from cupy_backends.cuda.libs import cublas
 
-from . import blas, kernels
+import functools
+
+from . import blas, cublas_capture, kernels
 
 _BLOCK = 256
 
@@ -94,22 +96,105 @@ class CupyBackend:
     def to_numpy(self, a):
         return cp.asnumpy(a)
 
+    # ---- plans and graphs (gpu_lstm/plan.py) -----------------------------------------------------
+    def graph_support(self):
+        """(True, why) when plans and CUDA graphs can run: the capture-capable cuBLAS binding loads."""
+        try:
+            self._capture_handle()
+        except Exception as exc:
+            return False, f"capture-capable cuBLAS binding unavailable ({type(exc).__name__}: {exc})"
+        return True, "cuBLAS through gpu_lstm.backend.cublas_capture"
+
+    def _capture_handle(self):
+        def alloc(nbytes):
+            with self.activate():
+                return cp.empty((nbytes,), dtype=cp.uint8)
+        return cublas_capture.handle_for(self.device_id, self.dtype, alloc)
+
+    def prepare_gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
+        """This GEMM as a zero-argument callable through the capture-capable binding: shapes,
+        leading dimensions and pointers computed once. None when there is nothing to do."""
+        args = self._gemm_args(a, b, out, trans_a, trans_b)
+        if args is None:
+            return None
+        if args == "fill":
+            return functools.partial(out.fill, 0) if beta == 0.0 else None
+        ta, tb, m, n, k, ld1, ld2, ldc = args
+        return self._capture_handle().gemm_call(ta, tb, m, n, k, b.data.ptr, ld1, a.data.ptr, ld2, beta,
+                                                out.data.ptr, ldc)
+
+    def prepare(self, name, *args):
+        """The kernel launch(es) of ``name(*args)`` with grid, block and argument tuple built once."""
+        launches = []
+        self._launch = lambda kname, n, kargs: launches.append((kname, n, kargs))   # record, not run
+        try:
+            getattr(self, name)(*args)
+        finally:
+            del self._launch
+        ops = []
+        for kname, n, kargs in launches:
+            if n:
+                grid = min((n + _BLOCK - 1) // _BLOCK, self._max_grid)
+                ops.append(functools.partial(self._k[kname], (grid,), (_BLOCK,), kargs))
+        if len(ops) != 1:
+            raise RuntimeError(f"prepare({name}): expected one kernel launch through _launch, got {len(ops)}")
+        return ops[0]
+
+    def run_prepared(self, ops):
+        """Replay prepared operations on the current stream."""
+        from ..plan import replay
+        self._capture_handle().set_stream(cp.cuda.get_current_stream().ptr)
+        replay(ops)
+
+    def capture(self, ops):
+        """Capture prepared operations into a CUDA graph, on a private non-blocking stream (the
+        legacy default stream cannot be captured). Nothing is allocated or synchronised inside."""
+        from ..plan import replay
+        with self.activate():
+            if getattr(self, "_capture_stream", None) is None:
+                self._capture_stream = cp.cuda.Stream(non_blocking=True)
+            stream = self._capture_stream
+            handle = self._capture_handle()
+            handle.set_stream(stream.ptr)
+            with stream:
+                stream.begin_capture()
+                try:
+                    replay(ops)
+                finally:
+                    graph = stream.end_capture()
+            return graph
+
+    def launch_graph(self, graph):
+        """One graph launch, ordered on the current stream (a graph may launch into any stream)."""
+        graph.launch(stream=cp.cuda.get_current_stream())
+
     # ---- the seam -----------------------------------------------------------------------------
-    def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
+    def _gemm_args(self, a, b, out, trans_a, trans_b):
+        """Column-major (transa, transb, m, n, k, ld1, ld2, ldc), None for an empty output, 'fill'
+        for an empty sum (K = 0)."""
         M, N, K = blas.gemm_shapes(a.shape, b.shape, trans_a, trans_b)
         if out.shape != (M, N):
             raise ValueError(f"gemm: out has shape {out.shape}, expected {(M, N)}")
         if M == 0 or N == 0:
-            return
+            return None
         if K == 0:  # empty sum: cuBLAS would be asked for lda = 0
-            if beta == 0.0:
-                out.fill(0)
-            return
+            return "fill"
         item = self.dtype.itemsize
         lda = blas.leading_dim("a", a.shape, a.strides, item)
         ldb = blas.leading_dim("b", b.shape, b.strides, item)
         ldc = blas.leading_dim("out", out.shape, out.strides, item)
         ta, tb, m, n, k, _, ld1, _, ld2, ldc = blas.colmajor_args(M, N, K, lda, ldb, ldc, trans_a, trans_b)
+        return ta, tb, m, n, k, ld1, ld2, ldc
+
+    def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
+        args = self._gemm_args(a, b, out, trans_a, trans_b)
+        if args is None:
+            return
+        if args == "fill":
+            if beta == 0.0:
+                out.fill(0)
+            return
+        ta, tb, m, n, k, ld1, ld2, ldc = args
         try:
             handle = cp.cuda.device.get_cublas_handle()
             # alpha/beta are host scalars, and the GEMM must be ordered with our kernels on the
