@@ -57,7 +57,8 @@ class _Timed:
 def profile_training_step(device, H, B, T, reps=5, seed=0):
     """Median over ``reps`` of the per-category time of one forward + backward; returns rows of
     (category, ms, share) plus the step time and the number of timed operations."""
-    m = LSTM(H, H, 1, dtype="float32", device=device, seed=seed)
+    # The per-operation breakdown is of the eager loop (a plan or graph replays the same operations).
+    m = LSTM(H, H, 1, dtype="float32", device=device, seed=seed, algo="eager")
     gpu = m.device == "gpu"
     xp = m._be.xp
     rng = np.random.default_rng(seed)

@@ -83,10 +83,27 @@ def library_candidates():
     loaded = _loaded_cublas_path()
     if loaded:
         out.append(loaded)
+    try:   # how CuPy 14 finds its CUDA libraries (cuda-pathfinder): the same file
+        from cuda import pathfinder
+        path = pathfinder.load_nvidia_dynamic_lib("cublas").abs_path
+        if path:
+            out.append(path)
+    except Exception:
+        pass
     if sys.platform == "win32":
         out += ["cublas64_13.dll", "cublas64_12.dll"]
     else:
         out += ["libcublas.so.13", "libcublas.so.12", "libcublas.so.11"]
+    try:   # the nvidia-cublas wheels: nvidia/cu13/lib (CUDA 13), nvidia/cublas/lib (CUDA 12)
+        import nvidia
+        for root in nvidia.__path__:
+            for sub in ("cu13/lib", "cublas/lib"):
+                d = os.path.join(root, sub)
+                if os.path.isdir(d):
+                    out += sorted(os.path.join(d, f) for f in os.listdir(d)
+                                  if f.startswith("libcublas.so.") and "Lt" not in f)
+    except Exception:
+        pass
     found = ctypes.util.find_library("cublas")
     if found:
         out.append(found)
@@ -101,8 +118,9 @@ def load_library():
     elif _lib is not None:
         return _lib
     else:
-        try:   # make CuPy load its libcublas first, so we bind the same file
-            import cupy_backends.cuda.libs.cublas  # noqa: F401
+        try:   # make CuPy load its libcublas first (it may load it lazily), so we bind the same file
+            import cupy
+            cupy.cuda.device.get_cublas_handle()
         except Exception:
             pass
         lib, errors = None, []
