@@ -309,6 +309,8 @@ class HostRunner:
 class GpuRunner:
     """The cooperative kernels through CuPy (imported only here). One per (device, dtype)."""
 
+    check_contract = True   # read back the kernel's error flag after each launch (one small copy)
+
     def __init__(self, be):
         import cupy as cp
         self.cp, self.be = cp, be
@@ -316,7 +318,8 @@ class GpuRunner:
         dev = cp.cuda.Device(be.device_id)
         attrs = dev.attributes
         self.sms = attrs["MultiProcessorCount"]
-        self.smem_block = attrs["MaxSharedMemoryPerBlockOptin"]
+        self.smem_block = (attrs.get("MaxSharedMemoryPerBlockOptin")
+                           or cp.cuda.runtime.getDeviceProperties(be.device_id)["sharedMemPerBlockOptin"])
         if not attrs.get("CooperativeLaunch", 1):
             raise RuntimeError("this GPU does not support cooperative launches")
         with dev:
@@ -344,7 +347,7 @@ class GpuRunner:
                                f"co-resident ({per_sm} per SM x {self.sms} SMs)")
         self._sync.fill(0)
         fn((cfg.grid,), (cfg.threads,), args, shared_mem=cfg.smem)
-        if int(self._sync[1].get()) != 0:   # one small device-to-host read per launch: the contract check
+        if self.check_contract and int(self._sync[1].get()) != 0:   # one small device-to-host read per launch: the contract check
             raise RuntimeError(f"{name}: the grid did not cover the hidden units (launch contract broken)")
 
     def forward(self, gates, bias, peep, R, h, c, lengths):
