@@ -200,3 +200,11 @@ def test_supported_option_set_and_reasons():
     big = gl.LSTM(3, 1400, device="host", dtype="float32", seed=0)
     supported, reason = pers.persistent_supported(big, 5, 2, device_limits=(132, 227 * 1024))
     assert not supported and "does not fit on chip" in reason
+
+
+def test_runner_only_for_gpu_and_host_backends():
+    from gpu_lstm.backend.numpy_backend import NumpyBackend
+    be = NumpyBackend("float64")
+    assert not pers.has_persistent(be)
+    with pytest.raises(ValueError, match="no runner for backend 'cpu'"):
+        pers.runner_for(be)

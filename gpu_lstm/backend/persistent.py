@@ -122,7 +122,8 @@ def capacity_markdown():
 # ---- what it runs ----------------------------------------------------------------------------------
 def persistent_supported(model, T, B, device_limits=None):
     """(True, "") if the persistent engine can run ``model`` (a gl.LSTM) on (T, B), else (False, why).
-    ``device_limits`` = (sms, smem_block) for a GPU; None skips the capacity check (host runner)."""
+    ``device_limits`` = (sms, smem_block); by default those of the model's GPU (queried once), and no
+    capacity check for the host runner (it has no chip to fit)."""
     if model.dtype.name not in DTYPES:
         return False, f"dtype {model.dtype.name} not supported (float32, float64)"
     if model.device not in ("gpu", "host"):
@@ -135,6 +136,9 @@ def persistent_supported(model, T, B, device_limits=None):
         return False, "gradient-flow diagnostics (dc_all) not supported by the persistent engine"
     if T < 1 or B < 1:
         return False, f"empty sequence or batch (T={T}, B={B})"
+    if device_limits is None and model.device == "gpu":
+        runner = runner_for(model._be)
+        device_limits = (runner.sms, runner.smem_block)
     if device_limits is not None:
         cfg, why = launch_config(model.hidden_size, B, model.dtype.itemsize, *device_limits)
         if cfg is None:
@@ -347,7 +351,8 @@ class GpuRunner:
                                f"co-resident ({per_sm} per SM x {self.sms} SMs)")
         self._sync.fill(0)
         fn((cfg.grid,), (cfg.threads,), args, shared_mem=cfg.smem)
-        if self.check_contract and int(self._sync[1].get()) != 0:   # one small device-to-host read per launch: the contract check
+        # the contract check: one small device-to-host read per launch (check_contract = False skips it)
+        if self.check_contract and int(self._sync[1].get()) != 0:
             raise RuntimeError(f"{name}: the grid did not cover the hidden units (launch contract broken)")
 
     def forward(self, gates, bias, peep, R, h, c, lengths):
@@ -372,6 +377,11 @@ class GpuRunner:
 
 
 _runners = {}
+
+
+def has_persistent(be):
+    """True for the backends the persistent engine runs on ('gpu', and 'host' for the CPU tests)."""
+    return getattr(be, "name", None) in ("gpu", "host")
 
 
 def runner_for(be):
@@ -453,4 +463,4 @@ def _after_loop(be, prm, grads, prefix, x, h, c, dgates, dx, T, B, H):
 
 __all__ = ["persistent_supported", "launch_config", "max_hidden", "capacity_table", "capacity_markdown",
            "recurrent_reference", "run_forward", "run_backward", "HostRunner", "GpuRunner", "runner_for",
-           "split_lanes", "LaunchConfig", "ARCHS"]
+           "has_persistent", "split_lanes", "LaunchConfig", "ARCHS", "ptxas_report", "nvrtc_register_report"]
