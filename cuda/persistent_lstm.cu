@@ -11,9 +11,9 @@
 //
 // Launch contract (gpu_lstm/backend/persistent.py: launch_config): grid = ceil(H / U) blocks, all
 // co-resident, launched with cuLaunchCooperativeKernel (which refuses a grid that cannot be
-// co-resident; CuPy's RawModule(enable_cooperative_groups=True)); blockDim.x a multiple of 32 and of KS;
-// KS a power of two <= 32; dynamic shared memory 4 * U * H * sizeof(T); `sync` three zeroed words
-// (arrival counter, error flag, generation).
+// co-resident; through CuPy's Function(..., enable_cooperative_groups=True)); blockDim.x a multiple of
+// 32 and of KS; KS a power of two <= 32; dynamic shared memory 4 * U * H * sizeof(T); `sync` three
+// zeroed words (arrival counter, error flag, generation).
 // If the grid does not cover H the kernel writes 1 to sync[1] and returns (every block returns before
 // any barrier, so it cannot hang).
 //

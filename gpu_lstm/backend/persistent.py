@@ -327,9 +327,11 @@ class GpuRunner:
         if not attrs.get("CooperativeLaunch", 1):
             raise RuntimeError("this GPU does not support cooperative launches")
         with dev:
+            # No enable_cooperative_groups here: older CuPy releases then compile with
+            # --device-c and link libcudadevrt.a, which pip-installed CUDA may lack; the kernels use no
+            # cooperative_groups device code, so only the LAUNCH is cooperative (see _launch).
             module = cp.RawModule(code=kernel_source(), options=compile_options(),
-                                  name_expressions=name_expressions((self.dtype.name,)),
-                                  enable_cooperative_groups=True)
+                                  name_expressions=name_expressions((self.dtype.name,)))
             ct = kernels.CTYPES[self.dtype.name]
             self._k = {k: module.get_function(f"{k}<{ct}>") for k in KERNEL_NAMES}
             self._sync = cp.zeros(SYNC_WORDS, dtype=cp.uint32)
@@ -350,7 +352,8 @@ class GpuRunner:
             raise RuntimeError(f"{name}: {cfg.grid} blocks of {cfg.threads} threads and {cfg.smem} B cannot be "
                                f"co-resident ({per_sm} per SM x {self.sms} SMs)")
         self._sync.fill(0)
-        fn((cfg.grid,), (cfg.threads,), args, shared_mem=cfg.smem)
+        # cuLaunchCooperativeKernel through CuPy's Function: refuses a grid that cannot be co-resident
+        fn.kernel((cfg.grid,), (cfg.threads,), args, shared_mem=cfg.smem, enable_cooperative_groups=True)
         # the contract check: one small device-to-host read per launch (check_contract = False skips it)
         if self.check_contract and int(self._sync[1].get()) != 0:
             raise RuntimeError(f"{name}: the grid did not cover the hidden units (launch contract broken)")
