@@ -12,9 +12,30 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 bash benchmarks/gpu_verify.sh "$OUT"
+# Persistent kernels (issue 13, docs/persistent.md): their GPU tests under compute-sanitizer (memcheck,
+# racecheck, synccheck) on the small shapes first, then the full GPU test file, before any timing.
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+{
+  for tool in memcheck racecheck synccheck; do
+    echo "$ compute-sanitizer --tool $tool python3 -m pytest -m gpu tests/test_persistent_gpu.py -k small"
+    if [ -x "$SAN" ]; then
+      "$SAN" --tool "$tool" --error-exitcode 99 \
+        python3 -m pytest -m gpu tests/test_persistent_gpu.py -k small -q -p no:cacheprovider 2>&1
+      echo "$tool exit: $?"
+    else
+      echo "compute-sanitizer not found: $tool NOT run"
+    fi
+  done
+  echo "$ python3 -m pytest -m gpu tests/test_persistent_gpu.py -v"
+  python3 -m pytest -m gpu tests/test_persistent_gpu.py -v -p no:cacheprovider 2>&1
+  echo "pytest exit: $?"
+} 2>&1 | tee "$OUT/persistent_verify.log"
 {
   echo "# gpu-lstm bench --device gpu ($(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null))"
   python3 -m gpu_lstm bench --device gpu --json "$OUT/bench_gpu.json" 2>&1
+  echo
+  echo "# benchmarks/persistent_bench.py (persistent vs per-step engine; per-step time against the 2 us goal)"
+  python3 benchmarks/persistent_bench.py --json "$OUT/persistent_bench.json" 2>&1
   echo
   echo "# gpu-lstm profile --device gpu -H 512 -B 64 -T 100"
   python3 -m gpu_lstm profile --device gpu -H 512 -B 64 -T 100 2>&1
