@@ -22,7 +22,14 @@ _DEVICES = ("auto", "cpu", "gpu", "host")
 
 
 def gpu_available():
-    """(True, description) when cupy imports and sees a CUDA device, else (False, reason)."""
+    """(True, description) when cupy imports, sees a CUDA device, and can load cuBLAS and NVRTC;
+    else (False, reason).
+
+    CuPy 14 loads cuBLAS and NVRTC lazily, on first use: ``import cupy`` and a device count succeed
+    on a machine whose CUDA libraries are missing (no ``cupy-cuda1Nx[ctk]``, no toolkit), and the
+    first GEMM or kernel compile would then fail inside a model. So both are probed here: a cuBLAS
+    handle is created (it loads libcublas) and NVRTC is asked for its version (it loads libnvrtc).
+    """
     try:
         import cupy  # noqa: F401
     except Exception as exc:  # ImportError, or a broken CUDA install raising at import
@@ -33,6 +40,18 @@ def gpu_available():
         return False, f"no usable CUDA device ({type(exc).__name__}: {exc})"
     if n < 1:
         return False, "no CUDA device found"
+    try:
+        with cupy.cuda.Device(0):
+            cupy.cuda.device.get_cublas_handle()
+    except Exception as exc:
+        return False, (f"cuBLAS cannot be loaded ({type(exc).__name__}: {exc}); install "
+                       "gpu_lstm[cuda12] or [cuda13], which pull the CUDA libraries")
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+    except Exception as exc:
+        return False, (f"NVRTC cannot be loaded ({type(exc).__name__}: {exc}); install "
+                       "gpu_lstm[cuda12] or [cuda13], which pull the CUDA libraries")
     return True, f"{n} CUDA device(s)"
 
 

@@ -34,6 +34,14 @@ def _dlpack_on_cuda(value):
     return int(dev_type) in (2, 3, 13)   # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
 
 
+def _has_cuda_array_interface(value):
+    """hasattr() that also treats a raising property (not only AttributeError) as absent."""
+    try:
+        return getattr(value, "__cuda_array_interface__", None) is not None
+    except Exception:
+        return False
+
+
 class CupyBackend:
     name = "gpu"
     xp = cp
@@ -74,15 +82,21 @@ class CupyBackend:
 
     def asarray(self, name, value):
         """Device arrays are used as they are, without a copy: cupy arrays, and any object that speaks
-        ``__cuda_array_interface__`` (Numba, PyTorch CUDA tensors) or DLPack on a CUDA device (PyTorch,
-        JAX). Host arrays (NumPy, CPU tensors) are copied to this model's GPU. An array on another GPU
-        is an error."""
+        DLPack on a CUDA device (PyTorch, JAX) or ``__cuda_array_interface__`` (Numba). Host arrays
+        (NumPy, CPU tensors) are copied to this model's GPU. An array on another GPU is an error.
+
+        DLPack is tried first: CuPy's ``__cuda_array_interface__`` path synchronises the producer's
+        stream on every call (torch's, here), and torch raises from that property for tensors that
+        require grad. Such tensors are detached first (a view: gpu_lstm keeps its own gradients;
+        ``gpu_lstm.interop`` connects them to torch's autograd)."""
         with self.activate():
             if not isinstance(value, cp.ndarray):
-                if hasattr(value, "__cuda_array_interface__"):
-                    value = cp.asarray(value)                    # zero-copy view
-                elif hasattr(value, "__dlpack__") and _dlpack_on_cuda(value):
+                if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
+                    value = value.detach()
+                if hasattr(value, "__dlpack__") and _dlpack_on_cuda(value):
                     value = cp.from_dlpack(value)                # zero-copy view
+                elif _has_cuda_array_interface(value):
+                    value = cp.asarray(value)                    # zero-copy view
                 else:
                     return cp.asarray(np.asarray(value))         # host data: one copy to the device
             if value.device.id != self.device_id:
