@@ -27,14 +27,24 @@
     }
 
 #define GL_HOST_ZONEOUT(T, SUFFIX)                                                                  \
-    extern "C" void gl_zoneout_mix_##SUFFIX(long long n, const T* mask, T z, const T* prev,           \
-                                            const T* cur, T* out) {                                   \
-        zoneout_mix<T>(n, mask, z, prev, cur, out);                                                   \
+    extern "C" void gl_zoneout_mix_##SUFFIX(long long n, long long key, long long call, long long offset, \
+                                            long long thr, T z, const T* prev, const T* cur, T* out) { \
+        zoneout_mix<T>(n, key, call, offset, thr, z, prev, cur, out);                                 \
     }                                                                                                 \
-    extern "C" void gl_zoneout_split_##SUFFIX(long long n, const T* mask, T z, T* grad, T* into,      \
+    extern "C" void gl_zoneout_split_##SUFFIX(long long n, long long key, long long call,             \
+                                              long long offset, long long thr, T z, T* grad, T* into, \
                                               int accumulate) {                                       \
-        zoneout_split<T>(n, mask, z, grad, into, accumulate);                                         \
+        zoneout_split<T>(n, key, call, offset, thr, z, grad, into, accumulate);                       \
+    }                                                                                                 \
+    extern "C" void gl_dropout_apply_##SUFFIX(long long n, long long key, long long call, long long thr, \
+                                              T scale, const T* x, T* out) {                          \
+        dropout_apply<T>(n, key, call, thr, scale, x, out);                                           \
     }
+
+// The generator itself, for the known-answer test of cuda/philox.cuh (tests/test_philox.py).
+extern "C" void gl_host_philox4x32_10(const unsigned int* ctr, const unsigned int* key, unsigned int* out) {
+    gl_philox4x32_10(ctr, key, out);
+}
 
 GL_HOST_ZONEOUT(float, f32)
 GL_HOST_ZONEOUT(double, f64)

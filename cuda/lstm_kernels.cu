@@ -7,6 +7,7 @@
 //   gates : (B, 4H) slice of step t; gate k occupies columns [k H, (k+1) H), k from GL_GATE_*
 //   c, h  : (B, H)
 #include "lstm_math.cuh"
+#include "philox.cuh"
 
 // One time step of eqs. (1)-(6). `gates` holds W x(t) + R h(t-1) on entry (bias not yet added) and
 // the activated gates i, f, g, o on exit: they are what the backward needs. `bias` and `peep`
@@ -112,16 +113,18 @@ __global__ void seq_carry(const long long B, const long long N, const long long*
     }
 }
 
-// Zoneout (Krueger et al., 2016), forward, n elements of step t:
-//   out = d prev + (1 - d) cur,  d = mask[k] (training, 0 or 1) or the constant z (evaluation).
-// out may alias cur (h is mixed in place).
+// Zoneout (Krueger et al., 2016), forward, the n elements of step t:
+//   out = d prev + (1 - d) cur,  d = the mask (training) or the constant z (evaluation, thr < 0).
+// The training mask is computed here, not read: d[k] = gl_rand_event(key, call, offset + k, thr)
+// (cuda/philox.cuh; offset = t n), and the backward recomputes the same bits. out may alias cur.
 template <typename T>
-__global__ void zoneout_mix(const long long n, const T* __restrict__ mask, const T z,
+__global__ void zoneout_mix(const long long n, const long long key, const long long call,
+                            const long long offset, const long long thr, const T z,
                             const T* __restrict__ prev, const T* cur, T* out) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        const A d = mask != 0 ? gl_load(mask[k]) : gl_load(z);
+        const A d = thr >= 0 ? (gl_rand_event(key, call, offset + k, thr) ? A(1) : A(0)) : gl_load(z);
         out[k] = gl_store<T>(d * gl_load(prev[k]) + (A(1) - d) * gl_load(cur[k]));
     }
 }
@@ -129,16 +132,32 @@ __global__ void zoneout_mix(const long long n, const T* __restrict__ mask, const
 // Zoneout, backward: the gradient of a zoned state splits between its two sources:
 //   into = (accumulate ? into : 0) + d grad   (the kept previous state)
 //   grad = (1 - d) grad                        (the fresh LSTM update)
+// with d recomputed exactly as in zoneout_mix.
 template <typename T>
-__global__ void zoneout_split(const long long n, const T* __restrict__ mask, const T z,
+__global__ void zoneout_split(const long long n, const long long key, const long long call,
+                              const long long offset, const long long thr, const T z,
                               T* __restrict__ grad, T* __restrict__ into, const int accumulate) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        const A d = mask != 0 ? gl_load(mask[k]) : gl_load(z);
+        const A d = thr >= 0 ? (gl_rand_event(key, call, offset + k, thr) ? A(1) : A(0)) : gl_load(z);
         const A g = gl_load(grad[k]);
         into[k] = gl_store<T>((accumulate ? gl_load(into[k]) : A(0)) + d * g);
         grad[k] = gl_store<T>((A(1) - d) * g);
+    }
+}
+
+// Inverted dropout over n elements: out[k] = x[k] * scale where element k is kept
+// (gl_rand_event(key, call, k, thr), probability thr / 2^24), else 0. The forward applies it to a
+// layer's input; the backward applies it again, from the same (key, call), to the gradient: the mask
+// is never stored. x and out may alias (the backward works in place).
+template <typename T>
+__global__ void dropout_apply(const long long n, const long long key, const long long call,
+                              const long long thr, const T scale, const T* x, T* out) {
+    typedef typename gl_acc<T>::type A;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
+        out[k] = gl_store<T>(gl_rand_event(key, call, k, thr) ? gl_load(x[k]) * gl_load(scale) : A(0));
     }
 }
 

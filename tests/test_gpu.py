@@ -103,7 +103,7 @@ OPTIONS = {
     "peephole": dict(peephole=True),
     "learned-state": dict(learn_initial_state=True),
     "bi+proj+peep": dict(bidirectional=True, proj_size=8, peephole=True),
-}   # dropout and zoneout draw masks on the device: checked by the gradient check and seeding tests
+}   # dropout and zoneout: test_gpu_matches_numpy_with_dropout_and_zoneout_in_training
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -203,3 +203,29 @@ def test_losses_accept_host_targets_and_masks():
     loss, grad = mse_loss(cp.asarray(pred), target, mask)                      # NumPy target and mask
     np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-12)
     np.testing.assert_allclose(gl.to_numpy(grad), ref_grad, rtol=1e-12)
+
+
+def test_gpu_masks_equal_numpy_masks_bitwise():
+    """Philox masks computed inside the GPU kernels are the NumPy masks, bit for bit (same seed, same
+    call), so training with dropout and zoneout gives the NumPy path's numbers."""
+    import cupy as cp
+    from gpu_lstm import philox
+    from gpu_lstm.backend import get_backend
+    be = get_backend("gpu", "float32")
+    dm = philox.DropoutMask(77, 1, 5, 0.3, (9, 7, 65), np.float32)
+    out = cp.empty((9, 7, 65), dtype=cp.float32)
+    be.dropout(dm, cp.ones((9, 7, 65), dtype=cp.float32), out)
+    np.testing.assert_array_equal(gl.to_numpy(out), dm.array())
+    zm = philox.ZoneoutMask(77, 2, 1, philox.ZONEOUT_C, 5, 0.4, (3, 7, 65))
+    got = cp.empty((3, 7, 65), dtype=cp.float32)
+    for t in range(3):
+        be.zoneout_mix(zm[t], 0.0, cp.ones((7, 65), dtype=cp.float32), cp.zeros((7, 65), dtype=cp.float32), got[t])
+    np.testing.assert_array_equal(gl.to_numpy(got), zm.array(np.float32))
+
+
+def test_gpu_matches_numpy_with_dropout_and_zoneout_in_training():
+    rows = compare_paths(6, 24, 3, T=7, B=4, dtype="float64", seed=4, device="gpu", reference="cpu",
+                         lengths=np.array([7, 3, 5, 1]), train=True, dropout=0.3, zoneout_h=0.2,
+                         zoneout_c=0.4, peephole=True, bidirectional=True)
+    for n, err in rows:
+        assert err < TOL["float64"], f"{n}: {err:.2e}"

@@ -140,9 +140,11 @@ def test_gradient_check_through_host_kernels(host_cls):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("accumulate", [True, False])
 def test_zoneout_kernels_match_numpy(host_cls, dtype, training, accumulate):
+    from gpu_lstm import philox
     rng = np.random.default_rng(5)
     shape = (3, 33)
-    mask = (rng.uniform(size=shape) < 0.3).astype(dtype) if training else None
+    zm = philox.ZoneoutMask(123, 1, 1, philox.ZONEOUT_C, 7, 0.3, (4,) + shape)
+    mask = zm[2] if training else None      # step 2: elements from offset 2 * 99, not a multiple of 4
     prev, cur, grad, into = (rng.standard_normal(shape).astype(dtype) for _ in range(4))
     outs = []
     for be in (NumpyBackend(dtype), host_cls(dtype)):
@@ -151,7 +153,30 @@ def test_zoneout_kernels_match_numpy(host_cls, dtype, training, accumulate):
         be.zoneout_split(mask, 0.3, g, i, accumulate)
         outs.append((out, g, i))
     for ref, got in zip(*outs):
-        np.testing.assert_allclose(got, ref, **TOL[dtype])
-    d = mask if training else 0.3
+        np.testing.assert_array_equal(got, ref)           # same expression, d in {0, 1}: bitwise
+    d = zm.array(dtype)[2] if training else dtype_type(dtype)(0.3)
+    if training:
+        assert 0 < d.mean() < 1
     np.testing.assert_allclose(outs[1][0], d * prev + (1 - d) * cur, **TOL[dtype])
     np.testing.assert_allclose(outs[1][2], (into if accumulate else 0) + d * grad, **TOL[dtype])
+
+
+def dtype_type(dtype):
+    return np.dtype(dtype).type
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.93])
+def test_dropout_kernel_matches_numpy_bitwise(host_cls, dtype, p):
+    from gpu_lstm import philox
+    shape = (5, 3, 37)
+    mask = philox.DropoutMask(99, 2, 3, p, shape, dtype)
+    x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    ref, got = np.empty_like(x), np.empty_like(x)
+    NumpyBackend(dtype).dropout(mask, x, ref)
+    host_cls(dtype).dropout(mask, x, got)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got, x * mask.array())          # the materialised mask is the one used
+    inplace = x.copy()
+    host_cls(dtype).dropout(mask, inplace, inplace)               # the backward works in place
+    np.testing.assert_array_equal(inplace, ref)

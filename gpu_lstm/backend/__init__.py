@@ -6,6 +6,8 @@ The time loop, buffer layout and GEMM order live once in :mod:`gpu_lstm.lstm`; a
 * ``cell_forward(gates, bias, c_prev, c, h)``: eqs. (1)-(6) for one step, gates activated in place
 * ``cell_backward(gates, c, c_prev, dh, dc_carry, dgates)``: eqs. (16)-(20) for one step
 * ``sum_rows(x, out)``: ``out += x.sum(axis=0)``, deterministic (eq. 25)
+* ``zoneout_mix``/``zoneout_split``/``dropout``: the random masks come as :mod:`gpu_lstm.philox`
+  counters and are computed where they are used (bitwise the same on every backend)
 * array helpers: ``xp``, ``empty``, ``zeros``, ``asarray``, ``to_numpy``, ``activate``
 
 Implementations: :class:`NumpyBackend` (the reference), ``HostKernelBackend`` (NumPy GEMMs with the

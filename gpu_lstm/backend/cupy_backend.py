@@ -60,15 +60,6 @@ class CupyBackend:
     def describe(self):
         return device_description(self.device_id)
 
-    def make_rng(self, seed):
-        """A generator for dropout masks, on the device (same seed, same device: same masks)."""
-        with self.activate():
-            return cp.random.RandomState(seed)
-
-    def uniform(self, rng, shape):
-        with self.activate():
-            return rng.random_sample(shape, dtype=self.dtype)
-
     def activate(self):
         return cp.cuda.Device(self.device_id)
 
@@ -161,13 +152,25 @@ class CupyBackend:
                       dc_carry, dgates, null if dc_out is None else dc_out,
                       null if lengths is None else lengths, np.int64(t)))
 
+    @staticmethod
+    def _mask_args(mask):
+        """(key, call, offset, thr) of a gpu_lstm.philox.MaskSlice as kernel arguments; thr = -1 when
+        there is no mask (evaluation: the kernels use the constant z)."""
+        vals = (0, 0, 0, -1) if mask is None else (mask.key, mask.call, mask.offset, mask.thr)
+        return tuple(np.int64(v) for v in vals)
+
     def zoneout_mix(self, mask, z, prev, cur, out):
-        self._launch("zoneout_mix", out.size, (np.int64(out.size), np.uintp(0) if mask is None else mask,
+        self._launch("zoneout_mix", out.size, (np.int64(out.size), *self._mask_args(mask),
                                                self.dtype.type(z), prev, cur, out))
 
     def zoneout_split(self, mask, z, grad, into, accumulate):
-        self._launch("zoneout_split", grad.size, (np.int64(grad.size), np.uintp(0) if mask is None else mask,
+        self._launch("zoneout_split", grad.size, (np.int64(grad.size), *self._mask_args(mask),
                                                   self.dtype.type(z), grad, into, np.int32(1 if accumulate else 0)))
+
+    def dropout(self, mask, x, out):
+        s = mask.slice
+        self._launch("dropout_apply", x.size, (np.int64(x.size), np.int64(s.key), np.int64(s.call),
+                                               np.int64(s.thr), self.dtype.type(mask.scale), x, out))
 
     def seq_carry(self, lengths, t, src, dst, move):
         B, N = dst.shape

@@ -48,7 +48,7 @@ def load_library():
         return _lib
     root = kernels.cuda_dir()
     digest = hashlib.sha256()
-    for name in ("lstm_math.cuh", "lstm_kernels.cu", "host_shim.h", "host_entry.cpp"):
+    for name in (*kernels.SOURCE_FILES, "host_shim.h", "host_entry.cpp"):
         digest.update((root / name).read_bytes())
     digest.update(" ".join(build_command("x")).encode())
     cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.join(tempfile.gettempdir())),
@@ -65,13 +65,15 @@ def load_library():
     lib = ctypes.CDLL(path)
     ll, vp = ctypes.c_longlong, ctypes.c_void_p
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        getattr(lib, f"gl_zoneout_mix_{suffix}").argtypes = [ll, vp, real, vp, vp, vp]
-        getattr(lib, f"gl_zoneout_split_{suffix}").argtypes = [ll, vp, real, vp, vp, ctypes.c_int]
+        getattr(lib, f"gl_zoneout_mix_{suffix}").argtypes = [ll, ll, ll, ll, ll, real, vp, vp, vp]
+        getattr(lib, f"gl_zoneout_split_{suffix}").argtypes = [ll, ll, ll, ll, ll, real, vp, vp, ctypes.c_int]
+        getattr(lib, f"gl_dropout_apply_{suffix}").argtypes = [ll, ll, ll, ll, real, vp, vp]
         getattr(lib, f"gl_cell_forward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp]
         getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp, vp, vp, vp, ll]
         getattr(lib, f"gl_seq_carry_{suffix}").argtypes = [ll, ll, vp, ll, vp, vp, ctypes.c_int]
         getattr(lib, f"gl_sum_rows_{suffix}").argtypes = [ll, ll, vp, vp]
         getattr(lib, f"gl_softmax_xent_{suffix}").argtypes = [ll, ll, vp, vp, ll, vp, vp, vp]
+    lib.gl_host_philox4x32_10.argtypes = [vp, vp, vp]
     _lib = lib
     return lib
 
@@ -86,6 +88,11 @@ def _ptr(name, a, dtype):
     return a.ctypes.data
 
 
+def _mask_args(mask):
+    """(key, call, offset, thr) of a gpu_lstm.philox.MaskSlice; thr = -1 (no mask: the constant z)."""
+    return (0, 0, 0, -1) if mask is None else (mask.key, mask.call, mask.offset, mask.thr)
+
+
 class HostKernelBackend(NumpyBackend):
     name = "host"
 
@@ -98,6 +105,7 @@ class HostKernelBackend(NumpyBackend):
         self._carry = getattr(lib, f"gl_seq_carry_{suffix}")
         self._zmix = getattr(lib, f"gl_zoneout_mix_{suffix}")
         self._zsplit = getattr(lib, f"gl_zoneout_split_{suffix}")
+        self._dropout = getattr(lib, f"gl_dropout_apply_{suffix}")
         self._sum = getattr(lib, f"gl_sum_rows_{suffix}")
         self._xent = getattr(lib, f"gl_softmax_xent_{suffix}")
 
@@ -120,13 +128,17 @@ class HostKernelBackend(NumpyBackend):
 
     def zoneout_mix(self, mask, z, prev, cur, out):
         d = self.dtype
-        self._zmix(out.size, _ptr("mask", mask, d), float(z), _ptr("prev", prev, d), _ptr("cur", cur, d),
+        self._zmix(out.size, *_mask_args(mask), float(z), _ptr("prev", prev, d), _ptr("cur", cur, d),
                    _ptr("out", out, d))
 
     def zoneout_split(self, mask, z, grad, into, accumulate):
         d = self.dtype
-        self._zsplit(grad.size, _ptr("mask", mask, d), float(z), _ptr("grad", grad, d), _ptr("into", into, d),
+        self._zsplit(grad.size, *_mask_args(mask), float(z), _ptr("grad", grad, d), _ptr("into", into, d),
                      int(accumulate))
+
+    def dropout(self, mask, x, out):
+        d, s = self.dtype, mask.slice
+        self._dropout(x.size, s.key, s.call, s.thr, float(mask.scale), _ptr("x", x, d), _ptr("out", out, d))
 
     def seq_carry(self, lengths, t, src, dst, move):
         B, N = dst.shape
