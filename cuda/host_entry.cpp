@@ -20,6 +20,11 @@
     extern "C" void gl_sum_rows_##SUFFIX(long long rows, long long cols, const T* x, T* out) {       \
         sum_rows<T>(rows, cols, x, out);                                                             \
     }                                                                                                \
+    extern "C" void gl_sum_rows_partial_##SUFFIX(long long rows, long long cols, long long chunk,      \
+                                                 const T* x, long long ldx, long long x_off,          \
+                                                 const T* y, T* partial) {                            \
+        sum_rows_partial<T>(rows, cols, chunk, x, ldx, x_off, y, partial);                           \
+    }                                                                                                \
     extern "C" void gl_softmax_xent_##SUFFIX(long long rows, long long V, const T* logits,          \
                                              const long long* targets, long long ignore_index,      \
                                              const T* inv_count, T* loss_rows, T* grad) {            \

@@ -8,6 +8,7 @@
 //   c, h  : (B, H)
 #include "lstm_math.cuh"
 #include "philox.cuh"
+#include "reduce_kernels.cuh"
 
 // One time step of eqs. (1)-(6). `gates` holds W x(t) + R h(t-1) on entry (bias not yet added) and
 // the activated gates i, f, g, o on exit: they are what the backward needs. `bias` and `peep`
@@ -163,7 +164,8 @@ __global__ void dropout_apply(const long long n, const long long key, const long
 
 // out[j] += sum_r x[r, j] for a (rows, cols) row-major x: eq. (25), db = sum over t and samples.
 // One thread per column summing rows in a fixed order: deterministic (no atomics), and adjacent
-// threads read adjacent addresses. A tree reduction would be faster for huge T*B; see docs.
+// threads read adjacent addresses. For many rows the backends run it as the second pass of
+// sum_rows_partial (reduce_kernels.cuh), over the per-chunk partial sums.
 template <typename T>
 __global__ void sum_rows(const long long rows, const long long cols, const T* __restrict__ x,
                          T* __restrict__ out) {

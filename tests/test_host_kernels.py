@@ -180,3 +180,54 @@ def test_dropout_kernel_matches_numpy_bitwise(host_cls, dtype, p):
     inplace = x.copy()
     host_cls(dtype).dropout(mask, inplace, inplace)               # the backward works in place
     np.testing.assert_array_equal(inplace, ref)
+
+
+def _fixed_order_sum(x, y, chunk, start):
+    """The documented order of cuda/reduce_kernels.cuh, in NumPy: each chunk summed row by row, then
+    the chunk sums added in chunk order onto ``start``."""
+    terms = x if y is None else x * y
+    partials = []
+    for r0 in range(0, len(terms), chunk):
+        s = np.zeros(terms.shape[1], terms.dtype)
+        for row in terms[r0:r0 + chunk]:
+            s = s + row
+        partials.append(s)
+    total = np.zeros(terms.shape[1], terms.dtype)
+    for p in partials:
+        total = total + p
+    return start + total
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (5, 3), (640, 2048), (6400, 37), (1000, 1)])
+def test_two_level_sum_rows_is_the_documented_fixed_order(host_cls, dtype, rows, cols):
+    from gpu_lstm.backend import reduce
+    rng = np.random.default_rng(rows * 3 + cols)
+    x = rng.standard_normal((rows, cols)).astype(dtype)
+    start = rng.standard_normal(cols).astype(dtype)
+    got = start.copy()
+    host_cls(dtype).sum_rows(x, got)
+    chunk = reduce.row_chunk(rows, cols)
+    assert 1 <= chunk <= max(rows, 1) and reduce.num_chunks(rows, chunk) * cols <= max(reduce.TARGET_THREADS, cols)
+    np.testing.assert_array_equal(got, _fixed_order_sum(x, None, chunk, start))   # bitwise
+    ref = start.copy()
+    NumpyBackend(dtype).sum_rows(x, ref)
+    # both are sums of `rows` terms of size ~1: error bound ~ rows * eps * sqrt(rows)-ish; generous
+    np.testing.assert_allclose(got, ref, rtol=0, atol=(2e-4 if dtype == "float32" else 1e-11) * np.sqrt(rows))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_peephole_sum_matches_numpy(host_cls, dtype):
+    from gpu_lstm.backend import reduce
+    rng = np.random.default_rng(8)
+    TB, H = 777, 13
+    dg = rng.standard_normal((TB, 4 * H)).astype(dtype)
+    cells = rng.standard_normal((TB, H)).astype(dtype)
+    for col0 in (0, H, 3 * H):
+        start = rng.standard_normal(H).astype(dtype)
+        got, ref = start.copy(), start.copy()
+        host_cls(dtype).sum_rows_prod(dg, col0, cells, got)
+        NumpyBackend(dtype).sum_rows_prod(dg, col0, cells, ref)
+        np.testing.assert_allclose(got, ref, rtol=1e-4 if dtype == "float32" else 1e-12, atol=1e-4 if dtype == "float32" else 1e-12)
+        exact = _fixed_order_sum(dg[:, col0:col0 + H], cells, reduce.row_chunk(TB, H), start)
+        np.testing.assert_array_equal(got, exact)

@@ -10,7 +10,7 @@ import cupy as cp
 import numpy as np
 from cupy_backends.cuda.libs import cublas
 
-from . import blas, kernels
+from . import blas, kernels, reduce
 
 _BLOCK = 256
 
@@ -178,8 +178,26 @@ class CupyBackend:
                                           np.int32(1 if move else 0)))
 
     def sum_rows(self, x, out):
-        rows, cols = x.shape
-        self._launch("sum_rows", cols, (np.int64(rows), np.int64(cols), cp.ascontiguousarray(x), out))
+        """out += column sums of x: the deterministic two-level reduction of cuda/reduce_kernels.cuh."""
+        x = cp.ascontiguousarray(x)
+        self._sum_rows2(x, x.shape[1], 0, None, out)
+
+    def sum_rows_prod(self, x, x_col0, y, out):
+        """out += column sums of x[:, x_col0:x_col0 + cols] * y, without forming the product."""
+        self._sum_rows2(x, x.shape[1], x_col0, y, out)
+
+    def _sum_rows2(self, x, ldx, x_off, y, out):
+        rows, cols = x.shape[0], out.shape[0]
+        if rows == 0 or cols == 0:
+            return
+        chunk = reduce.row_chunk(rows, cols)
+        nchunks = reduce.num_chunks(rows, chunk)
+        # Per call from CuPy's pool (no shared scratch: concurrent directions cannot race on it).
+        partial = cp.empty((nchunks, cols), dtype=self.dtype)
+        self._launch("sum_rows_partial", nchunks * cols,
+                     (np.int64(rows), np.int64(cols), np.int64(chunk), x, np.int64(ldx), np.int64(x_off),
+                      np.uintp(0) if y is None else y, partial))
+        self._launch("sum_rows", cols, (np.int64(nchunks), np.int64(cols), partial, out))
 
     def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
         rows, V = logits.shape

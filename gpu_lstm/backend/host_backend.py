@@ -15,7 +15,7 @@ import tempfile
 
 import numpy as np
 
-from . import kernels
+from . import kernels, reduce
 from .numpy_backend import NumpyBackend
 
 _lib = None
@@ -72,6 +72,7 @@ def load_library():
         getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp, vp, vp, vp, ll]
         getattr(lib, f"gl_seq_carry_{suffix}").argtypes = [ll, ll, vp, ll, vp, vp, ctypes.c_int]
         getattr(lib, f"gl_sum_rows_{suffix}").argtypes = [ll, ll, vp, vp]
+        getattr(lib, f"gl_sum_rows_partial_{suffix}").argtypes = [ll, ll, ll, vp, ll, ll, vp, vp]
         getattr(lib, f"gl_softmax_xent_{suffix}").argtypes = [ll, ll, vp, vp, ll, vp, vp, vp]
     lib.gl_host_philox4x32_10.argtypes = [vp, vp, vp]
     _lib = lib
@@ -107,6 +108,7 @@ class HostKernelBackend(NumpyBackend):
         self._zsplit = getattr(lib, f"gl_zoneout_split_{suffix}")
         self._dropout = getattr(lib, f"gl_dropout_apply_{suffix}")
         self._sum = getattr(lib, f"gl_sum_rows_{suffix}")
+        self._sum_partial = getattr(lib, f"gl_sum_rows_partial_{suffix}")
         self._xent = getattr(lib, f"gl_softmax_xent_{suffix}")
 
     def describe(self):
@@ -146,8 +148,22 @@ class HostKernelBackend(NumpyBackend):
                     _ptr("dst", dst, self.dtype), int(move))
 
     def sum_rows(self, x, out):
-        rows, cols = x.shape
-        self._sum(rows, cols, _ptr("x", np.ascontiguousarray(x), self.dtype), _ptr("out", out, self.dtype))
+        """The GPU's two-level fixed-order column sum (cuda/reduce_kernels.cuh), same chunking."""
+        x = np.ascontiguousarray(x)
+        self._sum_rows2(x, x.shape[1], 0, None, out)
+
+    def sum_rows_prod(self, x, x_col0, y, out):
+        self._sum_rows2(x, x.shape[1], x_col0, y, out)
+
+    def _sum_rows2(self, x, ldx, x_off, y, out):
+        d = self.dtype
+        rows, cols = x.shape[0], out.shape[0]
+        if rows == 0 or cols == 0:
+            return
+        chunk = reduce.row_chunk(rows, cols)
+        partial = np.empty((reduce.num_chunks(rows, chunk), cols), dtype=d)
+        self._sum_partial(rows, cols, chunk, _ptr("x", x, d), ldx, x_off, _ptr("y", y, d), partial.ctypes.data)
+        self._sum(partial.shape[0], cols, partial.ctypes.data, _ptr("out", out, d))
 
     def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
         rows, V = logits.shape

@@ -186,6 +186,10 @@ class NumpyBackend:
     def sum_rows(self, x, out):
         out += x.sum(axis=0)
 
+    def sum_rows_prod(self, x, x_col0, y, out):
+        """out += sum over rows of x[:, x_col0:x_col0 + cols] * y, with y (rows, cols)."""
+        out += (x[:, x_col0:x_col0 + y.shape[1]] * y).sum(axis=0)
+
     def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
         """Row-wise softmax cross-entropy (see cuda/lstm_kernels.cu): loss_rows and grad are outputs."""
         z = logits - logits.max(axis=1, keepdims=True)      # (rows, V), <= 0: exp cannot overflow
