@@ -189,7 +189,8 @@ class _Kernel:
 _HOST_NAMES = {"lstm_cell_forward": "gl_cell_forward", "lstm_cell_backward": "gl_cell_backward",
                "seq_carry": "gl_seq_carry", "zoneout_mix": "gl_zoneout_mix", "zoneout_split": "gl_zoneout_split",
                "dropout_apply": "gl_dropout_apply",
-               "sum_rows": "gl_sum_rows", "softmax_xent": "gl_softmax_xent"}
+               "sum_rows": "gl_sum_rows", "sum_rows_partial": "gl_sum_rows_partial",
+               "softmax_xent": "gl_softmax_xent"}
 compiled = []   # (code, options, name_expressions) of every RawModule made
 
 
