@@ -13,6 +13,7 @@ from cupy_backends.cuda.libs import cublas
 from . import blas, kernels, reduce
 
 _BLOCK = 256
+_XENT_BLOCK = 256   # = GL_XENT_BLOCK; a power of two
 
 
 def device_description(device_id=None):
@@ -201,7 +202,16 @@ class CupyBackend:
 
     def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
         rows, V = logits.shape
-        self._launch("softmax_xent", rows,
-                     (np.int64(rows), np.int64(V), cp.ascontiguousarray(logits),
-                      cp.ascontiguousarray(targets, dtype=cp.int64), np.int64(ignore_index),
-                      inv_count.reshape(1), loss_rows, grad))
+        if rows == 0:
+            return
+        # One block of _XENT_BLOCK threads per row (cuda/lstm_kernels.cu, GL_XENT_BLOCK); blocks
+        # stride over rows. The block size fixes the summation order: never change it per call.
+        grid = min(rows, self._max_grid)
+        args = (np.int64(rows), np.int64(V), cp.ascontiguousarray(logits),
+                cp.ascontiguousarray(targets, dtype=cp.int64), np.int64(ignore_index),
+                inv_count.reshape(1), loss_rows, grad)
+        try:
+            self._k["softmax_xent"]((grid,), (_XENT_BLOCK,), args)
+        except Exception as exc:
+            raise RuntimeError(f"CUDA kernel softmax_xent<{kernels.CTYPES[self.dtype.name]}> "
+                               f"(grid {grid}, block {_XENT_BLOCK}) failed: {exc}") from exc
