@@ -51,6 +51,18 @@ extern "C" void gl_host_philox4x32_10(const unsigned int* ctr, const unsigned in
     gl_philox4x32_10(ctr, key, out);
 }
 
+#define GL_HOST_OPTIM(T, SUFFIX)                                                                    \
+    extern "C" void gl_adam_step_##SUFFIX(long long n, T* p, const T* g, T* m, T* v, T lr_c1, T b1,  \
+                                          T omb1, T b2, T omb2, T c2, T eps, T wd, int l2, T decay,   \
+                                          int decoupled) {                                            \
+        adam_step<T>(n, p, g, m, v, lr_c1, b1, omb1, b2, omb2, c2, eps, wd, l2, decay, decoupled);    \
+    }                                                                                                 \
+    extern "C" void gl_sgd_step_##SUFFIX(long long n, T* p, const T* g, T* vel, T lr, T mu, T wd, int l2) { \
+        sgd_step<T>(n, p, g, vel, lr, mu, wd, l2);                                                    \
+    }
+
+GL_HOST_OPTIM(float, f32)
+GL_HOST_OPTIM(double, f64)
 GL_HOST_ZONEOUT(float, f32)
 GL_HOST_ZONEOUT(double, f64)
 GL_HOST_ENTRIES(float, f32)

@@ -190,7 +190,7 @@ _HOST_NAMES = {"lstm_cell_forward": "gl_cell_forward", "lstm_cell_backward": "gl
                "seq_carry": "gl_seq_carry", "zoneout_mix": "gl_zoneout_mix", "zoneout_split": "gl_zoneout_split",
                "dropout_apply": "gl_dropout_apply",
                "sum_rows": "gl_sum_rows", "sum_rows_partial": "gl_sum_rows_partial",
-               "softmax_xent": "gl_softmax_xent"}
+               "softmax_xent": "gl_softmax_xent", "adam_step": "gl_adam_step", "sgd_step": "gl_sgd_step"}
 compiled = []   # (code, options, name_expressions) of every RawModule made
 
 

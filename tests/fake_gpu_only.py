@@ -119,3 +119,23 @@ def test_profile_reports_host_and_device_time_separately(capsys):
     assert all(h is not None and d is not None for _, h, d in rows)
     assert abs(sum(d for _, _, d in rows) - step["device_ms"]) < 1e-9
     assert abs(sum(h for _, h, _ in rows) - step["host_ms"]) < 1e-9
+
+
+def test_gpu_optimizers_are_one_fused_launch_per_parameter():
+    import cupy as cp
+    from gpu_lstm import optim
+    m = gl.LSTM(3, 4, 2, device="gpu", dtype="float32", seed=0)
+    be = m._be
+    for cls, kw, kernel in ((optim.AdamW, dict(lr=1e-2), "adam_step"),
+                            (optim.SGD, dict(lr=0.1, momentum=0.9), "sgd_step")):
+        ref_p = {k: gl.to_numpy(v) for k, v in m.params.items()}
+        ref_g = {k: np.full(v.shape, 0.5, np.float32) for k, v in ref_p.items()}
+        for k in m.grads:
+            m.grads[k][...] = cp.asarray(ref_g[k])
+        opt, ref = cls(m.params, m.grads, **kw), cls(ref_p, ref_g, **kw)
+        before = be._k[kernel].launches
+        opt.step()
+        ref.step()
+        assert be._k[kernel].launches - before == len(m.params)
+        for k in m.params:   # the host build of the fused kernel: bitwise the NumPy optimizer
+            np.testing.assert_array_equal(gl.to_numpy(m.params[k]), ref_p[k])

@@ -173,6 +173,20 @@ class CupyBackend:
         self._launch("dropout_apply", x.size, (np.int64(x.size), np.int64(s.key), np.int64(s.call),
                                                np.int64(s.thr), self.dtype.type(mask.scale), x, out))
 
+    def adam_step(self, p, g, m, v, c):
+        """One fused Adam/AdamW launch for one parameter (cuda/optim_kernels.cuh); ``c`` from
+        gpu_lstm.optim.adam_constants. Scalars go by value: no host sync, capturable."""
+        T = self.dtype.type
+        self._launch("adam_step", p.size,
+                     (np.int64(p.size), p, g, m, v,
+                      *(T(c[k]) for k in ("lr_c1", "b1", "omb1", "b2", "omb2", "c2", "eps", "wd")),
+                      np.int32(c["l2"]), T(c["decay"]), np.int32(c["decoupled"])))
+
+    def sgd_step(self, p, g, vel, c):
+        T = self.dtype.type
+        self._launch("sgd_step", p.size, (np.int64(p.size), p, g, np.uintp(0) if vel is None else vel,
+                                          T(c["lr"]), T(c["mu"]), T(c["wd"]), np.int32(c["l2"])))
+
     def seq_carry(self, lengths, t, src, dst, move):
         B, N = dst.shape
         self._launch("seq_carry", B * N, (np.int64(B), np.int64(N), lengths, np.int64(t), src, dst,

@@ -68,6 +68,9 @@ def load_library():
         getattr(lib, f"gl_zoneout_mix_{suffix}").argtypes = [ll, ll, ll, ll, ll, real, vp, vp, vp]
         getattr(lib, f"gl_zoneout_split_{suffix}").argtypes = [ll, ll, ll, ll, ll, real, vp, vp, ctypes.c_int]
         getattr(lib, f"gl_dropout_apply_{suffix}").argtypes = [ll, ll, ll, ll, real, vp, vp]
+        ci = ctypes.c_int
+        getattr(lib, f"gl_adam_step_{suffix}").argtypes = [ll, vp, vp, vp, vp] + [real] * 8 + [ci, real, ci]
+        getattr(lib, f"gl_sgd_step_{suffix}").argtypes = [ll, vp, vp, vp, real, real, real, ci]
         getattr(lib, f"gl_cell_forward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp]
         getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp, vp, vp, vp, ll]
         getattr(lib, f"gl_seq_carry_{suffix}").argtypes = [ll, ll, vp, ll, vp, vp, ctypes.c_int]
@@ -107,6 +110,8 @@ class HostKernelBackend(NumpyBackend):
         self._zmix = getattr(lib, f"gl_zoneout_mix_{suffix}")
         self._zsplit = getattr(lib, f"gl_zoneout_split_{suffix}")
         self._dropout = getattr(lib, f"gl_dropout_apply_{suffix}")
+        self._adam = getattr(lib, f"gl_adam_step_{suffix}")
+        self._sgd = getattr(lib, f"gl_sgd_step_{suffix}")
         self._sum = getattr(lib, f"gl_sum_rows_{suffix}")
         self._sum_partial = getattr(lib, f"gl_sum_rows_partial_{suffix}")
         self._xent = getattr(lib, f"gl_softmax_xent_{suffix}")
@@ -141,6 +146,18 @@ class HostKernelBackend(NumpyBackend):
     def dropout(self, mask, x, out):
         d, s = self.dtype, mask.slice
         self._dropout(x.size, s.key, s.call, s.thr, float(mask.scale), _ptr("x", x, d), _ptr("out", out, d))
+
+    def adam_step(self, p, g, m, v, c):
+        """The fused Adam/AdamW kernel; ``c`` from gpu_lstm.optim.adam_constants (Python floats)."""
+        d = self.dtype
+        self._adam(p.size, _ptr("p", p, d), _ptr("g", g, d), _ptr("m", m, d), _ptr("v", v, d),
+                   *(float(d.type(c[k])) for k in ("lr_c1", "b1", "omb1", "b2", "omb2", "c2", "eps", "wd")),
+                   int(c["l2"]), float(d.type(c["decay"])), int(c["decoupled"]))
+
+    def sgd_step(self, p, g, vel, c):
+        d = self.dtype
+        self._sgd(p.size, _ptr("p", p, d), _ptr("g", g, d), _ptr("vel", vel, d),
+                  *(float(d.type(c[k])) for k in ("lr", "mu", "wd")), int(c["l2"]))
 
     def seq_carry(self, lengths, t, src, dst, move):
         B, N = dst.shape
