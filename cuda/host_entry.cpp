@@ -20,6 +20,11 @@
     extern "C" void gl_sum_rows_##SUFFIX(long long rows, long long cols, const T* x, T* out) {       \
         sum_rows<T>(rows, cols, x, out);                                                             \
     }                                                                                                \
+    extern "C" void gl_sum_rows_partial_##SUFFIX(long long rows, long long cols, long long chunk,      \
+                                                 const T* x, long long ldx, long long x_off,          \
+                                                 const T* y, T* partial) {                            \
+        sum_rows_partial<T>(rows, cols, chunk, x, ldx, x_off, y, partial);                           \
+    }                                                                                                \
     extern "C" void gl_softmax_xent_##SUFFIX(long long rows, long long V, const T* logits,          \
                                              const long long* targets, long long ignore_index,      \
                                              const T* inv_count, T* loss_rows, T* grad) {            \
@@ -27,15 +32,37 @@
     }
 
 #define GL_HOST_ZONEOUT(T, SUFFIX)                                                                  \
-    extern "C" void gl_zoneout_mix_##SUFFIX(long long n, const T* mask, T z, const T* prev,           \
-                                            const T* cur, T* out) {                                   \
-        zoneout_mix<T>(n, mask, z, prev, cur, out);                                                   \
+    extern "C" void gl_zoneout_mix_##SUFFIX(long long n, long long key, long long call, long long offset, \
+                                            long long thr, T z, const T* prev, const T* cur, T* out) { \
+        zoneout_mix<T>(n, key, call, offset, thr, z, prev, cur, out);                                 \
     }                                                                                                 \
-    extern "C" void gl_zoneout_split_##SUFFIX(long long n, const T* mask, T z, T* grad, T* into,      \
+    extern "C" void gl_zoneout_split_##SUFFIX(long long n, long long key, long long call,             \
+                                              long long offset, long long thr, T z, T* grad, T* into, \
                                               int accumulate) {                                       \
-        zoneout_split<T>(n, mask, z, grad, into, accumulate);                                         \
+        zoneout_split<T>(n, key, call, offset, thr, z, grad, into, accumulate);                       \
+    }                                                                                                 \
+    extern "C" void gl_dropout_apply_##SUFFIX(long long n, long long key, long long call, long long thr, \
+                                              T scale, const T* x, T* out) {                          \
+        dropout_apply<T>(n, key, call, thr, scale, x, out);                                           \
     }
 
+// The generator itself, for the known-answer test of cuda/philox.cuh (tests/test_philox.py).
+extern "C" void gl_host_philox4x32_10(const unsigned int* ctr, const unsigned int* key, unsigned int* out) {
+    gl_philox4x32_10(ctr, key, out);
+}
+
+#define GL_HOST_OPTIM(T, SUFFIX)                                                                    \
+    extern "C" void gl_adam_step_##SUFFIX(long long n, T* p, const T* g, T* m, T* v, T lr_c1, T b1,  \
+                                          T omb1, T b2, T omb2, T c2, T eps, T wd, int l2, T decay,   \
+                                          int decoupled) {                                            \
+        adam_step<T>(n, p, g, m, v, lr_c1, b1, omb1, b2, omb2, c2, eps, wd, l2, decay, decoupled);    \
+    }                                                                                                 \
+    extern "C" void gl_sgd_step_##SUFFIX(long long n, T* p, const T* g, T* vel, T lr, T mu, T wd, int l2) { \
+        sgd_step<T>(n, p, g, vel, lr, mu, wd, l2);                                                    \
+    }
+
+GL_HOST_OPTIM(float, f32)
+GL_HOST_OPTIM(double, f64)
 GL_HOST_ZONEOUT(float, f32)
 GL_HOST_ZONEOUT(double, f64)
 GL_HOST_ENTRIES(float, f32)

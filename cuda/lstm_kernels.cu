@@ -1,12 +1,15 @@
 // Thin grid-stride kernels over lstm_math.cuh. Grid-stride loops make the result independent of the
 // launch shape, which is what lets host_shim.h run each kernel on the CPU as a single "thread".
-// No shared memory, no barriers, no atomics: every output element is written by exactly one thread in
-// a fixed order, so repeated runs are bitwise identical.
+// No atomics: every output element is written by exactly one thread in a fixed order, so repeated
+// runs are bitwise identical. Only softmax_xent uses shared memory and barriers (see there).
 //
 // Layout (row-major, time-major, see gpu_lstm/lstm.py):
 //   gates : (B, 4H) slice of step t; gate k occupies columns [k H, (k+1) H), k from GL_GATE_*
 //   c, h  : (B, H)
 #include "lstm_math.cuh"
+#include "philox.cuh"
+#include "reduce_kernels.cuh"
+#include "optim_kernels.cuh"
 
 // One time step of eqs. (1)-(6). `gates` holds W x(t) + R h(t-1) on entry (bias not yet added) and
 // the activated gates i, f, g, o on exit: they are what the backward needs. `bias` and `peep`
@@ -112,16 +115,18 @@ __global__ void seq_carry(const long long B, const long long N, const long long*
     }
 }
 
-// Zoneout (Krueger et al., 2016), forward, n elements of step t:
-//   out = d prev + (1 - d) cur,  d = mask[k] (training, 0 or 1) or the constant z (evaluation).
-// out may alias cur (h is mixed in place).
+// Zoneout (Krueger et al., 2016), forward, the n elements of step t:
+//   out = d prev + (1 - d) cur,  d = the mask (training) or the constant z (evaluation, thr < 0).
+// The training mask is computed here, not read: d[k] = gl_rand_event(key, call, offset + k, thr)
+// (cuda/philox.cuh; offset = t n), and the backward recomputes the same bits. out may alias cur.
 template <typename T>
-__global__ void zoneout_mix(const long long n, const T* __restrict__ mask, const T z,
+__global__ void zoneout_mix(const long long n, const long long key, const long long call,
+                            const long long offset, const long long thr, const T z,
                             const T* __restrict__ prev, const T* cur, T* out) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        const A d = mask != 0 ? gl_load(mask[k]) : gl_load(z);
+        const A d = thr >= 0 ? (gl_rand_event(key, call, offset + k, thr) ? A(1) : A(0)) : gl_load(z);
         out[k] = gl_store<T>(d * gl_load(prev[k]) + (A(1) - d) * gl_load(cur[k]));
     }
 }
@@ -129,22 +134,39 @@ __global__ void zoneout_mix(const long long n, const T* __restrict__ mask, const
 // Zoneout, backward: the gradient of a zoned state splits between its two sources:
 //   into = (accumulate ? into : 0) + d grad   (the kept previous state)
 //   grad = (1 - d) grad                        (the fresh LSTM update)
+// with d recomputed exactly as in zoneout_mix.
 template <typename T>
-__global__ void zoneout_split(const long long n, const T* __restrict__ mask, const T z,
+__global__ void zoneout_split(const long long n, const long long key, const long long call,
+                              const long long offset, const long long thr, const T z,
                               T* __restrict__ grad, T* __restrict__ into, const int accumulate) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        const A d = mask != 0 ? gl_load(mask[k]) : gl_load(z);
+        const A d = thr >= 0 ? (gl_rand_event(key, call, offset + k, thr) ? A(1) : A(0)) : gl_load(z);
         const A g = gl_load(grad[k]);
         into[k] = gl_store<T>((accumulate ? gl_load(into[k]) : A(0)) + d * g);
         grad[k] = gl_store<T>((A(1) - d) * g);
     }
 }
 
+// Inverted dropout over n elements: out[k] = x[k] * scale where element k is kept
+// (gl_rand_event(key, call, k, thr), probability thr / 2^24), else 0. The forward applies it to a
+// layer's input; the backward applies it again, from the same (key, call), to the gradient: the mask
+// is never stored. x and out may alias (the backward works in place).
+template <typename T>
+__global__ void dropout_apply(const long long n, const long long key, const long long call,
+                              const long long thr, const T scale, const T* x, T* out) {
+    typedef typename gl_acc<T>::type A;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
+        out[k] = gl_store<T>(gl_rand_event(key, call, k, thr) ? gl_load(x[k]) * gl_load(scale) : A(0));
+    }
+}
+
 // out[j] += sum_r x[r, j] for a (rows, cols) row-major x: eq. (25), db = sum over t and samples.
 // One thread per column summing rows in a fixed order: deterministic (no atomics), and adjacent
-// threads read adjacent addresses. A tree reduction would be faster for huge T*B; see docs.
+// threads read adjacent addresses. For many rows the backends run it as the second pass of
+// sum_rows_partial (reduce_kernels.cuh), over the per-chunk partial sums.
 template <typename T>
 __global__ void sum_rows(const long long rows, const long long cols, const T* __restrict__ x,
                          T* __restrict__ out) {
@@ -159,41 +181,75 @@ __global__ void sum_rows(const long long rows, const long long cols, const T* __
     }
 }
 
-// Softmax cross-entropy from logits, one thread per row (rows = time steps x samples), fused:
-// row max, log-sum-exp, the row's loss and its gradient (softmax - onehot) * inv_count in one pass
-// over the V logits. Stable for any logit magnitude: exp is only taken of (z - max) <= 0.
+// Softmax cross-entropy from logits, ONE BLOCK PER ROW (rows = time steps x samples), fused: row max
+// and sum of exp in one online pass, the row's loss, and its gradient (softmax - onehot) * inv_count.
+// Thread k of the block reads columns k, k + blockDim, ... (adjacent threads, adjacent addresses:
+// coalesced), keeping an online (max, sum of exp(z - max)) pair; the pairs are then combined by a
+// shared-memory tree in a fixed pairing (thread k with k + w, w = blockDim/2, ..., 1). The order of
+// every operation depends on blockDim only: the GPU launches GL_XENT_BLOCK threads, so its results
+// are bitwise reproducible. Stable for any logit magnitude: exp is only taken of non-positive numbers.
+// The host build runs it with blockDim = 1, where the tree is empty and the online pass walks the
+// row in order: the same code and maths (gl_lse_push / gl_lse_combine are tested there); the tree
+// and the barriers themselves are only exercised on a GPU.
 //   logits   : (rows, V);  targets : (rows,) int64, rows equal to ignore_index contribute nothing
 //   inv_count: device scalar 1 / (number of counted rows), so no host round trip is needed
 //   loss_rows: (rows,) out, unscaled loss of each row (0 for ignored rows)
 //   grad     : (rows, V) out
+// Launch: blockDim.x a power of two <= GL_XENT_BLOCK; any grid (blocks stride over rows).
+#define GL_XENT_BLOCK 256
+
+// (m, s) summarises a set of logits as its max m and sum of exp(z - m); s == 0 marks the empty set
+// (a non-empty set has s >= 1: its max contributes exp(0)).
+template <typename A> __host__ __device__ __forceinline__ void gl_lse_push(A* m, A* s, const A v) {
+    if (*s == A(0)) { *m = v; *s = A(1); }
+    else if (v > *m) { *s = *s * gl_exp(*m - v) + A(1); *m = v; }
+    else { *s += gl_exp(v - *m); }
+}
+
+template <typename A> __host__ __device__ __forceinline__ void gl_lse_combine(A* m, A* s, const A m2, const A s2) {
+    if (s2 == A(0)) return;
+    if (*s == A(0)) { *m = m2; *s = s2; return; }
+    if (m2 > *m) { *s = *s * gl_exp(*m - m2) + s2; *m = m2; }
+    else { *s += s2 * gl_exp(m2 - *m); }
+}
+
 template <typename T>
 __global__ void softmax_xent(const long long rows, const long long V, const T* __restrict__ logits,
                              const long long* __restrict__ targets, const long long ignore_index,
                              const T* __restrict__ inv_count, T* __restrict__ loss_rows,
                              T* __restrict__ grad) {
     typedef typename gl_acc<T>::type A;
-    const long long stride = (long long)blockDim.x * gridDim.x;
+    __shared__ A sm_m[GL_XENT_BLOCK];
+    __shared__ A sm_s[GL_XENT_BLOCK];
     const A scale = gl_load(inv_count[0]);
-    for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride) {
+    const long long tid = threadIdx.x, nt = blockDim.x;
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {   // uniform per block: barriers are safe
         const T* z = logits + r * V;
         T* gr = grad + r * V;
         const long long t = targets[r];
         if (t == ignore_index) {
-            for (long long j = 0; j < V; ++j) gr[j] = gl_store<T>(A(0));
-            loss_rows[r] = gl_store<T>(A(0));
+            for (long long j = tid; j < V; j += nt) gr[j] = gl_store<T>(A(0));
+            if (tid == 0) loss_rows[r] = gl_store<T>(A(0));
             continue;
         }
-        A m = gl_load(z[0]);
-        for (long long j = 1; j < V; ++j) { const A v = gl_load(z[j]); m = v > m ? v : m; }
-        A s = A(0);
-        for (long long j = 0; j < V; ++j) s += gl_exp(gl_load(z[j]) - m);
-        const A inv_s = A(1) / s;
-        for (long long j = 0; j < V; ++j) {
-            const A p = gl_exp(gl_load(z[j]) - m) * inv_s;
+        A m = A(0), s = A(0);
+        for (long long j = tid; j < V; j += nt) gl_lse_push(&m, &s, gl_load(z[j]));
+        sm_m[tid] = m;
+        sm_s[tid] = s;
+        __syncthreads();
+        for (long long w = nt / 2; w > 0; w /= 2) {
+            if (tid < w) gl_lse_combine(&sm_m[tid], &sm_s[tid], sm_m[tid + w], sm_s[tid + w]);
+            __syncthreads();
+        }
+        const A mx = sm_m[0], sum = sm_s[0];
+        const A inv_s = A(1) / sum;
+        for (long long j = tid; j < V; j += nt) {
+            const A p = gl_exp(gl_load(z[j]) - mx) * inv_s;
             gr[j] = gl_store<T>((p - (j == t ? A(1) : A(0))) * scale);
         }
-        // -log softmax(z)[t], with (z_t - max) formed first: adding max to log(s) before
+        // -log softmax(z)[t], with (z_t - max) formed first: adding max to log(sum) before
         // subtracting z_t would cancel catastrophically for large logits.
-        loss_rows[r] = gl_store<T>(gl_log(s) - (gl_load(z[t]) - m));
+        if (tid == 0) loss_rows[r] = gl_store<T>(gl_log(sum) - (gl_load(z[t]) - mx));
+        __syncthreads();   // sm_m/sm_s are reused by this block's next row
     }
 }

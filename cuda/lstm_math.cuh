@@ -21,6 +21,8 @@ __host__ __device__ __forceinline__ float gl_exp(const float x) { return expf(x)
 __host__ __device__ __forceinline__ double gl_exp(const double x) { return exp(x); }
 __host__ __device__ __forceinline__ float gl_log(const float x) { return logf(x); }
 __host__ __device__ __forceinline__ double gl_log(const double x) { return log(x); }
+__host__ __device__ __forceinline__ float gl_sqrt(const float x) { return sqrtf(x); }
+__host__ __device__ __forceinline__ double gl_sqrt(const double x) { return sqrt(x); }
 __host__ __device__ __forceinline__ float gl_tanh(const float x) { return tanhf(x); }
 __host__ __device__ __forceinline__ double gl_tanh(const double x) { return tanh(x); }
 

@@ -138,8 +138,8 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
         dP = grads[f"{prefix}.P"]
         looks_at = {"i": c[:T], "f": c[:T], "o": c[1:] if ct is None else ct}
         for row, gate in enumerate(PEEPHOLE_ORDER):
-            cells = looks_at[gate]
-            be.sum_rows((dgates[:, :, gate_slice(gate, H)] * cells).reshape(TB, H), dP[row])
+            cells = looks_at[gate]   # (T, B, H); product and sum fused, no temporary
+            be.sum_rows_prod(dg, gate_slice(gate, H).start, cells.reshape(TB, H), dP[row])
     if m is not None:
         # dW_hr = sum_t delta-h(t)^T m(t), (P, H); padded rows of dh were cleared by seq_carry.
         be.gemm(dh.reshape(TB, dh.shape[-1]), m.reshape(TB, H), grads[f"{prefix}.Whr"], trans_a=True, beta=1.0)

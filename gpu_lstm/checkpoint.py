@@ -26,6 +26,9 @@ def save_checkpoint(path, model, optimizer=None, extra=None):
     """Save ``model.params`` (and ``optimizer`` state, and JSON-able ``extra``) to ``path``."""
     arrays = {f"param/{k}": to_numpy(v) for k, v in model.params.items()}
     meta = {"format": FORMAT, "config": getattr(model, "config", {}), "extra": extra or {}}
+    rng = _mask_rng(model)
+    if rng is not None:      # dropout/zoneout mask generator (seed, call counter): resumes bitwise
+        meta["mask_rng"] = rng.rng_state()
     if optimizer is not None:
         sd = optimizer.state_dict()
         meta["optimizer"] = {"class": type(optimizer).__name__, "step_count": sd["step_count"],
@@ -115,4 +118,15 @@ def load_checkpoint(path, model, optimizer=None):
         model.params[k][...] = xp.asarray(v)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
+    rng = _mask_rng(model)
+    if rng is not None and "mask_rng" in meta:
+        rng.set_rng_state(meta["mask_rng"])
     return meta
+
+
+def _mask_rng(model):
+    """The LSTM whose dropout/zoneout generator state a checkpoint carries (model or model.lstm)."""
+    for obj in (model, getattr(model, "lstm", None)):
+        if obj is not None and hasattr(obj, "rng_state"):
+            return obj
+    return None

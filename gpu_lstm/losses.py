@@ -19,10 +19,12 @@ def _xp(a):
 def mse_loss(pred, target, mask=None):
     """Mean squared error, mean over the counted elements.
 
-    pred, target : same shape and dtype. mask : optional, broadcastable to pred's shape, 1 for elements
+    pred, target : same shape and dtype (target may be a host array for device predictions). mask : optional, broadcastable to pred's shape, 1 for elements
     that count and 0 for padding. Returns ``(loss, dpred)``.
     """
-    xp = _xp(pred)
+    be = backend_for(pred)
+    xp = be.xp
+    target = be.asarray("target", target)     # host targets for device predictions: copied over
     if target.shape != pred.shape:
         raise ValueError(f"target: expected shape {ck.shape_str(pred.shape)} (that of pred), got {ck.shape_str(target.shape)}")
     ck.check_dtype("target", target, pred.dtype)
@@ -30,7 +32,7 @@ def mse_loss(pred, target, mask=None):
     if mask is None:
         n = max(diff.size, 1)
         return (diff * diff).sum() / n, diff * (2.0 / n)
-    mask = xp.broadcast_to(xp.asarray(mask, dtype=pred.dtype), pred.shape)
+    mask = xp.broadcast_to(be.asarray("mask", mask).astype(pred.dtype, copy=False), pred.shape)
     n = xp.maximum(mask.sum(), 1)
     diff = diff * mask
     return (diff * diff).sum() / n, diff * (2 / n)
@@ -39,7 +41,8 @@ def mse_loss(pred, target, mask=None):
 def softmax_cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, check_targets=True):
     """Softmax cross-entropy from logits, averaged over the targets that are not ``ignore_index``.
 
-    logits : (..., V) float. targets : (...) integers in [0, V) or ``ignore_index`` (padding).
+    logits : (..., V) float. targets : (...) integers in [0, V) or ``ignore_index`` (padding), on the
+    logits' device or on the host (NumPy; copied to the device).
     Computed stably (log-sum-exp after subtracting each row's max) in one fused pass per row: a CUDA
     kernel on the GPU, NumPy on the CPU. Returns ``(loss, dlogits)``. ``check_targets`` verifies the
     range of the targets, which on a GPU costs one device-to-host synchronisation; a training loop
@@ -47,6 +50,7 @@ def softmax_cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, check_targ
     """
     be = backend_for(logits)
     xp = be.xp
+    targets = be.asarray("targets", targets)  # host targets for device logits: copied over
     if logits.ndim < 1 or logits.shape[:-1] != targets.shape:
         raise ValueError(f"targets: expected shape {ck.shape_str(logits.shape[:-1])} (logits without the "
                          f"class axis), got {ck.shape_str(targets.shape)}")

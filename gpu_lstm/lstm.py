@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import _direction as dirn
+from . import philox
 from . import plan as _plan
 from ._nvtx import annotate
 from .backend import get_backend
@@ -50,7 +51,8 @@ class Tape:
                       for d in range(D)] for k in range(L)]
         # Per forward: lengths, the reverse-time index, the valid-step mask, dropout masks, inputs.
         self.lengths = self.rev_index = self.valid = None
-        self.masks = [None] * L
+        self.masks = [None] * L      # per layer: a philox.DropoutMask (recomputed, never stored)
+        self.mask_call = 0           # the Philox call counter of this forward's masks
         self.inputs = [None] * L
         self.learned_state = False
 
@@ -104,7 +106,8 @@ class LSTM:
     dropout : float
         Dropout probability on the input of every layer but the first, as in torch.nn.LSTM, in
         training mode only (see :meth:`train` / :meth:`eval`); masks come from the model's seeded
-        generator, so the same seed gives the same result on the same device, bitwise.
+        counter-based generator (Philox4x32-10, :mod:`gpu_lstm.philox`), so the same seed gives
+        bitwise the same masks on every device; checkpoints save the generator's counter.
     forget_bias : float or None
         If given, the forget-gate bias starts at this value (e.g. 1.0, Jozefowicz et al., 2015).
     learn_initial_state : bool
@@ -191,8 +194,11 @@ class LSTM:
         self.params = {}
         self._init_params(seed)
         self.grads = {k: self._be.zeros(v.shape) for k, v in self.params.items()}
+        # Dropout and zoneout masks: Philox4x32-10 of (seed, stream, call, element), computed where
+        # they are used (gpu_lstm/philox.py): the same seed gives bitwise the same masks on every
+        # device. _mask_calls counts the forwards that drew masks; checkpoints save it (rng_state).
         self._dropout_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-        self._rng = self._be.make_rng(self._dropout_seed) if self.stochastic else None
+        self._mask_calls = 0
         self.training = True
         self._saved = None        # the Tape of the last forward (None once detached)
         self._scratch = None
@@ -294,8 +300,19 @@ class LSTM:
         """Restart the generator of the dropout and zoneout masks: the next forwards draw the same
         masks as after a model built with this ``seed``."""
         self._dropout_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-        if self.stochastic:
-            self._rng = self._be.make_rng(self._dropout_seed)
+        self._mask_calls = 0
+
+    def rng_state(self):
+        """The mask generator's whole state, {'seed': int, 'calls': int} (JSON-able): the masks of
+        the next forward are a function of it alone, on every device."""
+        return {"seed": int(self._dropout_seed), "calls": int(self._mask_calls)}
+
+    def set_rng_state(self, state):
+        """Restore :meth:`rng_state`: training resumes with bitwise the masks it would have drawn."""
+        seed, calls = int(state["seed"]), int(state["calls"])
+        if not 0 <= seed < 2 ** 32 or calls < 0:
+            raise ValueError(f"rng state: expected seed in [0, 2^32) and calls >= 0, got {state!r}")
+        self._dropout_seed, self._mask_calls = seed, calls
 
     @property
     def num_parameters(self):
@@ -444,6 +461,9 @@ class LSTM:
 
         ws = self._new_tape(T, B)
         ws.lengths = lengths
+        ws.mask_call = self._mask_calls
+        if self.training and self.stochastic:
+            self._mask_calls += 1        # every training forward draws fresh masks
         if lengths is not None:
             t = np.arange(T)[:, None]
             valid = t < host_lengths[None, :]                                     # (T, B)
@@ -460,9 +480,9 @@ class LSTM:
             layer_in = ws.x
             for k in range(L):
                 if k > 0 and self.dropout and self.training:
-                    keep = 1.0 - self.dropout
-                    mask = (be.uniform(self._rng, layer_in.shape) < keep).astype(self.dtype) / keep
-                    xp.multiply(layer_in, mask, out=ws.dropped[k])
+                    mask = philox.DropoutMask(self._dropout_seed, k, ws.mask_call, self.dropout,
+                                              layer_in.shape, self.dtype)
+                    be.dropout(mask, layer_in, ws.dropped[k])
                     ws.masks[k], layer_in = mask, ws.dropped[k]
                 else:
                     ws.masks[k] = None
@@ -497,16 +517,17 @@ class LSTM:
                     xp.broadcast_to(self.params[f"{p}.c0"], (B, self.hidden_size)))
         return None, None
 
-    def _zoneout_masks(self, T, B):
-        """(d_h, d_c) for one direction of one layer: Bernoulli(z) masks per step and element in
-        training, the constants z in evaluation; None without zoneout."""
+    def _zoneout_masks(self, k, d, ws):
+        """(d_h, d_c) for direction d of layer k: Bernoulli(z) masks per step and element in
+        training (philox.ZoneoutMask, recomputed by the kernels from their counter), the constants z
+        in evaluation; None without zoneout."""
         if not self.zoneout:
             return None
         if not self.training:
             return self.zoneout_h, self.zoneout_c
-        be = self._be
-        return ((be.uniform(self._rng, (T, B, self.output_size)) < self.zoneout_h).astype(self.dtype),
-                (be.uniform(self._rng, (T, B, self.hidden_size)) < self.zoneout_c).astype(self.dtype))
+        T, B, seed, call = ws.T, ws.B, self._dropout_seed, ws.mask_call
+        return (philox.ZoneoutMask(seed, k, d, philox.ZONEOUT_H, call, self.zoneout_h, (T, B, self.output_size)),
+                philox.ZoneoutMask(seed, k, d, philox.ZONEOUT_C, call, self.zoneout_c, (T, B, self.hidden_size)))
 
     def _forward_direction(self, k, d, ws, layer_in, h0, c0, cells):
         P, H = self.output_size, self.hidden_size
@@ -518,7 +539,7 @@ class LSTM:
         else:
             x = layer_in
         hd, cd = self._initial_state(k, d, ws, h0, c0, ws.B)
-        dirn.forward(self._be, prm, dws, x, hd, cd, ws.lengths, self._zoneout_masks(ws.T, ws.B))
+        dirn.forward(self._be, prm, dws, x, hd, cd, ws.lengths, self._zoneout_masks(k, d, ws))
         if d == 0:
             ws.out[k][:, :, :P] = dws.h[1:]
             if cells is not None and k == self.num_layers - 1:
@@ -571,7 +592,7 @@ class LSTM:
                 with annotate(f"lstm.backward.l{k}"):
                     din = self._backward_layer(k, ws, scratch, dout, dh_n, dc_n, dh0, dc0)
                 if ws.masks[k] is not None:
-                    din *= ws.masks[k]                    # dropout on this layer's input
+                    be.dropout(ws.masks[k], din, din)     # dropout on this layer's input, same mask
                 dout = din
         dx = scratch.din[0].copy()
         if self.batch_first:

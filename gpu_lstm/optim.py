@@ -14,6 +14,22 @@ def _xp(a):
     return backend_for(a).xp
 
 
+def _backend(a):
+    from .backend import backend_for
+    return backend_for(a)
+
+
+def adam_constants(opt):
+    """The scalars of one Adam/AdamW step as the array expressions of Adam._update use them (Python
+    floats; the fused kernel rounds each to the parameter's dtype, as NumPy does)."""
+    b1, b2 = opt.betas
+    wd = opt.weight_decay
+    return {"lr_c1": opt.lr / (1 - b1 ** opt.step_count), "b1": b1, "omb1": 1 - b1, "b2": b2,
+            "omb2": 1 - b2, "c2": 1 - b2 ** opt.step_count, "eps": opt.eps, "wd": wd,
+            "l2": bool(wd and not opt.decoupled), "decay": 1.0 - opt.lr * wd,
+            "decoupled": bool(wd and opt.decoupled)}
+
+
 class Optimizer:
     """Base: ``params`` and ``grads`` are dicts of arrays with the same keys (e.g. ``model.params``)."""
 
@@ -70,6 +86,11 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
 
     def _update(self, p, g, st):
+        fused = getattr(_backend(p), "sgd_step", None)
+        if fused is not None and p.flags.c_contiguous and g.flags.c_contiguous:
+            fused(p, g, st.get("velocity"), {"lr": self.lr, "mu": self.momentum, "wd": self.weight_decay,
+                                             "l2": bool(self.weight_decay)})
+            return
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
@@ -100,6 +121,10 @@ class Adam(Optimizer):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def _update(self, p, g, st):
+        fused = getattr(_backend(p), "adam_step", None)
+        if fused is not None and p.flags.c_contiguous and g.flags.c_contiguous:
+            fused(p, g, st["m"], st["v"], adam_constants(self))   # one kernel: the same operations
+            return
         b1, b2 = self.betas
         if self.weight_decay and not self.decoupled:
             g = g + self.weight_decay * p

@@ -121,7 +121,6 @@ class Plan:
         self.dhn, self.dcn = be.empty((LD, B, P)), be.empty((LD, B, H))
         self.dh0, self.dc0 = be.empty((LD, B, P)), be.empty((LD, B, H))
         self.scratch = None
-        self.ptmp = be.empty((T, B, H)) if m.peephole else None
         self.part = be.empty((T, B, P)) if has_len else None
         self.itmp = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)] if D == 2 else None
         self.rebind(m)
@@ -326,10 +325,9 @@ class Plan:
         if prm.peep is not None:
             dP = grads[f"{prefix}.P"]
             looks_at = {"i": c[:T], "f": c[:T], "o": c[1:] if ct is None else ct}
-            for row, gate in enumerate(PEEPHOLE_ORDER):
-                ops.add(functools.partial(xp.multiply, dgates[:, :, gate_slice(gate, H)], looks_at[gate],
-                                          out=self.ptmp), f"{tag} dP {gate}")
-                ops.add(be.prepare("sum_rows", self.ptmp.reshape(TB, H), dP[row]), f"{tag} dP {gate} sum")
+            for row, gate in enumerate(PEEPHOLE_ORDER):   # as _direction.backward: product and sum fused
+                ops.add(be.prepare("sum_rows_prod", dg, gate_slice(gate, H).start, looks_at[gate].reshape(TB, H),
+                                   dP[row]), f"{tag} dP {gate}")
         if m is not None:
             ops.add(be.prepare_gemm(dh.reshape(TB, dh.shape[-1]), m.reshape(TB, H), grads[f"{prefix}.Whr"],
                                     trans_a=True, beta=1.0), f"{tag} dWhr")

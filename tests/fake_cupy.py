@@ -50,6 +50,27 @@ class ndarray(np.ndarray):
     def get(self):
         return np.array(self).view(np.ndarray)
 
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # CuPy refuses NumPy arrays as operands of its elementwise operations (TypeError, "Unsupported
+        # type <class 'numpy.ndarray'>"): a host array never silently meets a device array. NumPy
+        # scalars and Python numbers are fine. 0-d NumPy arrays are let through (uncertain: CuPy
+        # versions have differed on them).
+        for a in inputs + tuple(kwargs.get("out", ())):
+            if isinstance(a, np.ndarray) and not isinstance(a, ndarray) and a.ndim > 0:
+                raise TypeError(f"Unsupported type {type(a)} (fake cupy: a NumPy array as an operand of "
+                                f"cupy.{ufunc.__name__}; CuPy raises here too)")
+        args = tuple(a.view(np.ndarray) if isinstance(a, ndarray) else a for a in inputs)
+        outs = kwargs.get("out")
+        if outs is not None:
+            kwargs["out"] = tuple(a.view(np.ndarray) if isinstance(a, ndarray) else a for a in outs)
+        res = getattr(ufunc, method)(*args, **kwargs)
+        if method == "at":
+            return None
+        if outs is not None:                      # in place: hand back the caller's own arrays
+            return outs[0] if len(outs) == 1 else tuple(outs)
+        wrap = lambda r: np.asarray(r).view(ndarray) if isinstance(r, (np.ndarray, np.generic)) else r  # noqa: E731
+        return tuple(wrap(r) for r in res) if isinstance(res, tuple) else wrap(res)
+
 
 ndarray.__module__ = "cupy"
 
@@ -75,7 +96,28 @@ def asarray(a, dtype=None):
 
 
 def ascontiguousarray(a, dtype=None):
+    # CuPy's ascontiguousarray takes only cupy arrays (its argument is typed ``ndarray``): a NumPy
+    # array raises TypeError there, so it does here (it must go through cupy.asarray first).
+    if not isinstance(a, ndarray):
+        raise TypeError(f"fake cupy.ascontiguousarray: expected a cupy.ndarray, got {type(a).__name__} "
+                        "(CuPy raises TypeError too)")
     return _fake(np.ascontiguousarray(a, dtype=dtype))
+
+
+dlpack_calls = []
+
+
+def from_dlpack(obj):
+    """Accepts a producer that reports a CUDA device (the fake's "device" memory is host memory)."""
+    dlpack_calls.append(True)
+
+    class _AsHost:
+        def __dlpack__(self, stream=None, **kwargs):
+            return obj.__dlpack__()
+
+        def __dlpack_device__(self):
+            return (1, 0)
+    return np.from_dlpack(_AsHost()).view(ndarray)
 
 
 def asnumpy(a):
@@ -150,7 +192,9 @@ class _Kernel:
 
 _HOST_NAMES = {"lstm_cell_forward": "gl_cell_forward", "lstm_cell_backward": "gl_cell_backward",
                "seq_carry": "gl_seq_carry", "zoneout_mix": "gl_zoneout_mix", "zoneout_split": "gl_zoneout_split",
-               "sum_rows": "gl_sum_rows", "softmax_xent": "gl_softmax_xent"}
+               "dropout_apply": "gl_dropout_apply",
+               "sum_rows": "gl_sum_rows", "sum_rows_partial": "gl_sum_rows_partial",
+               "softmax_xent": "gl_softmax_xent", "adam_step": "gl_adam_step", "sgd_step": "gl_sgd_step"}
 compiled = []   # (code, options, name_expressions) of every RawModule made
 
 
@@ -227,6 +271,36 @@ class Device:
         pass
 
 
+class _Stream:
+    ptr = 0
+
+    def synchronize(self):
+        pass
+
+
+class RawKernel:
+    """cupy.RawKernel for small extern "C" kernels outside cuda/ (the profiler's stream-blocking spin).
+    Arguments are checked against the parsed parameter list like RawModule's kernels; the body only
+    runs for kernels the fake knows (a spin has no observable effect on the host, so it is a no-op)."""
+
+    _BODIES = {"gl_profile_spin": lambda cycles: None}
+
+    def __init__(self, code, name, options=()):
+        m = re.search(r'extern "C" __global__ void ' + re.escape(name) + r"\(([^)]*)\)", code)
+        if m is None:
+            raise ValueError(f"fake RawKernel: no extern \"C\" kernel {name!r} in the code")
+        if name not in self._BODIES:
+            raise NotImplementedError(f"fake RawKernel: no host body for {name!r}")
+        kinds = []
+        for p in m.group(1).split(","):
+            typ = " ".join(p.replace("const", "").split()).rsplit(" ", 1)[0]
+            kinds.append(_KINDS[typ])
+        self._k = _Kernel(name, "float", self._BODIES[name], kinds)
+
+    def __call__(self, grid, block, args):
+        self._k(grid, block, args)
+
+
 class Event:
     def record(self):
         self.t = time.perf_counter()
@@ -251,14 +325,14 @@ def install():
         return _wrap(obj) if callable(obj) and not isinstance(obj, type) else obj
     cupy.__getattr__ = module_getattr
     for name, value in (("ndarray", ndarray), ("asarray", asarray), ("ascontiguousarray", ascontiguousarray),
-                        ("asnumpy", asnumpy), ("RawModule", RawModule),
-                        ("from_dlpack", _wrap(np.from_dlpack))):
+                        ("asnumpy", asnumpy), ("RawModule", RawModule), ("RawKernel", RawKernel),
+                        ("from_dlpack", from_dlpack)):
         setattr(cupy, name, value)
     cuda = types.ModuleType("cupy.cuda")
     cuda.Device = Device
     cuda.Event = Event
     cuda.get_elapsed_time = lambda s, e: 1e3 * (e.t - s.t)
-    cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=0)
+    cuda.get_current_stream = lambda: _Stream()
     cuda.device = types.SimpleNamespace(get_cublas_handle=lambda: 1)
     cuda.runtime = types.SimpleNamespace(
         getDeviceCount=lambda: 1, driverGetVersion=lambda: 13000, runtimeGetVersion=lambda: 13000,
@@ -271,10 +345,13 @@ def install():
         standard_normal=lambda size=None, dtype=float: _global.standard_normal(size).astype(dtype).view(ndarray))
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = _make_cublas()
+    libs.nvrtc = types.ModuleType("cupy_backends.cuda.libs.nvrtc")
+    libs.nvrtc.getVersion = lambda: (13, 0)
     _install_capture(cupy, cuda, libs.cublas)
     sys.modules.update({"cupy": cupy, "cupy.cuda": cuda, "cupy_backends": types.ModuleType("cupy_backends"),
                         "cupy_backends.cuda": types.ModuleType("cupy_backends.cuda"),
-                        "cupy_backends.cuda.libs": libs, "cupy_backends.cuda.libs.cublas": libs.cublas})
+                        "cupy_backends.cuda.libs": libs, "cupy_backends.cuda.libs.cublas": libs.cublas,
+                        "cupy_backends.cuda.libs.nvrtc": libs.nvrtc})
     return cupy
 
 
@@ -387,23 +464,12 @@ def _check_device_operand(what, a):
         raise CaptureError(f"{what}: a host array operand during capture (a synchronous copy)")
 
 
-def _as_fake(r):
-    if isinstance(r, tuple):
-        return tuple(_as_fake(x) for x in r)
-    if isinstance(r, (np.ndarray, np.generic)):
-        return np.asarray(r).view(ndarray)    # as NumPy's default for a subclass: 0-d arrays included
-    return r
+_strict_array_ufunc = ndarray.__array_ufunc__   # outside capture: CuPy's rules (no NumPy operands)
 
 
 def _array_ufunc(self, ufunc, method, *inputs, **kwargs):
-    if _cap.capturing is None:   # NumPy's behaviour for a subclass without __array_ufunc__
-        out = kwargs.get("out")
-        if out:
-            kwargs["out"] = tuple(_plain(o) for o in out)
-        result = getattr(ufunc, method)(*[_plain(a) for a in inputs], **kwargs)
-        if out:
-            return out[0] if len(out) == 1 else out
-        return _as_fake(result)
+    if _cap.capturing is None:
+        return _strict_array_ufunc(self, ufunc, method, *inputs, **kwargs)
     what = f"{ufunc.__name__}.{method}"
     record = _capturing(what)
     out = kwargs.get("out")

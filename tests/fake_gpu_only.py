@@ -79,13 +79,13 @@ def test_the_fake_refuses_what_capture_refuses():
     be = gl.LSTM(3, 4, device="gpu", dtype="float64", algo="eager")._be
     a = be.zeros((2, 2))
     s = cupy.cuda.Stream(non_blocking=True)
-    rng = be.make_rng(0)
+    rng = cupy.random.RandomState(0)
     refused = [
         (fake_cupy.CaptureError, lambda: cupy.empty((3,))),                 # allocation
         (fake_cupy.CaptureError, lambda: a + 1),                           # allocation (no out=)
         (fake_cupy.CaptureError, lambda: a.get()),                         # host synchronisation
         (fake_cupy.CaptureError, lambda: cupy.asarray(np.zeros(2))),       # synchronous copy
-        (fake_cupy.CaptureError, lambda: be.uniform(rng, (2,))),           # cuRAND
+        (fake_cupy.CaptureError, lambda: rng.random_sample((2,))),         # cuRAND
         (RuntimeError, lambda: be.gemm(a, a, a)),     # CuPy's cuBLAS wrapper: NotImplementedError inside
     ]
     for exc, fn in refused:
@@ -106,3 +106,106 @@ def test_the_fake_refuses_what_capture_refuses():
     assert float(a.sum()) == 0.0
     g.launch()
     assert float(a.sum()) == 40.0
+
+
+def test_the_fake_is_as_strict_as_cupy_about_host_arrays():
+    import cupy as cp
+    a = cp.asarray(np.ones(3))
+    with pytest.raises(TypeError, match="expected a cupy.ndarray"):
+        cp.ascontiguousarray(np.ones(3))
+    with pytest.raises(TypeError, match="Unsupported type"):
+        a + np.ones(3)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        np.ones(3) - a
+    b = a
+    b += 1                                   # in place stays the same object
+    assert b is a and isinstance(a * 2, cp.ndarray) and isinstance(a.sum(), cp.ndarray)
+
+
+class _TorchLikeCudaTensor:
+    """A stand-in for a torch CUDA tensor that requires grad: DLPack on 'CUDA', and a
+    __cuda_array_interface__ that raises (as torch's does for such tensors)."""
+
+    def __init__(self, arr):
+        self._arr, self.requires_grad, self.detached = arr, True, False
+
+    def detach(self):
+        out = _TorchLikeCudaTensor(self._arr)
+        out.requires_grad, out.detached = False, True
+        return out
+
+    @property
+    def __cuda_array_interface__(self):
+        raise RuntimeError("Can't get __cuda_array_interface__ on Variable that requires grad")
+
+    def __dlpack_device__(self):
+        return (2, 0)   # kDLCUDA
+
+    def __dlpack__(self, stream=None, **kwargs):
+        if self.requires_grad:
+            raise RuntimeError("Can't export tensors that require gradient, use tensor.detach()")
+        return self._arr.__dlpack__()
+
+
+def test_asarray_prefers_dlpack_and_detaches_tensors_that_require_grad():
+    import fake_cupy
+    be = gl.LSTM(3, 4, device="gpu", dtype="float64")._be
+    src = np.arange(6.0).reshape(2, 3)
+    fake_cupy.dlpack_calls.clear()
+    got = be.asarray("x", _TorchLikeCudaTensor(src))
+    assert fake_cupy.dlpack_calls == [True]              # went through DLPack, after detach()
+    np.testing.assert_array_equal(gl.to_numpy(got), src)
+    assert got.ctypes.data == src.ctypes.data            # zero-copy view
+
+
+def test_gpu_available_probes_cublas_and_nvrtc(monkeypatch):
+    import cupy
+    from cupy_backends.cuda.libs import nvrtc
+    from gpu_lstm.backend import gpu_available, resolve_device
+    assert gpu_available()[0]
+
+    def missing():
+        raise OSError("libnvrtc.so.13: cannot open shared object file")
+    monkeypatch.setattr(nvrtc, "getVersion", missing)
+    ok, why = gpu_available()
+    assert not ok and "NVRTC cannot be loaded" in why and "libnvrtc" in why
+    monkeypatch.delenv("GPU_LSTM_DEVICE", raising=False)
+    assert resolve_device("auto") == "cpu"               # auto falls back instead of crashing later
+    with pytest.raises(RuntimeError, match="NVRTC cannot be loaded"):
+        gl.LSTM(3, 4, device="gpu")
+    monkeypatch.undo()
+
+    def no_cublas():
+        raise OSError("libcublas.so.13: cannot open shared object file")
+    monkeypatch.setattr(cupy.cuda.device, "get_cublas_handle", no_cublas)
+    ok, why = gpu_available()
+    assert not ok and "cuBLAS cannot be loaded" in why
+
+
+def test_profile_reports_host_and_device_time_separately(capsys):
+    from gpu_lstm.profile import profile_training_step
+    rows, step, n_ops = profile_training_step("gpu", 16, 4, 5, reps=2)
+    assert step["host_ms"] > 0 and step["device_ms"] is not None
+    assert all(h is not None and d is not None for _, h, d in rows)
+    assert abs(sum(d for _, _, d in rows) - step["device_ms"]) < 1e-9
+    assert abs(sum(h for _, h, _ in rows) - step["host_ms"]) < 1e-9
+
+
+def test_gpu_optimizers_are_one_fused_launch_per_parameter():
+    import cupy as cp
+    from gpu_lstm import optim
+    m = gl.LSTM(3, 4, 2, device="gpu", dtype="float32", seed=0)
+    be = m._be
+    for cls, kw, kernel in ((optim.AdamW, dict(lr=1e-2), "adam_step"),
+                            (optim.SGD, dict(lr=0.1, momentum=0.9), "sgd_step")):
+        ref_p = {k: gl.to_numpy(v) for k, v in m.params.items()}
+        ref_g = {k: np.full(v.shape, 0.5, np.float32) for k, v in ref_p.items()}
+        for k in m.grads:
+            m.grads[k][...] = cp.asarray(ref_g[k])
+        opt, ref = cls(m.params, m.grads, **kw), cls(ref_p, ref_g, **kw)
+        before = be._k[kernel].launches
+        opt.step()
+        ref.step()
+        assert be._k[kernel].launches - before == len(m.params)
+        for k in m.params:   # the host build of the fused kernel: bitwise the NumPy optimizer
+            np.testing.assert_array_equal(gl.to_numpy(m.params[k]), ref_p[k])

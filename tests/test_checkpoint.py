@@ -89,3 +89,31 @@ def test_crash_mid_save_keeps_the_old_file(tmp_path, monkeypatch):
         save_checkpoint(path, m, opt)
     assert path.read_bytes() == good
     assert os.listdir(tmp_path) == ["ck.npz"]   # no temporary file left behind
+
+
+@pytest.mark.parametrize("device", ["cpu", "host"])
+def test_training_with_dropout_and_zoneout_resumes_bitwise(tmp_path, device):
+    """The mask generator's call counter travels with the checkpoint: the resumed run draws the masks
+    the uninterrupted run draws."""
+    kw = dict(head="last", device=device, seed=3, dropout=0.3, zoneout_h=0.1, zoneout_c=0.2)
+    data = [np.random.default_rng(i).standard_normal((4, 3, 2)).astype(np.float32) for i in range(6)]
+
+    def steps(m, opt, xs):
+        for x in xs:
+            m.zero_grad()
+            out, _ = m(x)
+            m.backward(mse_loss(out, np.ones_like(out))[1])
+            opt.step()
+
+    m = SequenceModel(2, 5, 1, 3, **kw)
+    opt = Adam(m.params, m.grads, lr=1e-2)
+    steps(m, opt, data[:3])
+    save_checkpoint(tmp_path / "ck.npz", m, opt)
+    steps(m, opt, data[3:])
+    m2 = SequenceModel(2, 5, 1, 3, **dict(kw, seed=4))          # another seed: restored from the file
+    opt2 = Adam(m2.params, m2.grads, lr=1e-2)
+    load_checkpoint(tmp_path / "ck.npz", m2, opt2)
+    assert m2.lstm.rng_state() == {"seed": m.lstm.rng_state()["seed"], "calls": 3}
+    steps(m2, opt2, data[3:])
+    for k in m.params:
+        np.testing.assert_array_equal(m2.params[k], m.params[k])

@@ -140,9 +140,11 @@ def test_gradient_check_through_host_kernels(host_cls):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("accumulate", [True, False])
 def test_zoneout_kernels_match_numpy(host_cls, dtype, training, accumulate):
+    from gpu_lstm import philox
     rng = np.random.default_rng(5)
     shape = (3, 33)
-    mask = (rng.uniform(size=shape) < 0.3).astype(dtype) if training else None
+    zm = philox.ZoneoutMask(123, 1, 1, philox.ZONEOUT_C, 7, 0.3, (4,) + shape)
+    mask = zm[2] if training else None      # step 2: elements from offset 2 * 99, not a multiple of 4
     prev, cur, grad, into = (rng.standard_normal(shape).astype(dtype) for _ in range(4))
     outs = []
     for be in (NumpyBackend(dtype), host_cls(dtype)):
@@ -151,7 +153,107 @@ def test_zoneout_kernels_match_numpy(host_cls, dtype, training, accumulate):
         be.zoneout_split(mask, 0.3, g, i, accumulate)
         outs.append((out, g, i))
     for ref, got in zip(*outs):
-        np.testing.assert_allclose(got, ref, **TOL[dtype])
-    d = mask if training else 0.3
+        np.testing.assert_array_equal(got, ref)           # same expression, d in {0, 1}: bitwise
+    d = zm.array(dtype)[2] if training else dtype_type(dtype)(0.3)
+    if training:
+        assert 0 < d.mean() < 1
     np.testing.assert_allclose(outs[1][0], d * prev + (1 - d) * cur, **TOL[dtype])
     np.testing.assert_allclose(outs[1][2], (into if accumulate else 0) + d * grad, **TOL[dtype])
+
+
+def dtype_type(dtype):
+    return np.dtype(dtype).type
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.93])
+def test_dropout_kernel_matches_numpy_bitwise(host_cls, dtype, p):
+    from gpu_lstm import philox
+    shape = (5, 3, 37)
+    mask = philox.DropoutMask(99, 2, 3, p, shape, dtype)
+    x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    ref, got = np.empty_like(x), np.empty_like(x)
+    NumpyBackend(dtype).dropout(mask, x, ref)
+    host_cls(dtype).dropout(mask, x, got)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got, x * mask.array())          # the materialised mask is the one used
+    inplace = x.copy()
+    host_cls(dtype).dropout(mask, inplace, inplace)               # the backward works in place
+    np.testing.assert_array_equal(inplace, ref)
+
+
+def _fixed_order_sum(x, y, chunk, start):
+    """The documented order of cuda/reduce_kernels.cuh, in NumPy: each chunk summed row by row, then
+    the chunk sums added in chunk order onto ``start``."""
+    terms = x if y is None else x * y
+    partials = []
+    for r0 in range(0, len(terms), chunk):
+        s = np.zeros(terms.shape[1], terms.dtype)
+        for row in terms[r0:r0 + chunk]:
+            s = s + row
+        partials.append(s)
+    total = np.zeros(terms.shape[1], terms.dtype)
+    for p in partials:
+        total = total + p
+    return start + total
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (5, 3), (640, 2048), (6400, 37), (1000, 1)])
+def test_two_level_sum_rows_is_the_documented_fixed_order(host_cls, dtype, rows, cols):
+    from gpu_lstm.backend import reduce
+    rng = np.random.default_rng(rows * 3 + cols)
+    x = rng.standard_normal((rows, cols)).astype(dtype)
+    start = rng.standard_normal(cols).astype(dtype)
+    got = start.copy()
+    host_cls(dtype).sum_rows(x, got)
+    chunk = reduce.row_chunk(rows, cols)
+    assert 1 <= chunk <= max(rows, 1) and reduce.num_chunks(rows, chunk) * cols <= max(reduce.TARGET_THREADS, cols)
+    np.testing.assert_array_equal(got, _fixed_order_sum(x, None, chunk, start))   # bitwise
+    ref = start.copy()
+    NumpyBackend(dtype).sum_rows(x, ref)
+    # both are sums of `rows` terms of size ~1: error bound ~ rows * eps * sqrt(rows)-ish; generous
+    np.testing.assert_allclose(got, ref, rtol=0, atol=(2e-4 if dtype == "float32" else 1e-11) * np.sqrt(rows))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_peephole_sum_matches_numpy(host_cls, dtype):
+    from gpu_lstm.backend import reduce
+    rng = np.random.default_rng(8)
+    TB, H = 777, 13
+    dg = rng.standard_normal((TB, 4 * H)).astype(dtype)
+    cells = rng.standard_normal((TB, H)).astype(dtype)
+    for col0 in (0, H, 3 * H):
+        start = rng.standard_normal(H).astype(dtype)
+        got, ref = start.copy(), start.copy()
+        host_cls(dtype).sum_rows_prod(dg, col0, cells, got)
+        NumpyBackend(dtype).sum_rows_prod(dg, col0, cells, ref)
+        np.testing.assert_allclose(got, ref, rtol=1e-4 if dtype == "float32" else 1e-12, atol=1e-4 if dtype == "float32" else 1e-12)
+        exact = _fixed_order_sum(dg[:, col0:col0 + H], cells, reduce.row_chunk(TB, H), start)
+        np.testing.assert_array_equal(got, exact)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows, V, scale", [(7, 65, 1.0), (5, 65, 300.0), (3, 50000, 1.0), (2, 50000, 40.0), (4, 1, 1.0)])
+def test_softmax_xent_kernel_matches_numpy(host_cls, dtype, rows, V, scale):
+    """The block-per-row kernel run with one thread (the online max/sum pass in order) against the
+    NumPy reference, at a char-model V and a word-model V, with large logits."""
+    rng = np.random.default_rng(V + rows)
+    logits = (scale * rng.standard_normal((rows, V))).astype(dtype)
+    targets = rng.integers(0, V, rows).astype(np.int64)
+    targets[0] = -100
+    inv = np.array(1.0 / (rows - 1), dtype=dtype)
+    outs = []
+    for be in (NumpyBackend(dtype), host_cls(dtype)):
+        loss, grad = np.full(rows, np.nan, dtype), np.full((rows, V), np.nan, dtype)
+        with np.errstate(under="ignore"):
+            be.softmax_xent(logits, targets, -100, inv, loss, grad)
+        outs.append((loss, grad))
+    (l_ref, g_ref), (l_got, g_got) = outs
+    assert np.isfinite(l_got).all() and np.isfinite(g_got).all()
+    assert l_got[0] == 0 and not g_got[0].any()                       # ignored row
+    # float32: the online sum over V terms rounds differently from NumPy's pairwise sum
+    rtol = {"float32": 1e-5 if V < 1000 else 5e-5, "float64": 1e-12}[dtype]
+    np.testing.assert_allclose(l_got, l_ref, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(g_got, g_ref, rtol=rtol, atol=rtol * float(inv) / V + 1e-30)
+    np.testing.assert_allclose(g_got[1:].sum(axis=1), 0, atol=(1e-5 if dtype == "float32" else 1e-12))

@@ -76,3 +76,42 @@ def test_clip_grad_value():
     clip_grad_value(g, 0.2)
     np.testing.assert_array_equal(g["a"], [0.1, 0.2])
     np.testing.assert_array_equal(g["b"], [[-0.2]])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cls, kw", [
+    ("Adam", dict(lr=3e-3)), ("Adam", dict(lr=1e-2, weight_decay=0.1)), ("AdamW", dict(lr=1e-2, weight_decay=0.05)),
+    ("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01))])
+def test_fused_optimizer_kernels_equal_the_numpy_optimizer_bitwise(dtype, cls, kw):
+    """The host build of cuda/optim_kernels.cuh performs the NumPy expressions' operations in the same
+    order and precision (no FMA contraction on the host), so three steps agree bit for bit. On a GPU
+    FMA contraction may differ by an ulp per step (tests/test_gpu.py)."""
+    from gpu_lstm import optim
+    from gpu_lstm.backend import host_backend
+    from cpu_kernel_support import unavailable
+    if host_backend.compiler() is None:
+        unavailable("no host C++ compiler")
+    host = host_backend.HostKernelBackend(dtype)
+    rng = np.random.default_rng(0)
+    params = {"a": rng.standard_normal((7, 5)).astype(dtype), "b": rng.standard_normal(13).astype(dtype)}
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    ref = getattr(optim, cls)(params, grads, **kw)
+    p2 = {k: v.copy() for k, v in params.items()}
+    fused = getattr(optim, cls)(p2, grads, **kw)
+    for _ in range(3):
+        for k in grads:
+            grads[k][...] = rng.standard_normal(grads[k].shape)
+        ref.step()
+        fused.step_count += 1
+        for k in p2:
+            st = fused.state[k]
+            if cls == "SGD":
+                host.sgd_step(p2[k], grads[k], st.get("velocity"),
+                              {"lr": fused.lr, "mu": fused.momentum, "wd": fused.weight_decay,
+                               "l2": bool(fused.weight_decay)})
+            else:
+                host.adam_step(p2[k], grads[k], st["m"], st["v"], optim.adam_constants(fused))
+    for k in params:
+        np.testing.assert_array_equal(p2[k], params[k])
+        for s in ref.slots:
+            np.testing.assert_array_equal(fused.state[k][s], ref.state[k][s])

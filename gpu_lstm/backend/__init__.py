@@ -6,6 +6,8 @@ The time loop, buffer layout and GEMM order live once in :mod:`gpu_lstm.lstm`; a
 * ``cell_forward(gates, bias, c_prev, c, h)``: eqs. (1)-(6) for one step, gates activated in place
 * ``cell_backward(gates, c, c_prev, dh, dc_carry, dgates)``: eqs. (16)-(20) for one step
 * ``sum_rows(x, out)``: ``out += x.sum(axis=0)``, deterministic (eq. 25)
+* ``zoneout_mix``/``zoneout_split``/``dropout``: the random masks come as :mod:`gpu_lstm.philox`
+  counters and are computed where they are used (bitwise the same on every backend)
 * array helpers: ``xp``, ``empty``, ``zeros``, ``asarray``, ``to_numpy``, ``activate``
 
 Implementations: :class:`NumpyBackend` (the reference), ``HostKernelBackend`` (NumPy GEMMs with the
@@ -22,7 +24,14 @@ _DEVICES = ("auto", "cpu", "gpu", "host")
 
 
 def gpu_available():
-    """(True, description) when cupy imports and sees a CUDA device, else (False, reason)."""
+    """(True, description) when cupy imports, sees a CUDA device, and can load cuBLAS and NVRTC;
+    else (False, reason).
+
+    CuPy 14 loads cuBLAS and NVRTC lazily, on first use: ``import cupy`` and a device count succeed
+    on a machine whose CUDA libraries are missing (no ``cupy-cuda1Nx[ctk]``, no toolkit), and the
+    first GEMM or kernel compile would then fail inside a model. So both are probed here: a cuBLAS
+    handle is created (it loads libcublas) and NVRTC is asked for its version (it loads libnvrtc).
+    """
     try:
         import cupy  # noqa: F401
     except Exception as exc:  # ImportError, or a broken CUDA install raising at import
@@ -33,6 +42,18 @@ def gpu_available():
         return False, f"no usable CUDA device ({type(exc).__name__}: {exc})"
     if n < 1:
         return False, "no CUDA device found"
+    try:
+        with cupy.cuda.Device(0):
+            cupy.cuda.device.get_cublas_handle()
+    except Exception as exc:
+        return False, (f"cuBLAS cannot be loaded ({type(exc).__name__}: {exc}); install "
+                       "gpu_lstm[cuda12] or [cuda13], which pull the CUDA libraries")
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+        nvrtc.getVersion()
+    except Exception as exc:
+        return False, (f"NVRTC cannot be loaded ({type(exc).__name__}: {exc}); install "
+                       "gpu_lstm[cuda12] or [cuda13], which pull the CUDA libraries")
     return True, f"{n} CUDA device(s)"
 
 

@@ -12,9 +12,10 @@ from cupy_backends.cuda.libs import cublas
 
 import functools
 
-from . import blas, cublas_capture, kernels
+from . import blas, cublas_capture, kernels, reduce
 
 _BLOCK = 256
+_XENT_BLOCK = 256   # = GL_XENT_BLOCK; a power of two
 
 
 def device_description(device_id=None):
@@ -36,6 +37,19 @@ def _dlpack_on_cuda(value):
     return int(dev_type) in (2, 3, 13)   # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
 
 
+def _has_cuda_array_interface(value):
+    """hasattr() that also treats a raising property (not only AttributeError) as absent."""
+    try:
+        return getattr(value, "__cuda_array_interface__", None) is not None
+    except Exception:
+        return False
+
+
+def _run_all(ops):
+    for op in ops:
+        op()
+
+
 class CupyBackend:
     name = "gpu"
     xp = cp
@@ -54,15 +68,6 @@ class CupyBackend:
     def describe(self):
         return device_description(self.device_id)
 
-    def make_rng(self, seed):
-        """A generator for dropout masks, on the device (same seed, same device: same masks)."""
-        with self.activate():
-            return cp.random.RandomState(seed)
-
-    def uniform(self, rng, shape):
-        with self.activate():
-            return rng.random_sample(shape, dtype=self.dtype)
-
     def activate(self):
         return cp.cuda.Device(self.device_id)
 
@@ -76,15 +81,21 @@ class CupyBackend:
 
     def asarray(self, name, value):
         """Device arrays are used as they are, without a copy: cupy arrays, and any object that speaks
-        ``__cuda_array_interface__`` (Numba, PyTorch CUDA tensors) or DLPack on a CUDA device (PyTorch,
-        JAX). Host arrays (NumPy, CPU tensors) are copied to this model's GPU. An array on another GPU
-        is an error."""
+        DLPack on a CUDA device (PyTorch, JAX) or ``__cuda_array_interface__`` (Numba). Host arrays
+        (NumPy, CPU tensors) are copied to this model's GPU. An array on another GPU is an error.
+
+        DLPack is tried first: CuPy's ``__cuda_array_interface__`` path synchronises the producer's
+        stream on every call (torch's, here), and torch raises from that property for tensors that
+        require grad. Such tensors are detached first (a view: gpu_lstm keeps its own gradients;
+        ``gpu_lstm.interop`` connects them to torch's autograd)."""
         with self.activate():
             if not isinstance(value, cp.ndarray):
-                if hasattr(value, "__cuda_array_interface__"):
-                    value = cp.asarray(value)                    # zero-copy view
-                elif hasattr(value, "__dlpack__") and _dlpack_on_cuda(value):
+                if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
+                    value = value.detach()
+                if hasattr(value, "__dlpack__") and _dlpack_on_cuda(value):
                     value = cp.from_dlpack(value)                # zero-copy view
+                elif _has_cuda_array_interface(value):
+                    value = cp.asarray(value)                    # zero-copy view
                 else:
                     return cp.asarray(np.asarray(value))         # host data: one copy to the device
             if value.device.id != self.device_id:
@@ -136,9 +147,11 @@ class CupyBackend:
             if n:
                 grid = min((n + _BLOCK - 1) // _BLOCK, self._max_grid)
                 ops.append(functools.partial(self._k[kname], (grid,), (_BLOCK,), kargs))
-        if len(ops) != 1:
-            raise RuntimeError(f"prepare({name}): expected one kernel launch through _launch, got {len(ops)}")
-        return ops[0]
+        if not ops:
+            raise RuntimeError(f"prepare({name}): no kernel launch went through _launch")
+        # Several launches (the two-level column sums) replay in order; any buffer they need was
+        # allocated above, once, and lives in their argument tuples.
+        return ops[0] if len(ops) == 1 else functools.partial(_run_all, tuple(ops))
 
     def run_prepared(self, ops):
         """Replay prepared operations on the current stream."""
@@ -232,13 +245,39 @@ class CupyBackend:
                       dc_carry, dgates, null if dc_out is None else dc_out,
                       null if lengths is None else lengths, np.int64(t)))
 
+    @staticmethod
+    def _mask_args(mask):
+        """(key, call, offset, thr) of a gpu_lstm.philox.MaskSlice as kernel arguments; thr = -1 when
+        there is no mask (evaluation: the kernels use the constant z)."""
+        vals = (0, 0, 0, -1) if mask is None else (mask.key, mask.call, mask.offset, mask.thr)
+        return tuple(np.int64(v) for v in vals)
+
     def zoneout_mix(self, mask, z, prev, cur, out):
-        self._launch("zoneout_mix", out.size, (np.int64(out.size), np.uintp(0) if mask is None else mask,
+        self._launch("zoneout_mix", out.size, (np.int64(out.size), *self._mask_args(mask),
                                                self.dtype.type(z), prev, cur, out))
 
     def zoneout_split(self, mask, z, grad, into, accumulate):
-        self._launch("zoneout_split", grad.size, (np.int64(grad.size), np.uintp(0) if mask is None else mask,
+        self._launch("zoneout_split", grad.size, (np.int64(grad.size), *self._mask_args(mask),
                                                   self.dtype.type(z), grad, into, np.int32(1 if accumulate else 0)))
+
+    def dropout(self, mask, x, out):
+        s = mask.slice
+        self._launch("dropout_apply", x.size, (np.int64(x.size), np.int64(s.key), np.int64(s.call),
+                                               np.int64(s.thr), self.dtype.type(mask.scale), x, out))
+
+    def adam_step(self, p, g, m, v, c):
+        """One fused Adam/AdamW launch for one parameter (cuda/optim_kernels.cuh); ``c`` from
+        gpu_lstm.optim.adam_constants. Scalars go by value: no host sync, capturable."""
+        T = self.dtype.type
+        self._launch("adam_step", p.size,
+                     (np.int64(p.size), p, g, m, v,
+                      *(T(c[k]) for k in ("lr_c1", "b1", "omb1", "b2", "omb2", "c2", "eps", "wd")),
+                      np.int32(c["l2"]), T(c["decay"]), np.int32(c["decoupled"])))
+
+    def sgd_step(self, p, g, vel, c):
+        T = self.dtype.type
+        self._launch("sgd_step", p.size, (np.int64(p.size), p, g, np.uintp(0) if vel is None else vel,
+                                          T(c["lr"]), T(c["mu"]), T(c["wd"]), np.int32(c["l2"])))
 
     def seq_carry(self, lengths, t, src, dst, move):
         B, N = dst.shape
@@ -246,12 +285,39 @@ class CupyBackend:
                                           np.int32(1 if move else 0)))
 
     def sum_rows(self, x, out):
-        rows, cols = x.shape
-        self._launch("sum_rows", cols, (np.int64(rows), np.int64(cols), cp.ascontiguousarray(x), out))
+        """out += column sums of x: the deterministic two-level reduction of cuda/reduce_kernels.cuh."""
+        x = cp.ascontiguousarray(x)
+        self._sum_rows2(x, x.shape[1], 0, None, out)
+
+    def sum_rows_prod(self, x, x_col0, y, out):
+        """out += column sums of x[:, x_col0:x_col0 + cols] * y, without forming the product."""
+        self._sum_rows2(x, x.shape[1], x_col0, y, out)
+
+    def _sum_rows2(self, x, ldx, x_off, y, out):
+        rows, cols = x.shape[0], out.shape[0]
+        if rows == 0 or cols == 0:
+            return
+        chunk = reduce.row_chunk(rows, cols)
+        nchunks = reduce.num_chunks(rows, chunk)
+        # Per call from CuPy's pool (no shared scratch: concurrent directions cannot race on it).
+        partial = cp.empty((nchunks, cols), dtype=self.dtype)
+        self._launch("sum_rows_partial", nchunks * cols,
+                     (np.int64(rows), np.int64(cols), np.int64(chunk), x, np.int64(ldx), np.int64(x_off),
+                      np.uintp(0) if y is None else y, partial))
+        self._launch("sum_rows", cols, (np.int64(nchunks), np.int64(cols), partial, out))
 
     def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
         rows, V = logits.shape
-        self._launch("softmax_xent", rows,
-                     (np.int64(rows), np.int64(V), cp.ascontiguousarray(logits),
-                      cp.ascontiguousarray(targets, dtype=cp.int64), np.int64(ignore_index),
-                      inv_count.reshape(1), loss_rows, grad))
+        if rows == 0:
+            return
+        # One block of _XENT_BLOCK threads per row (cuda/lstm_kernels.cu, GL_XENT_BLOCK); blocks
+        # stride over rows. The block size fixes the summation order: never change it per call.
+        grid = min(rows, self._max_grid)
+        args = (np.int64(rows), np.int64(V), cp.ascontiguousarray(logits),
+                cp.ascontiguousarray(targets, dtype=cp.int64), np.int64(ignore_index),
+                inv_count.reshape(1), loss_rows, grad)
+        try:
+            self._k["softmax_xent"]((grid,), (_XENT_BLOCK,), args)
+        except Exception as exc:
+            raise RuntimeError(f"CUDA kernel softmax_xent<{kernels.CTYPES[self.dtype.name]}> "
+                               f"(grid {grid}, block {_XENT_BLOCK}) failed: {exc}") from exc

@@ -15,7 +15,7 @@ import tempfile
 
 import numpy as np
 
-from . import kernels
+from . import kernels, reduce
 from .numpy_backend import NumpyBackend
 
 _lib = None
@@ -48,7 +48,7 @@ def load_library():
         return _lib
     root = kernels.cuda_dir()
     digest = hashlib.sha256()
-    for name in ("lstm_math.cuh", "lstm_kernels.cu", "host_shim.h", "host_entry.cpp"):
+    for name in (*kernels.SOURCE_FILES, "host_shim.h", "host_entry.cpp"):
         digest.update((root / name).read_bytes())
     digest.update(" ".join(build_command("x")).encode())
     cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.join(tempfile.gettempdir())),
@@ -65,13 +65,19 @@ def load_library():
     lib = ctypes.CDLL(path)
     ll, vp = ctypes.c_longlong, ctypes.c_void_p
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        getattr(lib, f"gl_zoneout_mix_{suffix}").argtypes = [ll, vp, real, vp, vp, vp]
-        getattr(lib, f"gl_zoneout_split_{suffix}").argtypes = [ll, vp, real, vp, vp, ctypes.c_int]
+        getattr(lib, f"gl_zoneout_mix_{suffix}").argtypes = [ll, ll, ll, ll, ll, real, vp, vp, vp]
+        getattr(lib, f"gl_zoneout_split_{suffix}").argtypes = [ll, ll, ll, ll, ll, real, vp, vp, ctypes.c_int]
+        getattr(lib, f"gl_dropout_apply_{suffix}").argtypes = [ll, ll, ll, ll, real, vp, vp]
+        ci = ctypes.c_int
+        getattr(lib, f"gl_adam_step_{suffix}").argtypes = [ll, vp, vp, vp, vp] + [real] * 8 + [ci, real, ci]
+        getattr(lib, f"gl_sgd_step_{suffix}").argtypes = [ll, vp, vp, vp, real, real, real, ci]
         getattr(lib, f"gl_cell_forward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp]
         getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp, vp, vp, vp, ll]
         getattr(lib, f"gl_seq_carry_{suffix}").argtypes = [ll, ll, vp, ll, vp, vp, ctypes.c_int]
         getattr(lib, f"gl_sum_rows_{suffix}").argtypes = [ll, ll, vp, vp]
+        getattr(lib, f"gl_sum_rows_partial_{suffix}").argtypes = [ll, ll, ll, vp, ll, ll, vp, vp]
         getattr(lib, f"gl_softmax_xent_{suffix}").argtypes = [ll, ll, vp, vp, ll, vp, vp, vp]
+    lib.gl_host_philox4x32_10.argtypes = [vp, vp, vp]
     _lib = lib
     return lib
 
@@ -86,6 +92,11 @@ def _ptr(name, a, dtype):
     return a.ctypes.data
 
 
+def _mask_args(mask):
+    """(key, call, offset, thr) of a gpu_lstm.philox.MaskSlice; thr = -1 (no mask: the constant z)."""
+    return (0, 0, 0, -1) if mask is None else (mask.key, mask.call, mask.offset, mask.thr)
+
+
 class HostKernelBackend(NumpyBackend):
     name = "host"
 
@@ -98,7 +109,11 @@ class HostKernelBackend(NumpyBackend):
         self._carry = getattr(lib, f"gl_seq_carry_{suffix}")
         self._zmix = getattr(lib, f"gl_zoneout_mix_{suffix}")
         self._zsplit = getattr(lib, f"gl_zoneout_split_{suffix}")
+        self._dropout = getattr(lib, f"gl_dropout_apply_{suffix}")
+        self._adam = getattr(lib, f"gl_adam_step_{suffix}")
+        self._sgd = getattr(lib, f"gl_sgd_step_{suffix}")
         self._sum = getattr(lib, f"gl_sum_rows_{suffix}")
+        self._sum_partial = getattr(lib, f"gl_sum_rows_partial_{suffix}")
         self._xent = getattr(lib, f"gl_softmax_xent_{suffix}")
 
     def describe(self):
@@ -120,13 +135,29 @@ class HostKernelBackend(NumpyBackend):
 
     def zoneout_mix(self, mask, z, prev, cur, out):
         d = self.dtype
-        self._zmix(out.size, _ptr("mask", mask, d), float(z), _ptr("prev", prev, d), _ptr("cur", cur, d),
+        self._zmix(out.size, *_mask_args(mask), float(z), _ptr("prev", prev, d), _ptr("cur", cur, d),
                    _ptr("out", out, d))
 
     def zoneout_split(self, mask, z, grad, into, accumulate):
         d = self.dtype
-        self._zsplit(grad.size, _ptr("mask", mask, d), float(z), _ptr("grad", grad, d), _ptr("into", into, d),
+        self._zsplit(grad.size, *_mask_args(mask), float(z), _ptr("grad", grad, d), _ptr("into", into, d),
                      int(accumulate))
+
+    def dropout(self, mask, x, out):
+        d, s = self.dtype, mask.slice
+        self._dropout(x.size, s.key, s.call, s.thr, float(mask.scale), _ptr("x", x, d), _ptr("out", out, d))
+
+    def adam_step(self, p, g, m, v, c):
+        """The fused Adam/AdamW kernel; ``c`` from gpu_lstm.optim.adam_constants (Python floats)."""
+        d = self.dtype
+        self._adam(p.size, _ptr("p", p, d), _ptr("g", g, d), _ptr("m", m, d), _ptr("v", v, d),
+                   *(float(d.type(c[k])) for k in ("lr_c1", "b1", "omb1", "b2", "omb2", "c2", "eps", "wd")),
+                   int(c["l2"]), float(d.type(c["decay"])), int(c["decoupled"]))
+
+    def sgd_step(self, p, g, vel, c):
+        d = self.dtype
+        self._sgd(p.size, _ptr("p", p, d), _ptr("g", g, d), _ptr("vel", vel, d),
+                  *(float(d.type(c[k])) for k in ("lr", "mu", "wd")), int(c["l2"]))
 
     def seq_carry(self, lengths, t, src, dst, move):
         B, N = dst.shape
@@ -134,8 +165,22 @@ class HostKernelBackend(NumpyBackend):
                     _ptr("dst", dst, self.dtype), int(move))
 
     def sum_rows(self, x, out):
-        rows, cols = x.shape
-        self._sum(rows, cols, _ptr("x", np.ascontiguousarray(x), self.dtype), _ptr("out", out, self.dtype))
+        """The GPU's two-level fixed-order column sum (cuda/reduce_kernels.cuh), same chunking."""
+        x = np.ascontiguousarray(x)
+        self._sum_rows2(x, x.shape[1], 0, None, out)
+
+    def sum_rows_prod(self, x, x_col0, y, out):
+        self._sum_rows2(x, x.shape[1], x_col0, y, out)
+
+    def _sum_rows2(self, x, ldx, x_off, y, out):
+        d = self.dtype
+        rows, cols = x.shape[0], out.shape[0]
+        if rows == 0 or cols == 0:
+            return
+        chunk = reduce.row_chunk(rows, cols)
+        partial = np.empty((reduce.num_chunks(rows, chunk), cols), dtype=d)
+        self._sum_partial(rows, cols, chunk, _ptr("x", x, d), ldx, x_off, _ptr("y", y, d), partial.ctypes.data)
+        self._sum(partial.shape[0], cols, partial.ctypes.data, _ptr("out", out, d))
 
     def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
         rows, V = logits.shape

@@ -40,13 +40,6 @@ class NumpyBackend:
     def to_numpy(self, a):
         return np.asarray(a)
 
-    def make_rng(self, seed):
-        """A generator for dropout masks, on this backend's device."""
-        return np.random.default_rng(seed)
-
-    def uniform(self, rng, shape):
-        return rng.random(shape, dtype=self.dtype)
-
     def activate(self):
         """Context in which this backend's arrays are made (the GPU backend selects its device)."""
         return contextlib.nullcontext()
@@ -180,22 +173,40 @@ class NumpyBackend:
         else:
             dst[pad] = src[pad]
 
+    def _zoneout_d(self, mask, z, n, shape):
+        """d: the constant z (evaluation, ``mask`` None) or the 0/1 Philox mask of a
+        gpu_lstm.philox.MaskSlice (training), recomputed from its counter."""
+        if mask is None:
+            return z
+        return mask.events(n).reshape(shape).astype(self.dtype)
+
     def zoneout_mix(self, mask, z, prev, cur, out):
-        """out = d prev + (1 - d) cur with d = mask (training) or the constant z (evaluation)."""
-        d = z if mask is None else mask
+        """out = d prev + (1 - d) cur with d = the mask (training) or the constant z (evaluation)."""
+        d = self._zoneout_d(mask, z, out.size, out.shape)
         np.add(d * prev, (1 - d) * cur, out=out)
 
     def zoneout_split(self, mask, z, grad, into, accumulate):
         """into (+)= d grad; grad *= 1 - d."""
-        d = z if mask is None else mask
+        d = self._zoneout_d(mask, z, grad.size, grad.shape)
         if accumulate:
             into += d * grad
         else:
             np.multiply(d, grad, out=into)
         grad *= 1 - d
 
+    def dropout(self, mask, x, out):
+        """out = x * scale where the gpu_lstm.philox.DropoutMask keeps the element, else 0 (x and out
+        may be the same array)."""
+        keep = mask.slice.events(x.size).reshape(x.shape)
+        np.multiply(x, mask.scale, out=out)
+        out[~keep] = 0
+
     def sum_rows(self, x, out):
         out += x.sum(axis=0)
+
+    def sum_rows_prod(self, x, x_col0, y, out):
+        """out += sum over rows of x[:, x_col0:x_col0 + cols] * y, with y (rows, cols)."""
+        out += (x[:, x_col0:x_col0 + y.shape[1]] * y).sum(axis=0)
 
     def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
         """Row-wise softmax cross-entropy (see cuda/lstm_kernels.cu): loss_rows and grad are outputs."""
