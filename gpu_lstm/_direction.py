@@ -126,6 +126,13 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
         first = t == 0 and zoneout is None
         be.gemm(dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0)
     dc0[...] = dc
+    parameter_gradients(be, prm, grads, prefix, x, h, c, ct, m, dh, dgates, dx)
+
+
+def parameter_gradients(be, prm, grads, prefix, x, h, c, ct, m, dh, dgates, dx):
+    """After the time loop (every engine): dW, dR, db, the peephole and projection gradients, ADDED
+    into ``grads``, and dx. dgates (T, B, 4H) holds every step's pre-activation gradients."""
+    T, B, H = dgates.shape[0], dgates.shape[1], c.shape[-1]
     TB = T * B
     dg = dgates.reshape(TB, 4 * H)
     be.gemm(dg, x.reshape(TB, x.shape[-1]), grads[f"{prefix}.W"], trans_a=True, beta=1.0)   # eq. (23)

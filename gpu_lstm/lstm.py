@@ -55,6 +55,7 @@ class Tape:
         self.mask_call = 0           # the Philox call counter of this forward's masks
         self.inputs = [None] * L
         self.learned_state = False
+        self.persistent = False      # run by the persistent kernels (algo='persistent')
 
 
 class _Scratch:
@@ -118,13 +119,18 @@ class LSTM:
         its previous value with this probability, c(t) = d c(t-1) + (1 - d) c~(t) with d ~ Bernoulli(z)
         per unit and step, c~ and h~ being the ordinary LSTM update; in evaluation d = z, the
         expectation. Masks come from the same seeded generator as dropout.
-    algo : 'auto', 'graph', 'plan' or 'eager'
+    algo : 'auto', 'graph', 'plan', 'eager' or 'persistent'
         How forward and backward are run (:mod:`gpu_lstm.plan`). 'eager' is the per-step Python loop
         (the GPU reference); 'plan' replays operations prepared once per shape (every pointer and
         argument computed once); 'graph' (GPU only) captures each plan into CUDA graphs, so a call
         is one input copy and one graph launch whatever T is. 'auto' picks 'graph' on the GPU and
         'plan' elsewhere. Calls a plan does not cover run eagerly: T = 0 or B = 0,
-        ``track_gradient_flow``, and training with dropout or zoneout (masks drawn on the host side).
+        ``track_gradient_flow``, and training with dropout or zoneout (the masks' call counter
+        changes every call, and a captured graph's kernel arguments cannot). 'persistent' (GPU, or
+        'host' for tests) runs each direction's whole time loop as one cooperative kernel launch with
+        R held on chip (docs/persistent.md); calls it cannot run (projection, zoneout, a hidden size
+        beyond the chip's capacity) use what 'auto' picks, and ``algo_reason`` says why. 'auto'
+        never picks 'persistent' until a GPU run has shown it correct and faster.
 
     Attributes
     ----------
@@ -190,6 +196,8 @@ class LSTM:
         self.device = self._be.name
         self.algo = algo
         self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
+        # Where the persistent kernels cannot run a call (options, capacity), what 'auto' would run.
+        self._persistent_fallback = _plan.resolve_algo("auto", self._be)[0] if self._algo == "persistent" else None
         self._plans = _plan.PlanCache()
         self.params = {}
         self._init_params(seed)
@@ -456,10 +464,12 @@ class LSTM:
             for name, arr in (("x", x), ("h0", h0), ("c0", c0)):
                 if arr is not None:
                     ck.check_finite(name, arr, xp)
-        if _plan.plan_ok(self, T, B):
-            return _plan.forward(self, x, h0, c0, host_lengths, return_cells)
+        engine = _plan.engine(self, T, B)
+        if engine in ("graph", "plan"):
+            return _plan.forward(self, x, h0, c0, host_lengths, return_cells, engine)
 
         ws = self._new_tape(T, B)
+        ws.persistent = engine == "persistent"
         ws.lengths = lengths
         ws.mask_call = self._mask_calls
         if self.training and self.stochastic:
@@ -539,7 +549,10 @@ class LSTM:
         else:
             x = layer_in
         hd, cd = self._initial_state(k, d, ws, h0, c0, ws.B)
-        dirn.forward(self._be, prm, dws, x, hd, cd, ws.lengths, self._zoneout_masks(k, d, ws))
+        run = dirn.forward
+        if ws.persistent:   # the whole time loop of this direction in one persistent launch
+            from .backend.persistent import run_forward as run
+        run(self._be, prm, dws, x, hd, cd, ws.lengths, self._zoneout_masks(k, d, ws))
         if d == 0:
             ws.out[k][:, :, :P] = dws.h[1:]
             if cells is not None and k == self.num_layers - 1:
@@ -580,7 +593,7 @@ class LSTM:
             ck.check_shape("dy", dy, y_shape, self._out_axes())
             dy = dy.transpose(1, 0, 2) if self.batch_first else dy
         dh_n, dc_n = self._state_pair("dhc", dhc, B)
-        if ws.plan is not None and not self.track_gradient_flow and self._algo != "eager":
+        if ws.plan is not None and not self.track_gradient_flow:
             return _plan.backward(self, ws, dy, dh_n, dc_n)
         dh0 = be.empty((L * D, B, P))
         dc0 = be.empty((L * D, B, H))
@@ -618,9 +631,12 @@ class LSTM:
                 dh[...] = part if d == 0 else part[ws.rev_index]
             x = ws.inputs[k] if d == 0 else dws.x
             dc_all = be.empty((ws.T, ws.B, self.hidden_size)) if self.track_gradient_flow else None
-            dirn.backward(be, prm, self.grads, prefix, dws, scratch, x, dh,
-                          None if dh_n is None else dh_n[i], None if dc_n is None else dc_n[i],
-                          dh0[i], dc0[i], scratch.dx[k], ws.lengths, dc_all)
+            run = dirn.backward
+            if ws.persistent and dc_all is None:   # diagnostics need the per-step loop's delta-c
+                from .backend.persistent import run_backward as run
+            run(be, prm, self.grads, prefix, dws, scratch, x, dh,
+                None if dh_n is None else dh_n[i], None if dc_n is None else dc_n[i],
+                dh0[i], dc0[i], scratch.dx[k], ws.lengths, dc_all)
             if self.track_gradient_flow:
                 dh_flow = xp.sqrt((dh * dh).sum(axis=(1, 2)))
                 dc_flow = xp.sqrt((dc_all * dc_all).sum(axis=(1, 2)))

@@ -47,7 +47,7 @@ import numpy as np
 
 from .gates import PEEPHOLE_ORDER, gate_slice
 
-ALGOS = ("auto", "graph", "plan", "eager")
+ALGOS = ("auto", "graph", "plan", "eager", "persistent")
 ALGO_ENV = "GPU_LSTM_ALGO"
 MAX_FREE_PLANS = 4      # free (not lent out) plans kept per model, beyond the one in use
 
@@ -364,8 +364,9 @@ def _upload(xp, dst, host):
         dst.set(np.ascontiguousarray(host, dtype=dst.dtype))
 
 
-def forward(m, x, h0, c0, host_lengths, return_cells):
-    """LSTM._forward through a plan (arguments already checked; x time-major)."""
+def forward(m, x, h0, c0, host_lengths, return_cells, algo):
+    """LSTM._forward through a plan (arguments already checked; x time-major); ``algo`` is 'plan' or
+    'graph' (what :func:`engine` chose for this call)."""
     be, xp = m._be, m._be.xp
     T, B = int(x.shape[0]), int(x.shape[1])
     key = (T, B, host_lengths is not None, h0 is not None, h0 is None and m.learn_initial_state,
@@ -393,7 +394,8 @@ def forward(m, x, h0, c0, host_lengths, return_cells):
         _upload(xp, plan.rev_t, rev)
         _upload(xp, plan.rev, (rev * B + np.arange(B)[None, :]).reshape(-1))
         plan.host_lengths = host_lengths.copy()
-    plan.run(be, "fwd", plan.fwd, m._algo == "graph")
+    plan.use_graph = algo == "graph"          # the backward of this forward replays the same way
+    plan.run(be, "fwd", plan.fwd, plan.use_graph)
     m._saved = ws
     m.forward_count += 1
     y = t.out[m.num_layers - 1]
@@ -417,7 +419,7 @@ def backward(m, ws, dy, dh_n, dc_n):
         plan.dcn[...] = dc_n
     dy_given, dhc_given = dy is not None, dh_n is not None
     ops = plan.backward_ops(m, dy_given, dhc_given)
-    plan.run(be, ("bwd", dy_given, dhc_given), ops, m._algo == "graph")
+    plan.run(be, ("bwd", dy_given, dhc_given), ops, plan.use_graph)
     dx = plan.scratch.din[0]
     dx = xp.ascontiguousarray(dx.transpose(1, 0, 2)) if m.batch_first else dx.copy()
     return dx, (plan.dh0.copy(), plan.dc0.copy())
@@ -425,8 +427,26 @@ def backward(m, ws, dy, dh_n, dc_n):
 
 def plan_ok(m, T, B):
     """Whether this forward can run from a plan (else the eager loop, see the module docstring)."""
-    return (m._algo != "eager" and T > 0 and B > 0 and not m.track_gradient_flow
-            and not (m.training and m.stochastic))
+    return T > 0 and B > 0 and not m.track_gradient_flow and not (m.training and m.stochastic)
+
+
+def engine(m, T, B):
+    """How this forward runs: 'graph' or 'plan' (through a plan), 'persistent' (the eager layer loop
+    with each direction's time loop in one persistent kernel launch, gpu_lstm/backend/persistent.py)
+    or 'eager'. ``algo='persistent'`` falls back to the engine 'auto' picks where the persistent
+    kernels cannot run this call (the reason goes to ``m.algo_reason``)."""
+    algo = m._algo
+    if algo == "persistent":
+        from .backend.persistent import persistent_supported
+        ok, why = persistent_supported(m, T, B)
+        if ok:
+            m.algo_reason = "requested"
+            return "persistent"
+        algo = m._persistent_fallback
+        m.algo_reason = f"persistent kernels not used for (T={T}, B={B}): {why}; ran {algo!r}"
+    if algo in ("graph", "plan") and plan_ok(m, T, B):
+        return algo
+    return "eager"
 
 
 def resolve_algo(algo, be):
@@ -444,6 +464,12 @@ def resolve_algo(algo, be):
         algo = forced
     if algo == "eager":
         return "eager", "requested"
+    if algo == "persistent":
+        from .backend.persistent import has_persistent
+        if not has_persistent(be):
+            raise ValueError(f"algo='persistent': the persistent kernels need device='gpu' (this model is on "
+                             f"'{be.name}'); use algo='auto'")
+        return "persistent", "requested"
     if algo == "graph" and graphs is None:
         raise ValueError(f"algo='graph': CUDA graphs need device='gpu' (this model is on '{be.name}'); "
                          "use algo='plan' or 'auto'")

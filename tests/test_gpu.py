@@ -24,10 +24,16 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _ok, reason=f"no GPU: {_wh
 TOL = {"float64": 1e-10, "float32": 1e-5}
 
 
-@pytest.fixture(autouse=True, params=["eager", "graph"])
+# The CuPy stand-in has no cooperative launch yet: there the persistent phases are checked on the host
+# build (tests/test_persistent_host.py, tests/test_algo_persistent.py) instead.
+_ALGOS = ["eager", "graph"] + ([] if os.environ.get("GPU_LSTM_FAKE_CUPY") == "1" else ["persistent"])
+
+
+@pytest.fixture(autouse=True, params=_ALGOS)
 def algo(request, monkeypatch):
-    """Every test runs in both modes: 'eager' (the per-step loop, the GPU reference) and 'graph'
-    (plans captured into CUDA graphs); GPU_LSTM_ALGO sets what algo='auto' means on the GPU."""
+    """Every test runs in every mode: 'eager' (the per-step loop, the GPU reference), 'graph' (plans
+    captured into CUDA graphs) and 'persistent' (one cooperative launch per direction where it can
+    run, 'graph' where it cannot); GPU_LSTM_ALGO sets what algo='auto' means on the GPU."""
     monkeypatch.setenv("GPU_LSTM_ALGO", request.param)
     return request.param
 

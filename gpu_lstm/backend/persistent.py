@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _direction as dirn
 from . import kernels
 
 SOURCE_FILE = "persistent_lstm.cu"
@@ -427,8 +428,8 @@ def run_forward(be, prm, ws, x, h0, c0, lengths, zoneout=None, runner=None):
 def run_backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx, lengths, dc_all=None,
                  runner=None):
     """``_direction.backward`` with the per-step loop (cell backward + delta-h GEMM) replaced by one
-    persistent launch; the after-loop GEMMs and reductions (eqs. 23-25, peepholes, dx) are the same
-    calls in the same order as in _direction.backward (kept in step with it by the host tests)."""
+    persistent launch; after the loop, the same parameter gradients as every engine
+    (``_direction.parameter_gradients``: eqs. 23-25, peepholes, dx)."""
     _check(prm, ws, ws.zoneout)
     if dc_all is not None:
         raise ValueError("persistent engine: dc_all (gradient-flow diagnostics) not supported")
@@ -445,23 +446,7 @@ def run_backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0
         dh[T - 1] += dh_n
     (runner or runner_for(be)).backward(gates, prm.peep, prm.R, c, dh, dc, dgates, dh0, lengths)
     dc0[...] = dc
-    _after_loop(be, prm, grads, prefix, x, h, c, dgates, dx, T, B, H)
-
-
-def _after_loop(be, prm, grads, prefix, x, h, c, dgates, dx, T, B, H):
-    from ..gates import PEEPHOLE_ORDER, gate_slice
-    TB = T * B
-    dg = dgates.reshape(TB, 4 * H)
-    be.gemm(dg, x.reshape(TB, x.shape[-1]), grads[f"{prefix}.W"], trans_a=True, beta=1.0)     # eq. (23)
-    be.gemm(dg, h[:T].reshape(TB, h.shape[-1]), grads[f"{prefix}.R"], trans_a=True, beta=1.0)  # eq. (24)
-    if prm.b is not None:
-        be.sum_rows(dg, grads[f"{prefix}.b"])                                                     # eq. (25)
-    if prm.peep is not None:
-        dP = grads[f"{prefix}.P"]
-        looks_at = {"i": c[:T], "f": c[:T], "o": c[1:]}
-        for row, gate in enumerate(PEEPHOLE_ORDER):
-            be.sum_rows((dgates[:, :, gate_slice(gate, H)] * looks_at[gate]).reshape(TB, H), dP[row])
-    be.gemm(dg, prm.W, dx.reshape(TB, dx.shape[-1]))
+    dirn.parameter_gradients(be, prm, grads, prefix, x, h, c, None, None, dh, dgates, dx)
 
 
 __all__ = ["persistent_supported", "launch_config", "max_hidden", "capacity_table", "capacity_markdown",
