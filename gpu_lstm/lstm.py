@@ -9,6 +9,7 @@ This file is the public class (a third of it the documentation of every option) 
 the per-step maths is in _direction.py and cuda/, the torch name mapping in torch_state.py.
 """
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -262,6 +263,43 @@ class LSTM:
             arrays[name] = arr
         for name, arr in arrays.items():
             self.params[name][...] = arr.astype(self.dtype, copy=False)
+
+    @contextlib.contextmanager
+    def use_arrays(self, params, grads=None):
+        """Run forwards and backwards with externally owned arrays in place of ``params`` (and
+        ``grads``), e.g. zero-copy views of another framework's parameters (``gpu_lstm.torch``).
+
+        ``params`` must hold every name of :meth:`param_shapes` with that shape, this model's dtype
+        and on its device; ``grads``, if given, the same names (backward ADDS into them). Inside the
+        ``with`` block ``self.params``/``self.grads`` are these dicts; the previous ones come back on
+        exit. Nothing is copied. A detached tape's backward must run with the same parameter values
+        as its forward (it reads them at backward time).
+        """
+        checked = []
+        for what, arrays in (("params", params), ("grads", grads)):
+            if arrays is None:
+                checked.append(None)
+                continue
+            shapes = self.param_shapes()
+            if not isinstance(arrays, dict) or set(arrays) != set(shapes):
+                got = sorted(arrays) if isinstance(arrays, dict) else type(arrays).__name__
+                raise KeyError(f"{what}: expected exactly the names {sorted(shapes)}, got {got}")
+            out = {}
+            for name, value in arrays.items():
+                arr = self._be.asarray(f"{what}[{name!r}]", value)
+                ck.check_dtype(f"{what}[{name!r}]", arr, self.dtype)
+                ck.check_shape(f"{what}[{name!r}]", arr, shapes[name])
+                out[name] = arr
+            checked.append(out)
+        saved = self.params, self.grads
+        if checked[0] is not None:
+            self.params = checked[0]
+        if checked[1] is not None:
+            self.grads = checked[1]
+        try:
+            yield self
+        finally:
+            self.params, self.grads = saved
 
     def zero_grad(self):
         """Set every gradient to zero (backward accumulates)."""
