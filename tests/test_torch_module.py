@@ -358,3 +358,30 @@ def test_custom_op_registration():
     args = (x, None, None, list(m.parameters()), None, m._uid, m._config, True, True)
     torch.library.opcheck(_ops.lstm, args, test_utils=("test_schema", "test_autograd_registration",
                                                         "test_faketensor"))
+
+
+@pytest.mark.inductor
+def test_compile_inductor_fullgraph_training_step():
+    """The default backend (Inductor, C++ codegen on the CPU) around the LSTM op: ~20 s."""
+    import shutil
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("Inductor on the CPU needs a C++ compiler")
+    torch._dynamo.reset()
+    _, m = _pair(L=2, batch_first=True)
+    torch.manual_seed(5)
+    head = torch.nn.Linear(5, 1, dtype=F64)
+    x = torch.randn(3, 5, 3, dtype=F64)
+
+    def step(x):
+        y, (h, c) = m(x)
+        return torch.tanh(head(y)).square().sum() + h.sum()
+
+    eager = step(x)
+    eager.backward()
+    g_eager = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    out = torch.compile(step, fullgraph=True)(x)
+    out.backward()
+    _close(out.detach(), eager.detach(), 1e-13)
+    for n, p in m.named_parameters():
+        _close(p.grad, g_eager[n], 1e-13, n)
