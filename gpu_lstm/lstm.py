@@ -338,10 +338,12 @@ class LSTM:
         from .torch_state import load_torch_state_dict
         load_torch_state_dict(self, state_dict)
 
-    def torch_state_dict(self):
-        """Parameters under torch.nn.LSTM's names, as NumPy arrays; bias_hh is zero, bias_ih is b."""
+    def torch_state_dict(self, as_tensors=None):
+        """Parameters under torch.nn.LSTM's names, bias_hh zero and bias_ih b: torch CPU tensors when
+        torch imports (so ``torch_lstm.load_state_dict(lstm.torch_state_dict())`` works), NumPy arrays
+        otherwise or with ``as_tensors=False``."""
         from .torch_state import torch_state_dict
-        return torch_state_dict(self)
+        return torch_state_dict(self, as_tensors)
 
     def _torch_names(self):
         from .torch_state import torch_names
