@@ -171,12 +171,14 @@ def lstm(x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor]
     _check_weights(names, weights)
     core = engine(uid, config).core(x.device, x.dtype)
     core.training = training
-    hc = None if h0 is None else (_view(h0), _view(c0))
     lens = None if lengths is None else lengths.detach().cpu().numpy()
+    # Views in, results out, all inside the stream context: DLPack exchanges on CUDA are then
+    # ordered on torch's current stream, the one the kernels ran on.
     with _on_stream(x.device), core.use_arrays(_core_params(names, weights)):
+        hc = None if h0 is None else (_view(h0), _view(c0))
         y, (h_n, c_n) = core(_view(x), hc, lengths=lens)
         handle = _new_handle(core, core.detach_tape()) if need_tape else torch.zeros(1, dtype=torch.int64)
-    return _tensor(y), _tensor(h_n), _tensor(c_n), handle
+        return _tensor(y), _tensor(h_n), _tensor(c_n), handle
 
 
 @lstm.register_fake
@@ -202,14 +204,16 @@ def lstm_backward(handle: torch.Tensor, dy: torch.Tensor, dh_n: torch.Tensor, dc
         raise RuntimeError("gpu_lstm::lstm_backward: the forward's saved state is gone (the forward ran "
                            "without a tape: under no_grad, or with nothing requiring a gradient)")
     core, tape = entry
-    grads = {ours: core._be.zeros(core.param_shapes()[ours]) for _, ours, _ in names}
-    with _on_stream(dy.device), core.use_arrays(_core_params(names, weights), grads):
-        dx, (dh0, dc0) = core.backward(_view(dy), (_view(dh_n), _view(dc_n)), tape=tape)
-    out = [_tensor(dx), _tensor(dh0), _tensor(dc0)]
-    for _, ours, kind in names:
-        g = _tensor(grads[ours])
-        out.append(g.clone() if kind == "b_hh" else g)   # both biases get db, as separate tensors
-    return out
+    with _on_stream(dy.device):
+        # Fresh zeroed torch tensors per call (the core ADDS into its grads), handed over as views.
+        shapes = core.param_shapes()
+        grads = {ours: torch.zeros(shapes[ours], dtype=dy.dtype, device=dy.device) for _, ours, _ in names}
+        with core.use_arrays(_core_params(names, weights), {k: _view(g) for k, g in grads.items()}):
+            dx, (dh0, dc0) = core.backward(_view(dy), (_view(dh_n), _view(dc_n)), tape=tape)
+        out = [_tensor(dx), _tensor(dh0), _tensor(dc0)]
+        for _, ours, kind in names:
+            out.append(grads[ours].clone() if kind == "b_hh" else grads[ours])   # db to both biases
+        return out
 
 
 @lstm_backward.register_fake
