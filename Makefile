@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test info bench clean
+.PHONY: demo test info bench clean torch
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,18 @@ demo: $(STAMP)
 	$(VENV)/bin/gpu-lstm check
 	$(VENV)/bin/gpu-lstm train adding --steps 1200 --log-every 100 --out runs/adding
 
-test: $(STAMP)
+# The torch tests (parity with torch.nn.LSTM, gpu_lstm.torch, torch.compile, DDP) need torch. Only a
+# local CPU wheel in /opt/wheels is installed here, never the registry's default build (gigabytes of
+# CUDA packages); without one they skip. Elsewhere: pip install a CPU torch into .venv, then make test.
+torch: $(STAMP)
+	@tag=$$($(PY) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")'); \
+	wheel=$$(ls /opt/wheels/torch-*+cpu-"$$tag"-"$$tag"-*.whl 2>/dev/null | head -n 1); \
+	if $(PY) -c 'import torch' 2>/dev/null; then :; \
+	elif [ -n "$$wheel" ]; then echo "installing the local CPU torch wheel: $$wheel"; \
+	  $(PY) -m pip install --quiet --disable-pip-version-check "$$wheel" || echo "torch install failed; torch tests will skip"; \
+	else echo "no local CPU torch wheel: the torch tests will skip"; fi
+
+test: $(STAMP) torch
 	$(PY) -m pytest -q
 
 info: $(STAMP)

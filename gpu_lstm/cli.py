@@ -101,6 +101,8 @@ def cmd_train(args):
     for k, v in defaults.items():
         if common[k] is None:
             common[k] = v
+    if args.ddp or _under_torchrun():
+        return _train_ddp(args, common)
     print(f"gpu-lstm train {args.task}: " + ", ".join(f"{k}={v}" for k, v in common.items()))
     if args.task == "adding":
         s = tasks.train_adding(**common)
@@ -118,6 +120,25 @@ def cmd_train(args):
     print(f"loss plot:  {s['plot'] or 'not written (pip install matplotlib, or the [plot] extra)'}")
     with open(s["checkpoint"].replace("checkpoint.npz", "summary.json"), "w") as f:
         f.write(tasks.summary_json(s))
+    return 0
+
+
+def _under_torchrun():
+    import os
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def _train_ddp(args, common):
+    """Data-parallel training through torch.distributed (gpu_lstm/distributed.py)."""
+    from gpu_lstm import distributed
+    s = distributed.run(nproc=args.nproc, task=args.task, **common)
+    if s is None:      # not rank 0
+        return 0
+    print(f"\n{args.task} on {s['world_size']} process(es), {s['device']}: "
+          + (f"held-out MSE {s['test_mse']:.4f} (mean predictor {s['baseline_mse']:.4f})" if args.task == "adding"
+             else f"held-out {s['test_bpc']:.3f} bits/char (uniform {s['uniform_bpc']:.3f})"))
+    print(f"trained {s['steps']} steps in {s['train_seconds']:.1f} s ({s['tokens_per_second']:,.0f} tokens/s)")
+    print(f"checkpoint: {s.get('checkpoint')}")
     return 0
 
 
@@ -213,6 +234,11 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0, help="seeds the model and the data")
     t.add_argument("--log-every", type=_positive_int, default=100, help="progress line every N steps off a terminal")
     t.add_argument("--out", default=None, help="output folder (default runs/TASK)")
+    t.add_argument("--ddp", action="store_true",
+                   help="data-parallel with torch.distributed (needs torch): one process per GPU, or --nproc "
+                        "CPU processes; implied under torchrun")
+    t.add_argument("--nproc", type=_positive_int, default=None,
+                   help="--ddp without torchrun: processes to start (default: visible GPUs, or 2 on the CPU)")
     t.set_defaults(func=cmd_train)
     s = sub.add_parser("sample", help="sample text from a char-model checkpoint")
     s.add_argument("checkpoint")

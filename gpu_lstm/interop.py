@@ -1,5 +1,9 @@
 """Use a gpu_lstm LSTM inside a PyTorch model: a ``torch.autograd.Function`` around forward/backward.
 
+For a drop-in ``torch.nn.LSTM`` (torch Parameters, torch's return shapes, PackedSequence,
+torch.compile, DDP) use :class:`gpu_lstm.torch.LSTM` instead; this lower-level wrapper stays for code
+that owns a ``gpu_lstm.LSTM`` and steps it with gpu_lstm's own optimizers.
+
     import torch, gpu_lstm as gl
     from gpu_lstm.interop import torch_lstm_function
 
@@ -15,8 +19,9 @@ How it works: ``forward`` hands the tensors to gpu_lstm (zero-copy views through
 NumPy views on the CPU), runs the LSTM, and wraps the outputs as tensors the same way; ``backward``
 runs gpu_lstm's BPTT with the incoming gradients and returns dx, dh0, dc0. The LSTM's own parameters
 are not torch Parameters: their gradients accumulate in ``lstm.grads`` (call ``lstm.zero_grad()``).
-gpu_lstm keeps the state of its LAST forward only, so each forward must be followed by its own
-backward before the next forward; a mismatch raises instead of returning wrong gradients.
+Each forward detaches its tape (``LSTM.detach_tape``) into the autograd context, so any number of
+forwards may precede their backwards; the gradient is taken at the parameters' values at backward
+time (do not step the optimizer in between).
 """
 
 
@@ -46,16 +51,13 @@ def torch_lstm_function(lstm):
         def forward(ctx, x, h0, c0):
             hc = None if h0 is None else (_to_gl(h0), _to_gl(c0))
             y, (h_n, c_n) = lstm(_to_gl(x), hc)
-            ctx.forward_id = lstm.forward_count
+            ctx.tape = lstm.detach_tape()     # this forward's state, freed with the graph
             ctx.has_state = h0 is not None
             return _to_torch(y), _to_torch(h_n), _to_torch(c_n)
 
         @staticmethod
         def backward(ctx, dy, dh_n, dc_n):
-            if ctx.forward_id != lstm.forward_count:
-                raise RuntimeError("gpu_lstm: backward does not belong to the LSTM's last forward "
-                                   "(run one forward, then its backward)")
-            dx, (dh0, dc0) = lstm.backward(_to_gl(dy), (_to_gl(dh_n), _to_gl(dc_n)))
+            dx, (dh0, dc0) = lstm.backward(_to_gl(dy), (_to_gl(dh_n), _to_gl(dc_n)), tape=ctx.tape)
             if not ctx.has_state:
                 return _to_torch(dx), None, None
             return _to_torch(dx), _to_torch(dh0), _to_torch(dc0)

@@ -9,6 +9,7 @@ This file is the public class (a third of it the documentation of every option) 
 the per-step maths is in _direction.py and cuda/, the torch name mapping in torch_state.py.
 """
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -289,6 +290,43 @@ class LSTM:
         for name, arr in arrays.items():
             self.params[name][...] = arr.astype(self.dtype, copy=False)
 
+    @contextlib.contextmanager
+    def use_arrays(self, params, grads=None):
+        """Run forwards and backwards with externally owned arrays in place of ``params`` (and
+        ``grads``), e.g. zero-copy views of another framework's parameters (``gpu_lstm.torch``).
+
+        ``params`` must hold every name of :meth:`param_shapes` with that shape, this model's dtype
+        and on its device; ``grads``, if given, the same names (backward ADDS into them). Inside the
+        ``with`` block ``self.params``/``self.grads`` are these dicts; the previous ones come back on
+        exit. Nothing is copied. A detached tape's backward must run with the same parameter values
+        as its forward (it reads them at backward time).
+        """
+        checked = []
+        for what, arrays in (("params", params), ("grads", grads)):
+            if arrays is None:
+                checked.append(None)
+                continue
+            shapes = self.param_shapes()
+            if not isinstance(arrays, dict) or set(arrays) != set(shapes):
+                got = sorted(arrays) if isinstance(arrays, dict) else type(arrays).__name__
+                raise KeyError(f"{what}: expected exactly the names {sorted(shapes)}, got {got}")
+            out = {}
+            for name, value in arrays.items():
+                arr = self._be.asarray(f"{what}[{name!r}]", value)
+                ck.check_dtype(f"{what}[{name!r}]", arr, self.dtype)
+                ck.check_shape(f"{what}[{name!r}]", arr, shapes[name])
+                out[name] = arr
+            checked.append(out)
+        saved = self.params, self.grads
+        if checked[0] is not None:
+            self.params = checked[0]
+        if checked[1] is not None:
+            self.grads = checked[1]
+        try:
+            yield self
+        finally:
+            self.params, self.grads = saved
+
     def zero_grad(self):
         """Set every gradient to zero (backward accumulates)."""
         for g in self.grads.values():
@@ -337,10 +375,12 @@ class LSTM:
         from .torch_state import load_torch_state_dict
         load_torch_state_dict(self, state_dict)
 
-    def torch_state_dict(self):
-        """Parameters under torch.nn.LSTM's names, as NumPy arrays; bias_hh is zero, bias_ih is b."""
+    def torch_state_dict(self, as_tensors=None):
+        """Parameters under torch.nn.LSTM's names, bias_hh zero and bias_ih b: torch CPU tensors when
+        torch imports (so ``torch_lstm.load_state_dict(lstm.torch_state_dict())`` works), NumPy arrays
+        otherwise or with ``as_tensors=False``."""
         from .torch_state import torch_state_dict
-        return torch_state_dict(self)
+        return torch_state_dict(self, as_tensors)
 
     def _torch_names(self):
         from .torch_state import torch_names

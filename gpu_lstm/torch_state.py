@@ -46,10 +46,22 @@ def load_torch_state_dict(m, state_dict):
     m.set_params(values)
 
 
-def torch_state_dict(m):
+def torch_state_dict(m, as_tensors=None):
+    """{torch name: value}: torch CPU tensors when torch imports (``as_tensors=None``), else NumPy
+    arrays; ``as_tensors=False`` forces NumPy. bias_ih holds b, bias_hh zeros."""
     from .lstm import to_numpy
+    if as_tensors is None or as_tensors:
+        try:
+            import torch
+        except ImportError:
+            if as_tensors:
+                raise
+            torch = None
+    else:
+        torch = None
     sd = {}
     for key, (ours, _) in torch_names(m).items():
         value = to_numpy(m.params[ours]).copy()
-        sd[key] = np.zeros_like(value) if key.startswith("bias_hh") else value
+        value = np.zeros_like(value) if key.startswith("bias_hh") else value
+        sd[key] = torch.from_numpy(value) if torch is not None else value
     return sd

@@ -188,9 +188,9 @@ def test_large_inputs_do_not_overflow(cpu_lstm):
     assert np.isfinite(y).all()
 
 
-def test_import_needs_no_cupy_and_touches_no_gpu():
+def test_import_needs_no_cupy_nor_torch_and_touches_no_gpu():
     code = ("import sys, gpu_lstm; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('cupy', 'cupy_backends', 'nvtx')]; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('cupy', 'cupy_backends', 'nvtx', 'torch')]; "
             "assert not bad, bad; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

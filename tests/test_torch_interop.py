@@ -60,3 +60,16 @@ def test_matches_torch_nn_lstm(batch_first):
         np.testing.assert_allclose(m.grads[f"l{k}.W"], ref.state_dict(keep_vars=True)[f"weight_ih_l{k}"].grad.numpy(), rtol=1e-11, atol=1e-12)
         np.testing.assert_allclose(m.grads[f"l{k}.R"], getattr(ref, f"weight_hh_l{k}").grad.numpy(), rtol=1e-11, atol=1e-12)
         np.testing.assert_allclose(m.grads[f"l{k}.b"], getattr(ref, f"bias_ih_l{k}").grad.numpy(), rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.torch
+def test_torch_state_dict_gives_tensors_that_torch_loads():
+    torch = pytest.importorskip("torch")
+    m = gl.LSTM(3, 5, 2, dtype="float64", device="cpu", seed=1, bidirectional=True, proj_size=2)
+    sd = m.torch_state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in sd.values())
+    ref = torch.nn.LSTM(3, 5, 2, bidirectional=True, proj_size=2).double()
+    ref.load_state_dict(sd, strict=True)
+    x = np.random.default_rng(0).standard_normal((4, 2, 3))
+    np.testing.assert_allclose(ref(torch.from_numpy(x))[0].detach().numpy(), m(x)[0], rtol=1e-12, atol=1e-13)
+    assert all(isinstance(v, np.ndarray) for v in m.torch_state_dict(as_tensors=False).values())

@@ -1,0 +1,229 @@
+"""Data-parallel training with torch.distributed: ``gpu-lstm train TASK --ddp`` (or the CLI under
+``torchrun``).
+
+The model is ``gpu_lstm.torch.LSTM`` plus a ``torch.nn.Linear`` head, wrapped in
+``torch.nn.parallel.DistributedDataParallel``: torch all-reduces (averages) the gradients, bucketed
+and overlapped with the backward as it always does; NCCL on GPUs, gloo on CPUs. Nothing here
+communicates on its own.
+
+Data: every rank draws the same global batch of B samples (same seeded generator) and keeps its own
+contiguous shard of B / world_size samples (for the char LM: its own B / world_size of the B parallel
+text streams). With equal shards the average of the ranks' mean losses is the mean loss over the whole
+batch, so a run on N processes follows the single-process run on the whole batch (to rounding).
+Rank 0 alone logs, evaluates and writes ``checkpoint.pt`` (torch.save of the model and optimizer
+state dicts) and ``summary.json``; the logged loss is the all-reduced mean over ranks.
+
+Launch: under ``torchrun --nproc_per_node N`` (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT come from
+the environment), or ``--ddp`` alone, which starts ``--nproc`` processes itself (default: one per
+visible GPU with ``--device gpu``, else 2 CPU processes) on a free localhost port.
+"""
+
+import json
+import os
+import socket
+import sys
+import time
+from datetime import timedelta
+
+import numpy as np
+
+TASKS = ("adding", "charlm")
+
+
+def under_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _build(task, hidden, layers, dtype, device, V=None):
+    import torch
+    from torch import nn
+
+    from .torch import LSTM
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            I, O = (2, 1) if task == "adding" else (V, V)
+            self.lstm = LSTM(I, hidden, layers, batch_first=False, dtype=dtype, device=device)
+            self.head = nn.Linear(hidden, O, dtype=dtype, device=device)
+
+        def forward(self, x, hx=None):
+            y, state = self.lstm(x, hx)
+            return self.head(y[-1] if task == "adding" else y), state
+
+    return Net()
+
+
+def _optimizer(name, params, lr):
+    import torch
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    return cls(params, lr=lr)
+
+
+def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=1.0, optimizer="adam",
+          device="cpu", dtype="float32", seed=0, out_dir=None, log_every=100, stream=None):
+    """One rank's training loop (the process group is set up by :func:`run`). Returns, on every rank,
+    a summary dict; ``history`` holds (step, all-reduced mean loss) for every step."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from . import tasks as tk
+
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+    T = T or (100 if task == "adding" else 64)
+    B = B or (64 if task == "adding" else 32)
+    hidden = hidden or (64 if task == "adding" else 256)
+    lr = lr or (1e-2 if task == "adding" else 3e-3)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    if B % world:
+        raise ValueError(f"batch: expected a multiple of the number of processes ({world}), got {B}")
+    shard = slice(rank * (B // world), (rank + 1) * (B // world))
+    tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    if device == "gpu":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        dev = torch.device("cuda", local % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    rng = np.random.default_rng(seed)
+    V, vocab = None, None
+    if task == "charlm":
+        text = tk.load_corpus()
+        vocab = tk.CharVocab(text)
+        ids = vocab.encode(text)
+        split = int(0.9 * len(ids))
+        train_ids, test_ids = ids[:split], ids[split:]
+        V = len(vocab)
+        batches = tk.StreamBatches(train_ids, T, B)
+    torch.manual_seed(seed)                 # same initial weights everywhere (DDP broadcasts rank 0's too)
+    net = _build(task, hidden, layers, tdtype, dev, V)
+    model = net
+    if distributed:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    opt = _optimizer(optimizer, model.parameters(), lr)
+    eye = torch.eye(V, dtype=tdtype, device=dev) if V else None
+    progress = tk.Progress(steps, log_every, stream) if rank == 0 else None
+    history, state, tokens = [], None, 0
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        if task == "adding":
+            x, y = tk.adding_batch(rng, T, B, dtype)
+            x = torch.from_numpy(x[:, shard]).to(dev)
+            y = torch.from_numpy(y[shard]).to(dev)
+        else:
+            xi, yi, reset = batches.next()
+            x = eye[torch.from_numpy(xi[:, shard]).to(dev)]
+            y = torch.from_numpy(yi[:, shard]).to(dev)
+            if reset:
+                state = None
+        opt.zero_grad()
+        pred, new_state = model(x, state)
+        if task == "adding":
+            loss = F.mse_loss(pred, y)
+        else:
+            loss = F.cross_entropy(pred.reshape(-1, V), y.reshape(-1))
+            state = tuple(s.detach() for s in new_state)     # truncated BPTT across chunks
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        logged = loss.detach().clone()
+        if distributed:
+            dist.all_reduce(logged)
+            logged /= world
+        value = float(logged) / (np.log(2) if task == "charlm" else 1.0)
+        history.append((step, value))
+        tokens += T * B
+        if progress is not None and progress.due(step):
+            progress.show(step, value, tokens)
+    wall = time.perf_counter() - t0
+    summary = {"task": task, "device": str(dev), "world_size": world, "steps": steps, "T": T, "B": B,
+               "hidden": hidden, "layers": layers, "train_seconds": wall,
+               "tokens_per_second": tokens / wall, "history": history}
+    if rank == 0:
+        net.eval()
+        with torch.no_grad():
+            if task == "adding":
+                xt, yt = tk.adding_batch(np.random.default_rng(seed + 10_000), T, 1000, dtype)
+                pred, _ = net(torch.from_numpy(xt).to(dev))
+                summary["test_mse"] = float(F.mse_loss(pred, torch.from_numpy(yt).to(dev)))
+                summary["baseline_mse"] = float(((yt - 1.0) ** 2).mean())
+            else:
+                n = min(len(test_ids) - 1, 20_000)
+                pred, _ = net(eye[torch.from_numpy(test_ids[:n, None]).to(dev)])
+                nats = F.cross_entropy(pred.reshape(-1, V), torch.from_numpy(test_ids[1:n + 1]).to(dev))
+                summary["test_bpc"] = float(nats) / np.log(2)
+                summary["uniform_bpc"] = float(np.log2(V))
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
+            ckpt = os.path.join(out_dir, "checkpoint.pt")
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                        "extra": {"task": task, "vocab": vocab.chars if vocab else None, "hidden": hidden,
+                                  "layers": layers, "dtype": dtype}}, ckpt)
+            summary["checkpoint"] = ckpt
+            with open(os.path.join(out_dir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
+    return summary
+
+
+def _worker(rank, world, port, backend, kwargs):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _run_rank(backend, kwargs)
+
+
+def _run_rank(backend, kwargs):
+    import torch.distributed as dist
+    dist.init_process_group(backend, timeout=timedelta(seconds=120))
+    try:
+        return train(**kwargs)
+    finally:
+        dist.destroy_process_group()
+
+
+def run(nproc=None, **kwargs):
+    """Entry point of ``gpu-lstm train --ddp``: joins torchrun's process group when launched by
+    torchrun, else starts ``nproc`` processes here. Returns rank 0's summary (None on other ranks)."""
+    import torch
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    if not dist.is_available():
+        raise RuntimeError("--ddp: this torch build has no torch.distributed")
+    device = kwargs.get("device", "cpu")
+    if device == "auto":
+        device = kwargs["device"] = "gpu" if torch.cuda.is_available() else "cpu"
+    if device == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("--device gpu: torch sees no CUDA device")
+    backend = "nccl" if device == "gpu" else "gloo"
+    if under_torchrun():
+        summary = _run_rank(backend, kwargs)
+        return summary if int(os.environ["RANK"]) == 0 else None
+    if nproc is None:
+        nproc = torch.cuda.device_count() if device == "gpu" else 2
+    if nproc == 1:
+        return train(**kwargs)
+    out = kwargs.get("out_dir")
+    mp.spawn(_worker, args=(nproc, free_port(), backend, kwargs), nprocs=nproc, join=True)
+    if out and os.path.exists(os.path.join(out, "summary.json")):
+        with open(os.path.join(out, "summary.json")) as f:
+            return json.load(f)
+    return None
+
+
+def main(argv=None):
+    """``python -m gpu_lstm.distributed TASK [options]``: the CLI's train --ddp, for torchrun."""
+    from .cli import main as cli_main
+    return cli_main(["train", *(argv if argv is not None else sys.argv[1:]), "--ddp"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

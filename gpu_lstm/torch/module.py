@@ -1,0 +1,184 @@
+"""``gpu_lstm.torch.LSTM``: a drop-in replacement for ``torch.nn.LSTM`` backed by gpu_lstm."""
+
+import itertools
+import json
+import math
+import numbers
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ..gates import GATE_INDEX
+from . import _ops
+
+_UIDS = itertools.count(1)
+
+
+class LSTM(nn.Module):
+    """``torch.nn.LSTM`` with gpu_lstm's exact BPTT underneath (NumPy on CPU tensors, CuPy + fused
+    CUDA kernels on CUDA tensors).
+
+    Same constructor (same positional order), same Parameters and ``state_dict`` names and shapes
+    (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``weight_hr_l{k}``,
+    ``_reverse``), same initialisation (uniform in +-1/sqrt(hidden_size), in torch's order, from
+    torch's generator), and ``forward(input, hx=None) -> output, (h_n, c_n)`` for Tensors (batched or
+    not, batch_first or not) and PackedSequence (sorted or not), exactly as ``torch.nn.LSTM``.
+
+    gpu_lstm's own options (keywords only):
+
+    * ``peephole``: Parameters ``weight_peep_l{k}`` (3, H), rows (i, f, o);
+    * ``zoneout_h``, ``zoneout_c``: zoneout probabilities (training only; expectation in eval);
+    * ``forget_bias``: the forget-gate slice of ``bias_ih`` starts at this value, of ``bias_hh`` at 0;
+    * ``learn_initial_state``: Parameters ``initial_h_l{k}`` (P,), ``initial_c_l{k}`` (H,), used when
+      ``hx`` is None;
+    * ``check_finite``: reject NaN/Inf inputs;
+    * ``seed``: seed of the dropout/zoneout masks (drawn from torch's generator when None and masks
+      are needed); masks come from gpu_lstm's generator, not torch's;
+    * ``forward(input, hx=None, lengths=...)``: per-sample lengths for a padded Tensor, the same as a
+      ``PackedSequence`` with ``enforce_sorted=False``.
+
+    With any of the first four, the ``state_dict`` has keys ``torch.nn.LSTM`` does not know.
+    Supported dtypes: float32 and float64.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None, *, peephole=False,
+                 zoneout_h=0.0, zoneout_c=0.0, forget_bias=None, learn_initial_state=False,
+                 check_finite=False, seed=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        cfg = dict(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, bias=bias,
+                   batch_first=batch_first, bidirectional=bidirectional, proj_size=proj_size,
+                   peephole=peephole, dropout=dropout, learn_initial_state=learn_initial_state,
+                   zoneout_h=zoneout_h, zoneout_c=zoneout_c, check_finite=check_finite)
+        from ..lstm import LSTM as CoreLSTM
+        # Every option is checked once by the core's constructor (same messages as gpu_lstm.LSTM).
+        CoreLSTM(**cfg, forget_bias=forget_bias, dtype="float64", device="cpu", seed=0)
+        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        self.dropout, self.proj_size = float(dropout), int(proj_size)
+        self.peephole, self.learn_initial_state = bool(peephole), bool(learn_initial_state)
+        self.zoneout_h, self.zoneout_c, self.forget_bias = float(zoneout_h), float(zoneout_c), forget_bias
+        self.check_finite = bool(check_finite)
+        if seed is None and (self.dropout or self.zoneout_h or self.zoneout_c):
+            seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"seed: expected an int or None, got {seed!r}")
+        self.seed = None if seed is None else int(seed)
+        self._names = _ops.flat_names({**cfg, "seed": self.seed})
+        H, P, D = self.hidden_size, self.proj_size or self.hidden_size, 2 if self.bidirectional else 1
+        for torch_name, ours, _ in self._names:
+            k = int(torch_name.rsplit("_l", 1)[1].split("_")[0])
+            I = self.input_size if k == 0 else D * P
+            shape = {"W": (4 * H, I), "R": (4 * H, P), "b": (4 * H,), "Whr": (P, H), "P": (3, H),
+                     "h0": (P,), "c0": (H,)}[ours.split(".")[1]]
+            self.register_parameter(torch_name, nn.Parameter(torch.empty(shape, **factory)))
+        self._register()
+        self.reset_parameters()
+
+    # ---- identity of the core (not pickled: rebuilt on load) ----------------------------------------
+    def _register(self):
+        cfg = {k: getattr(self, k) for k in ("input_size", "hidden_size", "num_layers", "bias",
+                                              "batch_first", "bidirectional", "proj_size", "peephole",
+                                              "dropout", "learn_initial_state", "zoneout_h", "zoneout_c",
+                                              "check_finite", "seed")}
+        self._config = json.dumps(cfg, sort_keys=True)
+        self._uid = next(_UIDS)
+        self._engine = _ops.register_engine(self._uid, self._config)
+
+    def __getstate__(self):
+        state = super().__getstate__().copy() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state.pop("_engine", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state) if hasattr(super(), "__setstate__") else self.__dict__.update(state)
+        self._register()
+
+    def reset_parameters(self):
+        """torch.nn.LSTM's initialisation, in its order; then forget_bias, zero initial states."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if name.startswith("initial_"):
+                    p.zero_()
+                else:
+                    p.uniform_(-stdv, stdv)
+            if self.forget_bias is not None:
+                H, f = self.hidden_size, GATE_INDEX["f"]
+                for name, p in self.named_parameters():
+                    if name.startswith(("bias_ih", "bias_hh")):
+                        p[f * H:(f + 1) * H] = self.forget_bias if name.startswith("bias_ih") else 0.0
+
+    def _flat_weights(self):
+        return [getattr(self, n) for n, _, _ in self._names]
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False), ("proj_size", 0), ("peephole", False),
+                              ("zoneout_h", 0.0), ("zoneout_c", 0.0), ("forget_bias", None),
+                              ("learn_initial_state", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)!r}"
+        return s
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(self, input, hx=None, *, lengths=None):
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ValueError("lengths: a PackedSequence carries its own lengths; got lengths= as well")
+            x, lens = pad_packed_sequence(input, batch_first=self.batch_first)
+            sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"input: expected a Tensor or a PackedSequence, got {type(input).__name__}")
+            x, lens = input, None
+            if lengths is not None:
+                lens = torch.as_tensor(lengths).to("cpu", torch.int64)
+        weights = self._flat_weights()
+        if x.dim() not in (2, 3):
+            raise ValueError(f"input: expected a 2-D (unbatched) or 3-D Tensor, got {x.dim()}-D of shape "
+                             f"{tuple(x.shape)}")
+        unbatched = x.dim() == 2
+        if unbatched:
+            if packed or lens is not None:
+                raise ValueError("lengths: not supported with an unbatched (2-D) input")
+            x = x.unsqueeze(1) if not self.batch_first else x.unsqueeze(0)
+        if x.dtype != weights[0].dtype or x.device != weights[0].device:
+            raise TypeError(f"input: expected dtype {weights[0].dtype} on {weights[0].device} (the "
+                            f"parameters'), got {x.dtype} on {x.device}")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"input: gpu_lstm computes in float32 or float64, got {x.dtype}")
+        h0 = c0 = None
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx: expected a tuple (h_0, c_0), got {type(hx).__name__}")
+            h0, c0 = hx
+            if unbatched:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+            B = x.shape[0] if self.batch_first else x.shape[1]
+            LD = self.num_layers * (2 if self.bidirectional else 1)
+            for name, t, feat in (("hx[0] (h_0)", h0, self.proj_size or self.hidden_size),
+                                  ("hx[1] (c_0)", c0, self.hidden_size)):
+                if tuple(t.shape) != (LD, B, feat):
+                    raise ValueError(f"{name}: expected shape {(LD, B, feat)}" + (" (unbatched: without B)" if unbatched else "")
+                                     + f", got {tuple(t.shape)}")
+                if t.dtype != x.dtype or t.device != x.device:
+                    raise TypeError(f"{name}: expected dtype {x.dtype} on {x.device}, got {t.dtype} on {t.device}")
+        need_tape = torch.is_grad_enabled() and (
+            x.requires_grad or any(w.requires_grad for w in weights)
+            or (h0 is not None and (h0.requires_grad or c0.requires_grad)))
+        y, h_n, c_n, _ = _ops.lstm(x, h0, c0, weights, lens, self._uid, self._config, self.training, need_tape)
+        if unbatched:
+            y = y.squeeze(0 if self.batch_first else 1)
+            return y, (h_n.squeeze(1), c_n.squeeze(1))
+        if packed:
+            yt = y.transpose(0, 1) if self.batch_first else y           # (T, B, F), original order
+            if sorted_indices is not None:
+                yt, lens = yt.index_select(1, sorted_indices), lens.index_select(0, sorted_indices.cpu())
+            data = pack_padded_sequence(yt, lens, enforce_sorted=True).data
+            y = PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices)
+        return y, (h_n, c_n)

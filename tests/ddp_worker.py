@@ -1,0 +1,54 @@
+"""Worker of tests/test_torch_ddp.py (a module of its own so spawned processes can import it)."""
+
+import os
+from datetime import timedelta
+
+import torch
+
+B = 8
+LENGTHS = [7, 3, 5, 7, 1, 6, 2, 4]
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        import gpu_lstm.torch as glt
+        self.lstm = glt.LSTM(3, 5, 2, bidirectional=True, proj_size=3, dtype=torch.float64)
+        self.head = torch.nn.Linear(6, 1, dtype=torch.float64)
+
+    def forward(self, x, lengths):
+        out, (h, _) = self.lstm(x, lengths=lengths)
+        return self.head(out.sum(0)) + h.sum(0).sum(-1, keepdim=True)
+
+
+def make_model():
+    torch.manual_seed(0)
+    return Net()
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, B, 3, dtype=torch.float64, generator=g)
+    return x, torch.randn(B, 1, dtype=torch.float64, generator=g), torch.tensor(LENGTHS)
+
+
+def gradients(model, x, y, lengths):
+    """Mean-squared-error gradients of every parameter of ``model`` (DDP-wrapped or not)."""
+    loss = torch.nn.functional.mse_loss(model(x, lengths), y)
+    loss.backward()
+    inner = model.module if hasattr(model, "module") else model
+    return {n: p.grad.clone() for n, p in inner.named_parameters()}
+
+
+def worker(rank, world, port, out_file):
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(make_model())
+        x, y, lengths = batch()
+        s = slice(rank * B // world, (rank + 1) * B // world)     # this rank's shard
+        grads = gradients(ddp, x[:, s], y[s], lengths[s])
+        torch.save(grads, f"{out_file}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,387 @@
+"""gpu_lstm.torch.LSTM against torch.nn.LSTM (float64, CPU): outputs, states, every gradient, packed
+sequences, a training loop, gradcheck, several forwards in flight, torch.compile, module behaviour."""
+
+import copy
+import io
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import gpu_lstm.torch as glt  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+pytestmark = pytest.mark.torch
+F64 = torch.float64
+
+
+def _pair(seed=0, I=3, H=5, L=2, **kw):
+    """torch.nn.LSTM and gpu_lstm.torch.LSTM with the same weights (same init from the same seed)."""
+    torch.manual_seed(seed)
+    ref = torch.nn.LSTM(I, H, L, dtype=F64, **kw)
+    torch.manual_seed(seed)
+    m = glt.LSTM(I, H, L, dtype=F64, **kw)
+    for (n, p), (k, q) in zip(ref.state_dict().items(), m.state_dict().items()):
+        assert n == k and torch.equal(p, q), n
+    return ref, m
+
+
+def _close(a, b, tol=1e-12, what=""):
+    err = (a - b).abs().max().item() if a.numel() else 0.0
+    scale = max(1.0, b.abs().max().item() if b.numel() else 0.0)
+    assert err <= tol * scale, f"{what}: {err:.3e}"
+
+
+def _run(model, x, hx, weights):
+    """Outputs, and gradients of a random linear loss over every output."""
+    for p in model.parameters():
+        p.grad = None
+    packed = hasattr(x, "batch_sizes")
+    for t in ([] if packed else [x]) + list(hx or ()):
+        t.grad = None
+    y, (h, c) = model(x, hx)
+    data = y.data if hasattr(y, "batch_sizes") else y
+    loss = (data * weights[0][:data.numel()].view_as(data)).sum() + (h * weights[1][:h.numel()].view_as(h)).sum() \
+        + (c * weights[2][:c.numel()].view_as(c)).sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    if not packed:
+        grads["input"] = x.grad.clone()
+    if hx is not None:
+        grads["h0"], grads["c0"] = hx[0].grad.clone(), hx[1].grad.clone()
+    return data.detach(), h.detach(), c.detach(), grads
+
+
+CASES = {
+    "1 layer": dict(L=1),
+    "2 layers": dict(L=2),
+    "bidirectional": dict(L=2, bidirectional=True),
+    "proj_size": dict(L=2, proj_size=3),
+    "bi+proj": dict(L=2, bidirectional=True, proj_size=2),
+    "no bias": dict(L=2, bias=False),
+    "batch_first": dict(L=2, batch_first=True, bidirectional=True),
+}
+
+
+@pytest.mark.parametrize("with_hx", [False, True], ids=["no-hx", "hx"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity_with_torch(case, with_hx):
+    kw = dict(CASES[case])
+    ref, m = _pair(**kw)
+    L = kw.pop("L")
+    D = 2 if kw.get("bidirectional") else 1
+    P = kw.get("proj_size") or 5
+    T, B = 6, 4
+    g = torch.Generator().manual_seed(1)
+    shape = (B, T, 3) if kw.get("batch_first") else (T, B, 3)
+    x = torch.randn(shape, dtype=F64, generator=g, requires_grad=True)
+    hx = None
+    if with_hx:
+        hx = (torch.randn(L * D, B, P, dtype=F64, generator=g).requires_grad_(),
+              torch.randn(L * D, B, 5, dtype=F64, generator=g).requires_grad_())
+    w = [torch.randn(1000, dtype=F64, generator=g) for _ in range(3)]
+    a, b = _run(ref, x, hx, w), _run(m, x, hx, w)
+    for name, u, v in zip(("output", "h_n", "c_n"), a[:3], b[:3]):
+        assert u.shape == v.shape, name
+        _close(v, u, 1e-13, name)
+    assert set(a[3]) == set(b[3])
+    for name in a[3]:
+        _close(b[3][name], a[3][name], 1e-12, name)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+def test_packed_sequence_parity(batch_first, enforce_sorted):
+    ref, m = _pair(L=2, bidirectional=True, batch_first=batch_first)
+    lengths = torch.tensor([5, 2, 6, 3]) if not enforce_sorted else torch.tensor([6, 5, 3, 2])
+    g = torch.Generator().manual_seed(2)
+    padded = torch.randn((4, 6, 3) if batch_first else (6, 4, 3), dtype=F64, generator=g)
+    hx = (torch.randn(4, 4, 5, dtype=F64, generator=g).requires_grad_(),
+          torch.randn(4, 4, 5, dtype=F64, generator=g).requires_grad_())
+    w = [torch.randn(1000, dtype=F64, generator=g) for _ in range(3)]
+    outs = []
+    for model in (ref, m):
+        x = padded.clone().requires_grad_()
+        for t in hx:
+            t.grad = None
+        packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
+        y, _ = model(packed, hx)
+        assert torch.equal(y.batch_sizes, packed.batch_sizes)
+        for attr in ("sorted_indices", "unsorted_indices"):
+            u, v = getattr(y, attr), getattr(packed, attr)
+            assert (u is None and v is None) or torch.equal(u, v), attr
+        res = _run(model, packed, hx, w)
+        res[3]["input"] = x.grad.clone()
+        outs.append(res)
+    for name, u, v in zip(("output", "h_n", "c_n"), outs[0][:3], outs[1][:3]):
+        _close(v, u, 1e-13, name)
+    for name in outs[0][3]:
+        _close(outs[1][3][name], outs[0][3][name], 1e-12, name)
+
+
+def test_unbatched_input_matches_torch():
+    ref, m = _pair(L=2)
+    x = torch.randn(5, 3, dtype=F64)
+    hx = (torch.randn(2, 5, dtype=F64), torch.randn(2, 5, dtype=F64))
+    for args in ((x,), (x, hx)):
+        (y1, (h1, c1)), (y2, (h2, c2)) = ref(*args), m(*args)
+        assert y1.shape == y2.shape and h1.shape == h2.shape
+        _close(y2.detach(), y1.detach(), 1e-13)
+        _close(c2.detach(), c1.detach(), 1e-13)
+
+
+def test_adam_training_loop_gives_torch_losses():
+    ref, m = _pair(L=2, batch_first=True)
+    heads = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        heads.append(torch.nn.Linear(5, 1, dtype=F64))
+    g = torch.Generator().manual_seed(3)
+    data = [(torch.randn(8, 7, 3, dtype=F64, generator=g), torch.randn(8, 1, dtype=F64, generator=g))
+            for _ in range(4)]
+    losses = []
+    for model, head in zip((ref, m), heads):
+        opt = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=1e-2)
+        run = []
+        for _ in range(3):
+            for x, target in data:
+                opt.zero_grad()
+                y, _ = model(x)
+                loss = torch.nn.functional.mse_loss(head(y[:, -1]), target)
+                loss.backward()
+                opt.step()
+                run.append(loss.item())
+        losses.append(run)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-11)
+    assert losses[0][-1] < losses[0][0]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(bidirectional=True, proj_size=2),
+                                dict(peephole=True, learn_initial_state=True, forget_bias=1.0)],
+                         ids=["plain", "bi+proj", "peephole+learned-state"])
+def test_gradcheck(kw):
+    torch.manual_seed(0)
+    m = glt.LSTM(2, 3, 2, dtype=F64, **kw)
+    D, P = (2 if kw.get("bidirectional") else 1), kw.get("proj_size") or 3
+    x = torch.randn(4, 2, 2, dtype=F64, requires_grad=True)
+    hx = None if kw.get("learn_initial_state") else (torch.randn(2 * D, 2, P, dtype=F64, requires_grad=True),
+                                                     torch.randn(2 * D, 2, 3, dtype=F64, requires_grad=True))
+    names = [n for n, _ in m.named_parameters()]
+
+    def f(x, *params_and_state):
+        params = dict(zip(names, params_and_state[:len(names)]))
+        state = params_and_state[len(names):] or None
+        y, (h, c) = torch.func.functional_call(m, params, (x, state))
+        return y, h, c
+
+    inputs = (x, *[p.detach().clone().requires_grad_() for p in m.parameters()], *(hx or ()))
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_two_forwards_then_one_backward():
+    ref, m = _pair(L=2, bidirectional=True)
+    g = torch.Generator().manual_seed(4)
+    xa, xb = torch.randn(5, 3, 3, dtype=F64, generator=g), torch.randn(4, 2, 3, dtype=F64, generator=g)
+    grads = []
+    for model in (ref, m):
+        ya, (ha, _) = model(xa)
+        yb, (hb, _) = model(xb)       # the first forward's state must survive this one
+        (ya.square().sum() + 2 * yb.sum() + ha.sum() * hb.sum()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for n in grads[0]:
+        _close(grads[1][n], grads[0][n], 1e-12, n)
+
+
+def test_retain_graph_backward_twice_adds_up():
+    _, m = _pair(L=1)
+    x = torch.randn(4, 2, 3, dtype=F64)
+    y, _ = m(x)
+    y.sum().backward(retain_graph=True)
+    once = m.weight_hh_l0.grad.clone()
+    y.sum().backward()
+    _close(m.weight_hh_l0.grad, 2 * once, 1e-14)
+
+
+def test_optimizer_step_between_forward_and_backward_is_rejected():
+    _, m = _pair(L=1)
+    y, _ = m(torch.randn(4, 2, 3, dtype=F64))
+    with torch.no_grad():
+        m.weight_ih_l0.add_(1.0)       # in place: the saved weights changed, as for any torch op
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_tapes_are_freed_with_the_graph():
+    from gpu_lstm.torch import _ops
+    _, m = _pair(L=1)
+    before = len(_ops._TAPES)
+    y, _ = m(torch.randn(4, 2, 3, dtype=F64))
+    assert len(_ops._TAPES) == before + 1
+    y.sum().backward()
+    del y
+    assert len(_ops._TAPES) == before
+    with torch.no_grad():
+        m(torch.randn(4, 2, 3, dtype=F64))
+    out = m(torch.randn(4, 2, 3, dtype=F64))
+    assert len(_ops._TAPES) == before + 1
+    del out                             # graph dropped without a backward
+    assert len(_ops._TAPES) == before
+
+
+def test_state_dict_loads_both_ways_strictly():
+    torch.manual_seed(1)
+    ref = torch.nn.LSTM(3, 5, 2, bidirectional=True, proj_size=2, dtype=F64)
+    m = glt.LSTM(3, 5, 2, bidirectional=True, proj_size=2, dtype=F64)
+    m.load_state_dict(ref.state_dict(), strict=True)
+    ref2 = torch.nn.LSTM(3, 5, 2, bidirectional=True, proj_size=2, dtype=F64)
+    ref2.load_state_dict(m.state_dict(), strict=True)
+    x = torch.randn(4, 2, 3, dtype=F64)
+    _close(m(x)[0].detach(), ref(x)[0].detach(), 1e-13)
+    _close(ref2(x)[0].detach(), ref(x)[0].detach(), 0)
+
+
+def test_dropout_train_eval_and_seed():
+    kw = dict(dropout=0.5, seed=3)
+    a, b = glt.LSTM(3, 5, 3, dtype=F64, **kw), glt.LSTM(3, 5, 3, dtype=F64, **kw)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 2, 3, dtype=F64)
+    ya, yb = a(x)[0], b(x)[0]
+    _close(ya.detach(), yb.detach(), 0)                  # same seed, same masks
+    assert (a(x)[0] - ya).abs().max() > 0                # next masks differ
+    a.eval()
+    ref = torch.nn.LSTM(3, 5, 3, dtype=F64, dropout=0.5).eval()
+    ref.load_state_dict(a.state_dict())
+    _close(a(x)[0].detach(), ref(x)[0].detach(), 1e-13)  # eval: no dropout, torch's numbers
+
+
+def test_to_dtype_zero_grad_hooks_pickle_and_torch_save():
+    torch.manual_seed(0)
+    m = glt.LSTM(3, 4, 2, batch_first=True)
+    assert m.weight_ih_l0.dtype == torch.float32
+    x = torch.randn(2, 5, 3)
+    y32 = m(x)[0]
+    m.to(torch.float64)
+    assert all(p.dtype == F64 for p in m.parameters())
+    y64 = m(x.double())[0]
+    assert y64.dtype == F64 and (y64.float() - y32).abs().max() < 1e-5
+    seen = []
+    m.register_forward_hook(lambda mod, args, out: seen.append(out[0].shape))
+    m.weight_hh_l1.register_hook(lambda g: seen.append("grad"))
+    m(x.double())[0].sum().backward()
+    assert seen == [(2, 5, 4), "grad"]
+    m.zero_grad()
+    assert all(p.grad is None for p in m.parameters())
+    m = glt.LSTM(3, 4, 2, batch_first=True, dtype=F64)      # hooks above are lambdas: not picklable
+    y64 = m(x.double())[0]
+    m2 = pickle.loads(pickle.dumps(m))
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    m3 = torch.load(buf, weights_only=False)
+    m4 = copy.deepcopy(m)
+    for other in (m2, m3, m4):
+        assert other._uid != m._uid
+        _close(other(x.double())[0].detach(), y64.detach(), 0)
+
+
+def test_no_grad_and_inference_mode():
+    _, m = _pair(L=1)
+    x = torch.randn(4, 2, 3, dtype=F64)
+    with torch.no_grad():
+        y1 = m(x)[0]
+    with torch.inference_mode():
+        y2 = m(x)[0]
+    assert not y1.requires_grad
+    _close(y2, y1, 0)
+
+
+def test_bad_input_names_the_argument():
+    m = glt.LSTM(3, 4, 2)
+    with pytest.raises(TypeError, match=r"input: expected dtype torch.float32.*got torch.float64"):
+        m(torch.zeros(2, 1, 3, dtype=F64))
+    with pytest.raises(ValueError, match=r"input: expected a 2-D \(unbatched\) or 3-D Tensor, got 4-D"):
+        m(torch.zeros(2, 1, 3, 1))
+    with pytest.raises(ValueError, match=r"x: expected input size I = 3"):
+        m(torch.zeros(2, 1, 5))
+    with pytest.raises(ValueError, match=r"hx\[1\] \(c_0\): expected shape \(2, 1, 4\), got \(2, 1, 3\)"):
+        m(torch.zeros(2, 1, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 1, 3)))
+    with pytest.raises(TypeError, match="hx: expected a tuple"):
+        m(torch.zeros(2, 1, 3), torch.zeros(2, 1, 4))
+    with pytest.raises(ValueError, match=r"lengths: expected values in \[1, T=2\]"):
+        m(torch.zeros(2, 2, 3), lengths=[1, 3])
+    with pytest.raises(ValueError, match="proj_size: expected less than hidden_size"):
+        glt.LSTM(3, 4, proj_size=4)
+    with pytest.raises(TypeError, match="input: gpu_lstm computes in float32 or float64"):
+        glt.LSTM(3, 4, dtype=torch.float16)(torch.zeros(2, 1, 3, dtype=torch.float16))
+
+
+def test_lengths_keyword_matches_packed_sequence():
+    _, m = _pair(L=2, bidirectional=True)
+    x = torch.randn(6, 3, 3, dtype=F64)
+    lengths = torch.tensor([4, 6, 2])
+    y, (h, c) = m(x, lengths=lengths)
+    yp, (hp, cp) = m(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    from torch.nn.utils.rnn import pad_packed_sequence
+    _close(y.detach(), pad_packed_sequence(yp)[0].detach(), 0)
+    _close(h.detach(), hp.detach(), 0)
+
+
+def test_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    _, m = _pair(L=2, bidirectional=True, batch_first=True)
+    x = torch.randn(3, 5, 3, dtype=F64, requires_grad=True)
+
+    def step(model, x):
+        y, (h, c) = model(x)
+        return (y.square().sum() + h.sum() + c.sum())
+
+    eager = step(m, x)
+    eager.backward()
+    g_eager = {n: p.grad.clone() for n, p in m.named_parameters()}
+    gx = x.grad.clone()
+    m.zero_grad()
+    x.grad = None
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    out = step(compiled, x)
+    out.backward()
+    _close(out.detach(), eager.detach(), 0)
+    _close(x.grad, gx, 0)
+    for n, p in m.named_parameters():
+        _close(p.grad, g_eager[n], 0, n)
+
+
+def test_custom_op_registration():
+    from gpu_lstm.torch import _ops
+    _, m = _pair(L=1)
+    x = torch.randn(4, 2, 3, dtype=F64, requires_grad=True)
+    args = (x, None, None, list(m.parameters()), None, m._uid, m._config, True, True)
+    torch.library.opcheck(_ops.lstm, args, test_utils=("test_schema", "test_autograd_registration",
+                                                        "test_faketensor"))
+
+
+@pytest.mark.inductor
+def test_compile_inductor_fullgraph_training_step():
+    """The default backend (Inductor, C++ codegen on the CPU) around the LSTM op: ~20 s."""
+    import shutil
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("Inductor on the CPU needs a C++ compiler")
+    torch._dynamo.reset()
+    _, m = _pair(L=2, batch_first=True)
+    torch.manual_seed(5)
+    head = torch.nn.Linear(5, 1, dtype=F64)
+    x = torch.randn(3, 5, 3, dtype=F64)
+
+    def step(x):
+        y, (h, c) = m(x)
+        return torch.tanh(head(y)).square().sum() + h.sum()
+
+    eager = step(x)
+    eager.backward()
+    g_eager = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    out = torch.compile(step, fullgraph=True)(x)
+    out.backward()
+    _close(out.detach(), eager.detach(), 1e-13)
+    for n, p in m.named_parameters():
+        _close(p.grad, g_eager[n], 1e-13, n)
