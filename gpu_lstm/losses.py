@@ -16,12 +16,20 @@ def _xp(a):
     return backend_for(a).xp
 
 
+def _check_array(name, a):
+    # Losses compute where the arrays live, so they take arrays only (no lists to guess a device for).
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}")
+
+
 def mse_loss(pred, target, mask=None):
     """Mean squared error, mean over the counted elements.
 
     pred, target : same shape and dtype. mask : optional, broadcastable to pred's shape, 1 for elements
     that count and 0 for padding. Returns ``(loss, dpred)``.
     """
+    _check_array("pred", pred)
+    _check_array("target", target)
     xp = _xp(pred)
     if target.shape != pred.shape:
         raise ValueError(f"target: expected shape {ck.shape_str(pred.shape)} (that of pred), got {ck.shape_str(target.shape)}")
@@ -30,7 +38,11 @@ def mse_loss(pred, target, mask=None):
     if mask is None:
         n = max(diff.size, 1)
         return (diff * diff).sum() / n, diff * (2.0 / n)
-    mask = xp.broadcast_to(xp.asarray(mask, dtype=pred.dtype), pred.shape)
+    try:
+        mask = xp.broadcast_to(xp.asarray(mask, dtype=pred.dtype), pred.shape)
+    except (ValueError, TypeError):
+        raise ValueError(f"mask: expected an array broadcastable to {ck.shape_str(pred.shape)} (that of "
+                         f"pred), got shape {ck.shape_str(getattr(mask, 'shape', ()))}") from None
     n = xp.maximum(mask.sum(), 1)
     diff = diff * mask
     return (diff * diff).sum() / n, diff * (2 / n)
@@ -45,8 +57,12 @@ def softmax_cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, check_targ
     range of the targets, which on a GPU costs one device-to-host synchronisation; a training loop
     whose targets are valid by construction can turn it off.
     """
+    _check_array("logits", logits)
+    _check_array("targets", targets)
     be = backend_for(logits)
     xp = be.xp
+    if logits.dtype.kind != "f":
+        raise TypeError(f"logits: expected a float array, got dtype {logits.dtype.name}")
     if logits.ndim < 1 or logits.shape[:-1] != targets.shape:
         raise ValueError(f"targets: expected shape {ck.shape_str(logits.shape[:-1])} (logits without the "
                          f"class axis), got {ck.shape_str(targets.shape)}")
@@ -56,7 +72,9 @@ def softmax_cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, check_targ
     t = xp.ascontiguousarray(targets.reshape(-1), dtype=xp.int64)
     valid = t != ignore_index
     if check_targets and bool((valid & ((t < 0) | (t >= V))).any()):
-        raise ValueError(f"targets: values must be in [0, {V}) or ignore_index={ignore_index}")
+        bad = t[valid & ((t < 0) | (t >= V))]
+        raise ValueError(f"targets: values must be in [0, {V}) or ignore_index={ignore_index}, got "
+                         f"out-of-range values from {int(bad.min())} to {int(bad.max())}")
     z = xp.ascontiguousarray(logits.reshape(-1, V))
     count = valid.sum()
     inv_count = (1.0 / xp.maximum(count, 1)).astype(logits.dtype)

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _checks as ck
 from . import _direction as dirn
+from ._arrays import to_numpy  # noqa: F401  (re-exported: gpu_lstm.lstm.to_numpy)
 from ._nvtx import annotate
 from .backend import get_backend
 from .gates import GATE_INDEX
@@ -154,8 +155,7 @@ class LSTM:
             forget_bias = float(forget_bias)
         self.forget_bias = forget_bias
         self.dtype = ck.float_dtype(dtype)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed: expected an int or None, got {seed!r}")
+        seed = ck.seed("seed", seed)
         self._be = get_backend(device, self.dtype)
         self.device = self._be.name
         self.params = {}
@@ -232,18 +232,34 @@ class LSTM:
             self.params[name] = self._be.asarray(name, value.astype(self.dtype)).astype(self.dtype, copy=False)
 
     def set_params(self, values):
-        """Copy parameter values in place (NumPy or device arrays), checking names, shapes and dtypes."""
+        """Copy parameter values in place, all or nothing.
+
+        Parameters
+        ----------
+        values : dict of str to array
+            A subset of :attr:`params`' names, each with an array (NumPy or device) of that parameter's
+            shape holding real numbers (cast to the model's dtype).
+
+        Raises
+        ------
+        KeyError, ValueError, TypeError
+            For an unknown name, a wrong shape or a non-real dtype. Every array is checked and
+            converted before the first one is written, so an error leaves every parameter as it was.
+        """
+        if not isinstance(values, dict):
+            raise TypeError(f"values: expected a dict of parameter name -> array, got {type(values).__name__}")
         shapes = self.param_shapes()
         unknown = sorted(set(values) - set(shapes))
         if unknown:
             raise KeyError(f"values: unknown parameter name(s) {unknown}; expected a subset of {sorted(shapes)}")
         arrays = {}
         for name, value in values.items():
-            arr = self._be.asarray(name, value)
+            arr = ck.as_array(self._be, name, value)
             ck.check_shape(name, arr, shapes[name])
-            arrays[name] = arr
-        for name, arr in arrays.items():
-            self.params[name][...] = arr.astype(self.dtype, copy=False)
+            ck.real_array(name, arr)
+            arrays[name] = arr.astype(self.dtype, copy=False)
+        for name, arr in arrays.items():   # everything checked and converted: now write
+            self.params[name][...] = arr
 
     def zero_grad(self):
         """Set every gradient to zero (backward accumulates)."""
@@ -263,6 +279,7 @@ class LSTM:
     def reseed_dropout(self, seed):
         """Restart the generator of the dropout and zoneout masks: the next forwards draw the same
         masks as after a model built with this ``seed``."""
+        seed = ck.seed("seed", seed)
         self._dropout_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         if self.stochastic:
             self._rng = self._be.make_rng(self._dropout_seed)
@@ -304,7 +321,7 @@ class LSTM:
         return f"(num_layers{' * 2' if self.bidirectional else ''}, B, {feat})"
 
     def _array(self, name, value):
-        arr = self._be.asarray(name, value)
+        arr = ck.as_array(self._be, name, value)
         ck.check_dtype(name, arr, self.dtype)
         return arr
 
@@ -554,13 +571,3 @@ class LSTM:
                 f"bias={self.bias}, batch_first={self.batch_first}, dtype='{self.dtype.name}', "
                 f"device='{self.device}'{extra})")
 
-
-def to_numpy(value):
-    """Bring a result (array, or tuple/list/dict of arrays) back to host NumPy arrays."""
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_numpy(v) for v in value)
-    if isinstance(value, dict):
-        return {k: to_numpy(v) for k, v in value.items()}
-    if hasattr(value, "get") and hasattr(value, "__cuda_array_interface__"):
-        return value.get()
-    return np.asarray(value)

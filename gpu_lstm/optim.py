@@ -43,6 +43,13 @@ class Optimizer:
         return {"step_count": self.step_count, "hyperparameters": self.hyperparameters(), "state": self.state}
 
     def load_state_dict(self, sd):
+        """Restore :meth:`state_dict`'s output, all or nothing: every key and shape and the step count
+        are checked before anything is written."""
+        if not isinstance(sd, dict) or "state" not in sd or "step_count" not in sd:
+            raise TypeError(f"sd: expected a dict with 'state' and 'step_count', got {type(sd).__name__}")
+        step_count = sd["step_count"]
+        if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
+            raise ValueError(f"sd['step_count']: expected an int >= 0, got {step_count!r}")
         state = sd["state"]
         for k in self.params:
             for s in self.slots:
@@ -54,7 +61,7 @@ class Optimizer:
         for k in self.params:
             for s in self.slots:
                 self.state[k][s][...] = _xp(self.params[k]).asarray(state[k][s])
-        self.step_count = int(sd["step_count"])
+        self.step_count = int(step_count)
 
 
 class SGD(Optimizer):
@@ -87,9 +94,11 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
         b1, b2 = betas
         for name, b in (("betas[0]", b1), ("betas[1]", b2)):
-            if not 0.0 <= float(b) < 1.0:
+            if ck.nonnegative_float(name, b) >= 1.0:
                 raise ValueError(f"{name}: expected a value in [0, 1), got {b}")
         self.betas = (float(b1), float(b2))
         self.eps = ck.nonnegative_float("eps", eps)
@@ -131,6 +140,8 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 def global_grad_norm(grads):
     """sqrt(sum of every squared gradient element), as a 0-d array on the gradients' device."""
     grads = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    if not grads:
+        raise ValueError("grads: expected at least one gradient array, got none")
     xp = _xp(grads[0])
     total = xp.zeros((), dtype=np.float64)
     for g in grads:
@@ -142,7 +153,8 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
     """Scale all gradients by min(1, max_norm / (norm + eps)) where norm is their global L2 norm
     (gradient clipping by norm, as in the chain-rules seed). Returns the norm before clipping, a 0-d
     device array; the scale is applied on the device with no host round trip."""
-    max_norm = ck.nonnegative_float("max_norm", max_norm)
+    # 0 would silently zero every gradient: clipping is turned off by not calling this.
+    max_norm = ck.positive_float("max_norm", max_norm)
     norm = global_grad_norm(grads)
     xp = _xp(norm)
     scale = xp.minimum(1.0, max_norm / (norm + eps))
@@ -153,6 +165,6 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
 
 def clip_grad_value(grads, clip_value):
     """Clamp every gradient element to [-clip_value, clip_value], in place."""
-    clip_value = ck.nonnegative_float("clip_value", clip_value)
+    clip_value = ck.positive_float("clip_value", clip_value)   # 0 would zero every gradient
     for g in (grads.values() if isinstance(grads, dict) else grads):
         _xp(g).clip(g, -clip_value, clip_value, out=g)
