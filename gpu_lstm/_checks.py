@@ -95,7 +95,7 @@ def check_dtype(name, arr, dtype):
 
 def check_finite(name, arr, xp):
     if not bool(xp.isfinite(arr).all()):
-        raise ValueError(f"{name}: contains NaN or Inf (check_finite=True)")
+        raise ValueError(f"{name}: expected finite values (check_finite=True), got NaN or Inf")
 
 
 def as_array(backend, name, value):

@@ -73,7 +73,8 @@ def softmax_cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, check_targ
     valid = t != ignore_index
     if check_targets and bool((valid & ((t < 0) | (t >= V))).any()):
         bad = t[valid & ((t < 0) | (t >= V))]
-        raise ValueError(f"targets: values must be in [0, {V}) or ignore_index={ignore_index}, got "
+        raise ValueError(f"targets: expected integers whose values must be in [0, {V}) or be "
+                         f"ignore_index={ignore_index}, got "
                          f"out-of-range values from {int(bad.min())} to {int(bad.max())}")
     z = xp.ascontiguousarray(logits.reshape(-1, V))
     count = valid.sum()

@@ -151,7 +151,8 @@ class LSTM:
                     or not np.isfinite(forget_bias):
                 raise TypeError(f"forget_bias: expected a finite real number or None, got {forget_bias!r}")
             if not self.bias:
-                raise ValueError("forget_bias: needs bias=True")
+                raise ValueError(f"forget_bias: expected None when bias=False (there is no bias to set), "
+                                 f"got {forget_bias!r}")
             forget_bias = float(forget_bias)
         self.forget_bias = forget_bias
         self.dtype = ck.float_dtype(dtype)
@@ -251,7 +252,8 @@ class LSTM:
         shapes = self.param_shapes()
         unknown = sorted(set(values) - set(shapes))
         if unknown:
-            raise KeyError(f"values: unknown parameter name(s) {unknown}; expected a subset of {sorted(shapes)}")
+            raise KeyError(f"values: expected a subset of the parameter names {sorted(shapes)}, got unknown "
+                           f"name(s) {unknown}")
         arrays = {}
         for name, value in values.items():
             arr = ck.as_array(self._be, name, value)

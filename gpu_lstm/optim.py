@@ -21,10 +21,11 @@ class Optimizer:
 
     def __init__(self, params, grads, lr):
         if set(params) != set(grads):
-            raise ValueError(f"grads: keys {sorted(grads)} differ from params keys {sorted(params)}")
+            raise ValueError(f"grads: expected the keys of params {sorted(params)}, got {sorted(grads)}")
         for k in params:
             if params[k].shape != grads[k].shape:
-                raise ValueError(f"grads[{k!r}]: shape {grads[k].shape} differs from the parameter's {params[k].shape}")
+                raise ValueError(f"grads[{k!r}]: expected the parameter's shape {tuple(params[k].shape)}, "
+                                 f"got {tuple(grads[k].shape)}")
         self.params, self.grads = params, grads
         self.lr = ck.nonnegative_float("lr", lr)
         self.step_count = 0
