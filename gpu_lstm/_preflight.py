@@ -20,8 +20,8 @@ def prepare_output(out_dir: str) -> str:
             f.write(b"x")
             f.flush()
     except OSError as exc:
-        raise OSError(exc.errno, f"out_dir: expected a writable folder, got {out_dir!r} "
-                                 f"({exc.strerror or exc})") from None
+        # The same OSError subclass, with a message only (no "[Errno N]" in the one-line CLI error).
+        raise type(exc)(f"out_dir: expected a writable folder, got {out_dir!r} ({exc.strerror or exc})") from None
     return os.path.abspath(out_dir)
 
 

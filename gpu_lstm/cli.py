@@ -176,7 +176,7 @@ def _check_writable_file(option, path):
         with open(path, "a"):
             pass
     except OSError as exc:
-        raise OSError(exc.errno, f"{option}: expected a writable file, got {path!r} ({exc.strerror})") from None
+        raise type(exc)(f"{option}: expected a writable file, got {path!r} ({exc.strerror or exc})") from None
     if not existed:
         os.unlink(path)
 

@@ -88,8 +88,11 @@ def load_text(path: "str | os.PathLike") -> str:
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"text: expected a text file, got the folder {path!r}")
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise type(exc)(f"text: expected a readable file, got {path!r} ({exc.strerror or exc})") from None
     if path.endswith(".gz"):
         try:
             data = gzip.decompress(data)

@@ -149,7 +149,7 @@ def _save_run(out_dir, model, opt, extra, summary):
             summary["checkpoint"] = save_checkpoint(os.path.join(rescue, "checkpoint.npz"), model, opt,
                                                     extra={**extra, "run_id": run_id})
         except OSError as exc2:
-            raise OSError(exc.errno, f"could not write {path} ({exc.strerror or exc}) nor a copy under "
+            raise type(exc)(f"could not write {path} ({exc.strerror or exc}) nor a copy under "
                                      f"{tempfile.gettempdir()} ({exc2.strerror or exc2}); the trained "
                                      f"model is lost") from None
         summary["save_error"] = (f"could not write {path} ({exc.strerror or exc}); the trained model "
