@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 import zipfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def remove_stale_temporaries(folder: str) -> list:
     return removed
 
 
-def write_atomically(path: str, write, mode: int = 0o666) -> str:
+def write_atomically(path: str, write: Callable[[BinaryIO], Any], mode: int = 0o666) -> str:
     """Write a file through ``write(fileobj)`` to a temporary file, fsync, and rename it over ``path``.
 
     Parameters

@@ -19,6 +19,8 @@ gpu_lstm keeps the state of its LAST forward only, so each forward must be follo
 backward before the next forward; a mismatch raises instead of returning wrong gradients.
 """
 
+from typing import Any, Callable
+
 
 def _to_gl(t):
     if t is None:
@@ -37,8 +39,18 @@ def _to_torch(a):
     return torch.from_numpy(a)
 
 
-def torch_lstm_function(lstm):
-    """Return ``f(x, h0=None, c0=None) -> (y, h_n, c_n)``, differentiable in x, h0 and c0."""
+def torch_lstm_function(lstm: Any) -> Callable:
+    """Wrap an LSTM as a differentiable torch function.
+
+    Parameters
+    ----------
+    lstm : gpu_lstm.LSTM
+
+    Returns
+    -------
+    callable
+        ``f(x, h0=None, c0=None) -> (y, h_n, c_n)`` on torch tensors, differentiable in x, h0 and c0.
+    """
     import torch
 
     class LSTMFunction(torch.autograd.Function):

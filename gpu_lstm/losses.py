@@ -4,6 +4,8 @@
 that is the only host synchronisation). The gradient has the shape of the prediction.
 """
 
+from typing import Any, Tuple
+
 import numpy as np
 
 from . import _checks as ck
@@ -22,11 +24,22 @@ def _check_array(name, a):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}")
 
 
-def mse_loss(pred, target, mask=None):
+def mse_loss(pred: Any, target: Any, mask: Any = None) -> Tuple[Any, Any]:
     """Mean squared error, mean over the counted elements.
 
-    pred, target : same shape and dtype. mask : optional, broadcastable to pred's shape, 1 for elements
-    that count and 0 for padding. Returns ``(loss, dpred)``.
+    Parameters
+    ----------
+    pred, target : array
+        Same shape and dtype, on the same device.
+    mask : array, optional
+        Broadcastable to pred's shape: 1 for elements that count, 0 for padding.
+
+    Returns
+    -------
+    loss : 0-d array
+        On the device (``float(loss)`` for the number).
+    dpred : array
+        d(loss)/d(pred), pred's shape.
     """
     _check_array("pred", pred)
     _check_array("target", target)
@@ -48,14 +61,30 @@ def mse_loss(pred, target, mask=None):
     return (diff * diff).sum() / n, diff * (2 / n)
 
 
-def softmax_cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, check_targets=True):
+def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_INDEX,
+                          check_targets: bool = True) -> Tuple[Any, Any]:
     """Softmax cross-entropy from logits, averaged over the targets that are not ``ignore_index``.
 
-    logits : (..., V) float. targets : (...) integers in [0, V) or ``ignore_index`` (padding).
     Computed stably (log-sum-exp after subtracting each row's max) in one fused pass per row: a CUDA
-    kernel on the GPU, NumPy on the CPU. Returns ``(loss, dlogits)``. ``check_targets`` verifies the
-    range of the targets, which on a GPU costs one device-to-host synchronisation; a training loop
-    whose targets are valid by construction can turn it off.
+    kernel on the GPU, NumPy on the CPU.
+
+    Parameters
+    ----------
+    logits : array
+        (..., V) floats.
+    targets : array of int
+        (...) values in [0, V), or ``ignore_index`` (padding).
+    ignore_index : int
+    check_targets : bool
+        Verify the range of the targets; on a GPU that costs one device-to-host synchronisation, so a
+        training loop whose targets are valid by construction can turn it off.
+
+    Returns
+    -------
+    loss : 0-d array
+        Mean over the counted targets, in nats, on the device.
+    dlogits : array
+        d(loss)/d(logits), logits' shape.
     """
     _check_array("logits", logits)
     _check_array("targets", targets)
@@ -85,6 +114,15 @@ def softmax_cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, check_targ
     return loss_rows.sum() * inv_count, grad.reshape(logits.shape)
 
 
-def nats_to_bits(loss_nats):
-    """Convert a mean cross-entropy in nats to bits (per character for a char model)."""
+def nats_to_bits(loss_nats: Any) -> float:
+    """Convert a mean cross-entropy in nats to bits (per character for a char model).
+
+    Parameters
+    ----------
+    loss_nats : float or 0-d array
+
+    Returns
+    -------
+    float
+    """
     return float(loss_nats) / np.log(2.0)

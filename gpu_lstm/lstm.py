@@ -10,6 +10,7 @@ the per-step maths is in _direction.py and cuda/, the torch name mapping in torc
 """
 
 import numbers
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -121,10 +122,12 @@ class LSTM:
     outputs and leaves the gradients unchanged.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
-                 dtype="float32", device="auto", seed=None, check_finite=False, bidirectional=False,
-                 proj_size=0, peephole=False, dropout=0.0, forget_bias=None, learn_initial_state=False,
-                 zoneout_h=0.0, zoneout_c=0.0):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, bias: bool = True,
+                 batch_first: bool = False, dtype: str = "float32", device: str = "auto",
+                 seed: Optional[int] = None, check_finite: bool = False, bidirectional: bool = False,
+                 proj_size: int = 0, peephole: bool = False, dropout: float = 0.0,
+                 forget_bias: Optional[float] = None, learn_initial_state: bool = False,
+                 zoneout_h: float = 0.0, zoneout_c: float = 0.0) -> None:
         self.input_size = ck.positive_int("input_size", input_size)
         self.hidden_size = ck.positive_int("hidden_size", hidden_size)
         self.num_layers = ck.positive_int("num_layers", num_layers)
@@ -199,8 +202,14 @@ class LSTM:
     def _prefix(self, k, d):
         return f"l{k}" + ("_reverse" if d == 1 else "")
 
-    def param_shapes(self):
-        """Expected shape of every parameter, by name."""
+    def param_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """Expected shape of every parameter.
+
+        Returns
+        -------
+        dict of str to tuple of int
+            Parameter name -> shape, in the order of :attr:`params`.
+        """
         H, P, shapes = self.hidden_size, self.output_size, {}
         for k in range(self.num_layers):
             for d in range(self.num_directions):
@@ -232,7 +241,7 @@ class LSTM:
                 value[f * H:(f + 1) * H] = self.forget_bias
             self.params[name] = self._be.asarray(name, value.astype(self.dtype)).astype(self.dtype, copy=False)
 
-    def set_params(self, values):
+    def set_params(self, values: Dict[str, Any]) -> None:
         """Copy parameter values in place, all or nothing.
 
         Parameters
@@ -263,24 +272,41 @@ class LSTM:
         for name, arr in arrays.items():   # everything checked and converted: now write
             self.params[name][...] = arr
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every gradient to zero (backward accumulates)."""
         for g in self.grads.values():
             g[...] = 0
 
-    def train(self):
-        """Training mode: dropout and zoneout draw random masks (the default)."""
+    def train(self) -> "LSTM":
+        """Training mode: dropout and zoneout draw random masks (the default).
+
+        Returns
+        -------
+        LSTM
+            ``self``.
+        """
         self.training = True
         return self
 
-    def eval(self):
-        """Evaluation mode: no dropout; zoneout uses its expectation (d = z)."""
+    def eval(self) -> "LSTM":
+        """Evaluation mode: no dropout; zoneout uses its expectation (d = z).
+
+        Returns
+        -------
+        LSTM
+            ``self``.
+        """
         self.training = False
         return self
 
-    def reseed_dropout(self, seed):
-        """Restart the generator of the dropout and zoneout masks: the next forwards draw the same
-        masks as after a model built with this ``seed``."""
+    def reseed_dropout(self, seed: Optional[int]) -> None:
+        """Restart the generator of the dropout and zoneout masks.
+
+        Parameters
+        ----------
+        seed : int or None
+            The next forwards draw the same masks as after a model built with this ``seed``.
+        """
         seed = ck.seed("seed", seed)
         self._dropout_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         if self.stochastic:
@@ -291,18 +317,29 @@ class LSTM:
         return int(sum(int(np.prod(s)) for s in self.param_shapes().values()))
 
     # ---- torch interop (gpu_lstm/torch_state.py) -------------------------------------------------
-    def load_torch_state_dict(self, state_dict):
+    def load_torch_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load ``torch.nn.LSTM(...).state_dict()`` (tensors or arrays).
 
         torch's gate order is ours (i, f, g, o); the two torch biases are summed into b, which is what
         the forward uses. Every key and shape is checked before anything is written, so a bad dict
         never leaves a half-loaded model.
+
+        Parameters
+        ----------
+        state_dict : dict of str to tensor or array
+            The keys of a ``torch.nn.LSTM`` with this model's sizes and options.
         """
         from .torch_state import load_torch_state_dict
         load_torch_state_dict(self, state_dict)
 
-    def torch_state_dict(self):
-        """Parameters under torch.nn.LSTM's names, as NumPy arrays; bias_hh is zero, bias_ih is b."""
+    def torch_state_dict(self) -> Dict[str, np.ndarray]:
+        """Parameters under torch.nn.LSTM's names.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``weight_ih_l0``, ... as NumPy arrays; ``bias_ih`` is b and ``bias_hh`` is zero.
+        """
         from .torch_state import torch_state_dict
         return torch_state_dict(self)
 
@@ -368,16 +405,35 @@ class LSTM:
         return ws
 
     # ---- forward ----------------------------------------------------------------------------------
-    def forward(self, x, hc=None, *, lengths=None, check_finite=None, return_cells=False):
+    def forward(self, x: Any, hc: Optional[Tuple[Any, Any]] = None, *, lengths: Any = None,
+                check_finite: Optional[bool] = None, return_cells: bool = False) -> Tuple[Any, ...]:
         """Run the stack over a sequence.
 
-        x : (T, B, I), or (B, T, I) with batch_first. hc : optional (h0, c0), shaped
-        (num_layers * num_directions, B, P) and (..., B, H). lengths : optional (B,) ints in [1, T].
-        Returns ``y, (h_n, c_n)``: y is (T, B, num_directions * P) (or batch-first). With
-        ``return_cells=True`` also every step's cell state, (T, B, num_directions * H) (or
-        batch-first), as a third item; it is an output for inspection (backward takes no gradient
-        for it). Inputs given as NumPy arrays to a GPU model are copied to the device; outputs stay
-        there.
+        Inputs given as NumPy arrays to a GPU model are copied to the device; outputs stay there.
+
+        Parameters
+        ----------
+        x : array
+            (T, B, I), or (B, T, I) with ``batch_first``; the model's dtype.
+        hc : (h0, c0), optional
+            Initial states, (num_layers * num_directions, B, P) and (..., B, H); zeros (or the learned
+            initial state) when None.
+        lengths : array of int, optional
+            (B,) valid steps per sample, in [1, T].
+        check_finite : bool, optional
+            Overrides the constructor's ``check_finite`` for this call.
+        return_cells : bool
+            Also return every step's cell state.
+
+        Returns
+        -------
+        y : array
+            (T, B, num_directions * P), or batch-first.
+        (h_n, c_n) : tuple of arrays
+            Final states, shaped like (h0, c0).
+        cells : array
+            Only with ``return_cells=True``: (T, B, num_directions * H) (or batch-first), an output
+            for inspection (backward takes no gradient for it).
         """
         with self._be.activate():
             return self._forward(x, hc, lengths, check_finite, return_cells)
@@ -489,13 +545,24 @@ class LSTM:
                 cells[:, :, H:] = dws.c[1:][ws.rev_index]
 
     # ---- backward ---------------------------------------------------------------------------------
-    def backward(self, dy=None, dhc=None):
+    def backward(self, dy: Any = None, dhc: Optional[Tuple[Any, Any]] = None) -> Tuple[Any, Tuple[Any, Any]]:
         """Backpropagation through time through the last forward; gradients ADD into ``grads``.
 
-        dy : gradient of the loss with respect to y, same shape as y (None means zero).
-        dhc : optional (dh_n, dc_n), shaped like (h_n, c_n).
-        Returns ``dx, (dh0, dc0)`` with the shapes of x, h0 and c0.
         May be called more than once after one forward; each call adds its gradients again.
+
+        Parameters
+        ----------
+        dy : array, optional
+            Gradient of the loss with respect to y, same shape as y (None means zero).
+        dhc : (dh_n, dc_n), optional
+            Gradients with respect to the final states, shaped like (h_n, c_n).
+
+        Returns
+        -------
+        dx : array
+            Shaped like x.
+        (dh0, dc0) : tuple of arrays
+            Shaped like (h0, c0).
         """
         with self._be.activate():
             return self._backward(dy, dhc)

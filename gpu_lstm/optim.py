@@ -4,6 +4,8 @@ Every operation is an array expression on the parameter's own device: on the GPU
 to the host (step counts and hyper-parameters are host scalars, never read back from the device).
 """
 
+from typing import Any, Dict, Iterable, Tuple, Union
+
 import numpy as np
 
 from . import _checks as ck
@@ -14,12 +16,23 @@ def _xp(a):
     return backend_for(a).xp
 
 
+Arrays = Union[Dict[str, Any], Iterable[Any]]
+
+
 class Optimizer:
-    """Base: ``params`` and ``grads`` are dicts of arrays with the same keys (e.g. ``model.params``)."""
+    """Base class: updates ``params`` in place from ``grads``.
+
+    Parameters
+    ----------
+    params, grads : dict of str to array
+        The same keys and shapes (e.g. ``model.params`` and ``model.grads``).
+    lr : float
+        Learning rate, >= 0.
+    """
 
     slots = ()
 
-    def __init__(self, params, grads, lr):
+    def __init__(self, params: Dict[str, Any], grads: Dict[str, Any], lr: float) -> None:
         if set(params) != set(grads):
             raise ValueError(f"grads: expected the keys of params {sorted(params)}, got {sorted(grads)}")
         for k in params:
@@ -31,21 +44,41 @@ class Optimizer:
         self.step_count = 0
         self.state = {k: {s: _xp(p).zeros_like(p) for s in self.slots} for k, p in params.items()}
 
-    def step(self):
+    def step(self) -> None:
+        """Apply one update to every parameter, in place, on its device."""
         self.step_count += 1
         for k, p in self.params.items():
             self._update(p, self.grads[k], self.state[k])
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> Dict[str, Any]:
+        """The settings, as JSON-able values.
+
+        Returns
+        -------
+        dict
+        """
         return {"lr": self.lr}
 
-    def state_dict(self):
-        """{'step_count', 'hyperparameters', 'state': {param: {slot: array}}} (arrays on the device)."""
+    def state_dict(self) -> Dict[str, Any]:
+        """The optimizer's state.
+
+        Returns
+        -------
+        dict
+            ``{'step_count', 'hyperparameters', 'state': {param: {slot: array}}}`` (arrays on the
+            device, not copies).
+        """
         return {"step_count": self.step_count, "hyperparameters": self.hyperparameters(), "state": self.state}
 
-    def load_state_dict(self, sd):
-        """Restore :meth:`state_dict`'s output, all or nothing: every key and shape and the step count
-        are checked before anything is written."""
+    def load_state_dict(self, sd: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output, all or nothing.
+
+        Parameters
+        ----------
+        sd : dict
+            ``{'step_count', 'state'}`` as :meth:`state_dict` returns it; every key and shape and the
+            step count are checked before anything is written.
+        """
         if not isinstance(sd, dict) or "state" not in sd or "step_count" not in sd:
             raise TypeError(f"sd: expected a dict with 'state' and 'step_count', got {type(sd).__name__}")
         step_count = sd["step_count"]
@@ -66,15 +99,30 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """p -= lr * v with v = momentum * v + g (+ weight_decay * p), as torch.optim.SGD (no dampening)."""
+    """Stochastic gradient descent: p -= lr * v with v = momentum * v + g (+ weight_decay * p), as
+    torch.optim.SGD (no dampening).
 
-    def __init__(self, params, grads, lr=0.1, momentum=0.0, weight_decay=0.0):
+    Parameters
+    ----------
+    params, grads : dict of str to array
+    lr, momentum, weight_decay : float
+        All >= 0.
+    """
+
+    def __init__(self, params: Dict[str, Any], grads: Dict[str, Any], lr: float = 0.1,
+                 momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         self.momentum = ck.nonnegative_float("momentum", momentum)
         self.weight_decay = ck.nonnegative_float("weight_decay", weight_decay)
         self.slots = ("velocity",) if self.momentum else ()
         super().__init__(params, grads, lr)
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> Dict[str, Any]:
+        """The settings, as JSON-able values.
+
+        Returns
+        -------
+        dict
+        """
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
 
     def _update(self, p, g, st):
@@ -89,12 +137,22 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma and Ba, 2015) with bias correction; ``weight_decay`` is L2 added to the gradient."""
+    """Adam (Kingma and Ba, 2015) with bias correction; ``weight_decay`` is L2 added to the gradient.
+
+    Parameters
+    ----------
+    params, grads : dict of str to array
+    lr : float
+    betas : (float, float)
+        Each in [0, 1).
+    eps, weight_decay : float
+    """
 
     slots = ("m", "v")
     decoupled = False
 
-    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Dict[str, Any], grads: Dict[str, Any], lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
         b1, b2 = betas
@@ -106,7 +164,13 @@ class Adam(Optimizer):
         self.weight_decay = ck.nonnegative_float("weight_decay", weight_decay)
         super().__init__(params, grads, lr)
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> Dict[str, Any]:
+        """The settings, as JSON-able values.
+
+        Returns
+        -------
+        dict
+        """
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def _update(self, p, g, st):
@@ -127,19 +191,39 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov and Hutter, 2019), as torch.optim.AdamW."""
+    """Adam with decoupled weight decay (Loshchilov and Hutter, 2019), as torch.optim.AdamW.
+
+    Parameters
+    ----------
+    params, grads : dict of str to array
+    lr : float
+    betas : (float, float)
+    eps, weight_decay : float
+    """
 
     decoupled = True
 
-    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, params: Dict[str, Any], grads: Dict[str, Any], lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2) -> None:
         super().__init__(params, grads, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
-def global_grad_norm(grads):
-    """sqrt(sum of every squared gradient element), as a 0-d array on the gradients' device."""
+def global_grad_norm(grads: Arrays) -> Any:
+    """The global L2 norm of all gradients.
+
+    Parameters
+    ----------
+    grads : dict of arrays, or iterable of arrays
+
+    Returns
+    -------
+    0-d array
+        sqrt(sum of every squared element), float64, on the gradients' device.
+    """
     grads = list(grads.values()) if isinstance(grads, dict) else list(grads)
     if not grads:
         raise ValueError("grads: expected at least one gradient array, got none")
@@ -150,10 +234,24 @@ def global_grad_norm(grads):
     return xp.sqrt(total)
 
 
-def clip_grad_norm(grads, max_norm, eps=1e-6):
-    """Scale all gradients by min(1, max_norm / (norm + eps)) where norm is their global L2 norm
-    (gradient clipping by norm, as in the chain-rules seed). Returns the norm before clipping, a 0-d
-    device array; the scale is applied on the device with no host round trip."""
+def clip_grad_norm(grads: Arrays, max_norm: float, eps: float = 1e-6) -> Any:
+    """Clip gradients by their global norm, in place.
+
+    Every gradient is scaled by min(1, max_norm / (norm + eps)), norm being their global L2 norm; the
+    scale is applied on the device with no host round trip.
+
+    Parameters
+    ----------
+    grads : dict of arrays, or iterable of arrays
+    max_norm : float
+        > 0. (To turn clipping off, do not call this.)
+    eps : float
+
+    Returns
+    -------
+    0-d array
+        The norm before clipping, on the device.
+    """
     # 0 would silently zero every gradient: clipping is turned off by not calling this.
     max_norm = ck.positive_float("max_norm", max_norm)
     norm = global_grad_norm(grads)
@@ -164,8 +262,15 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
     return norm
 
 
-def clip_grad_value(grads, clip_value):
-    """Clamp every gradient element to [-clip_value, clip_value], in place."""
+def clip_grad_value(grads: Arrays, clip_value: float) -> None:
+    """Clamp every gradient element to [-clip_value, clip_value], in place.
+
+    Parameters
+    ----------
+    grads : dict of arrays, or iterable of arrays
+    clip_value : float
+        > 0.
+    """
     clip_value = ck.positive_float("clip_value", clip_value)   # 0 would zero every gradient
     for g in (grads.values() if isinstance(grads, dict) else grads):
         _xp(g).clip(g, -clip_value, clip_value, out=g)

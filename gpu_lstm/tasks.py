@@ -126,14 +126,34 @@ class CharVocab:
         return len(self.chars)
 
     def encode(self, text: str) -> np.ndarray:
-        """Ids of ``text``'s characters, (len(text),) int64; ValueError for unknown characters."""
+        """Encode text.
+
+        Parameters
+        ----------
+        text : str
+            Characters of the vocabulary only (ValueError otherwise).
+
+        Returns
+        -------
+        numpy.ndarray
+            (len(text),) int64 ids.
+        """
         unknown = sorted(set(text) - set(self.index))
         if unknown:
             raise ValueError(f"text: characters not in the vocabulary: {unknown!r}")
         return np.array([self.index[ch] for ch in text], dtype=np.int64)
 
     def decode(self, ids: Any) -> str:
-        """The text of a sequence of ids."""
+        """Decode ids.
+
+        Parameters
+        ----------
+        ids : iterable of int
+
+        Returns
+        -------
+        str
+        """
         return "".join(self.chars[int(i)] for i in ids)
 
 
