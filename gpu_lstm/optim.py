@@ -244,7 +244,7 @@ def clip_grad_norm(grads: Arrays, max_norm: float, eps: float = 1e-6) -> Any:
     ----------
     grads : dict of arrays, or iterable of arrays
     max_norm : float
-        > 0. (To turn clipping off, do not call this.)
+        Positive. (To turn clipping off, do not call this.)
     eps : float
 
     Returns
@@ -269,7 +269,7 @@ def clip_grad_value(grads: Arrays, clip_value: float) -> None:
     ----------
     grads : dict of arrays, or iterable of arrays
     clip_value : float
-        > 0.
+        Positive.
     """
     clip_value = ck.positive_float("clip_value", clip_value)   # 0 would zero every gradient
     for g in (grads.values() if isinstance(grads, dict) else grads):

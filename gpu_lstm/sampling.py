@@ -27,7 +27,7 @@ def sample_text(model: SequenceModel, vocab: CharVocab, length: int, seed: int =
     prime : str
         At least one character, every one in ``vocab``: the text the model reads first.
     temperature : float
-        > 0; below 1 samples more conservatively.
+        Positive; below 1 samples more conservatively.
 
     Returns
     -------
