@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the GPU verification on a CUDA machine and record everything it printed.
 #   bash benchmarks/gpu_verify.sh OUTDIR
-# Needs python3 with numpy, pytest and cupy; installs nothing (GPU machines may have no network), and
+# Needs python3 with numpy, pytest and cupy; installs nothing (GPU machines often have no network access), and
 # runs the package from this checkout. Writes OUTDIR/gpu_verify.log with device, driver, CUDA and CuPy
 # versions, date, the commands and their output.
 # Exit status: 0 only if a GPU was usable, every GPU test ran and passed (none skipped) and

@@ -11,9 +11,21 @@ Importing this package never imports cupy, touches a GPU or compiles a kernel.
 ((5, 3, 16), (2, 3, 16))
 """
 
+from ._arrays import to_numpy
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .dense import Dense
 from .gates import GATE_ORDER
-from .lstm import LSTM, BackwardBeforeForwardError, to_numpy
+from .losses import mse_loss, nats_to_bits, softmax_cross_entropy
+from .lstm import LSTM, BackwardBeforeForwardError
+from .model import SequenceModel
+from .optim import SGD, Adam, AdamW, Optimizer, clip_grad_norm, clip_grad_value, global_grad_norm
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "GATE_ORDER", "BackwardBeforeForwardError", "to_numpy", "__version__"]
+__all__ = [
+    "LSTM", "SequenceModel", "Dense",
+    "mse_loss", "softmax_cross_entropy", "nats_to_bits",
+    "Optimizer", "SGD", "Adam", "AdamW", "clip_grad_norm", "clip_grad_value", "global_grad_norm",
+    "save_checkpoint", "load_checkpoint", "read_checkpoint", "CheckpointError",
+    "to_numpy", "GATE_ORDER", "BackwardBeforeForwardError", "__version__",
+]

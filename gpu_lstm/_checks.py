@@ -26,6 +26,34 @@ def nonnegative_float(name, value):
     return value
 
 
+def positive_float(name, value):
+    """Return ``value`` as float if it is a finite number > 0; raise naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number > 0, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value}")
+    return value
+
+
+def seed(name, value):
+    """None or an int (NumPy integers included, bool excluded) >= 0, as numpy's generators accept."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int >= 0 or None, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"{name}: expected an int >= 0 or None, got {value}")
+    return int(value)
+
+
+def real_array(name, arr):
+    """Raise TypeError unless ``arr`` holds real numbers (floats or integers), so that casting it to the
+    model's dtype cannot fail halfway through a write or silently drop an imaginary part."""
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected an array of real numbers, got dtype {arr.dtype.name}")
+
+
 def float_dtype(value):
     """Normalise 'float32' / 'float64' (or the NumPy equivalents) to a NumPy dtype."""
     try:
@@ -54,11 +82,27 @@ def check_ndim(name, arr, ndim, what):
 
 
 def check_dtype(name, arr, dtype):
+    """Raise TypeError unless ``arr.dtype == dtype``. The hint only offers what works: rebuilding the
+    model in the input's dtype is suggested only when the constructor accepts that dtype."""
     if arr.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype.name}, got {arr.dtype.name} "
-                        f"(convert with .astype('{dtype.name}') or build the model with dtype='{arr.dtype.name}')")
+        if arr.dtype.kind not in "fiub":     # strings, objects (None): no cast would help
+            raise TypeError(f"{name}: expected an array of {dtype.name} numbers, got dtype {arr.dtype.name}")
+        hint = f"convert with .astype('{dtype.name}')"
+        if arr.dtype.name in _DTYPES:
+            hint += f" or build the model with dtype='{arr.dtype.name}'"
+        raise TypeError(f"{name}: expected dtype {dtype.name}, got {arr.dtype.name} ({hint})")
 
 
 def check_finite(name, arr, xp):
     if not bool(xp.isfinite(arr).all()):
-        raise ValueError(f"{name}: contains NaN or Inf (check_finite=True)")
+        raise ValueError(f"{name}: expected finite values (check_finite=True), got NaN or Inf")
+
+
+def as_array(backend, name, value):
+    """``backend.asarray`` with NumPy's own conversion errors (ragged nested lists, ...) reported under
+    the argument's name."""
+    try:
+        return backend.asarray(name, value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: expected an array, got {type(value).__name__} that NumPy cannot "
+                         f"convert ({exc})") from None

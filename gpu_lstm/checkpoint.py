@@ -1,48 +1,105 @@
 """Checkpoints: parameters, optimizer state and metadata in one .npz file, written atomically.
 
 Write: to a temporary file in the target's folder, flushed and fsync'ed, then ``os.replace``d over the
-target, so a crash mid-save leaves the old checkpoint (or none), never a truncated one. Read: every
-array is checked against the model (names, shapes) before anything is copied, so a wrong or corrupt
-file raises :class:`CheckpointError` and leaves the model as it was. Round trips are bitwise.
+target, so a crash mid-save leaves the old checkpoint (or none), never a truncated one. A process
+killed with SIGKILL cannot remove its temporary file, so each one carries its writer's process id and
+the next save in that folder removes those whose writer is gone. The file gets the permissions the
+umask gives any new file (``mkstemp`` alone would make it 0600). Read: every array is checked against
+the model (names, shapes) before anything is copied, so a wrong or corrupt file raises
+:class:`CheckpointError` and leaves the model as it was. Round trips are bitwise.
 """
 
 import json
 import os
+import re
 import tempfile
 import zipfile
+from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from .lstm import to_numpy
+from ._arrays import to_numpy
 
 FORMAT = "gpu_lstm.checkpoint/1"
+_TMP_PREFIX = ".ckpt-"
+_TMP_NAME = re.compile(r"^\.ckpt-(\d+)-.*\.tmp$")
 
 
 class CheckpointError(ValueError):
-    pass
+    """A checkpoint file is missing, corrupt, or does not match the model or optimizer."""
 
 
-def save_checkpoint(path, model, optimizer=None, extra=None):
-    """Save ``model.params`` (and ``optimizer`` state, and JSON-able ``extra``) to ``path``."""
-    arrays = {f"param/{k}": to_numpy(v) for k, v in model.params.items()}
-    meta = {"format": FORMAT, "config": getattr(model, "config", {}), "extra": extra or {}}
-    rng = _mask_rng(model)
-    if rng is not None:      # dropout/zoneout mask generator (seed, call counter): resumes bitwise
-        meta["mask_rng"] = rng.rng_state()
-    if optimizer is not None:
-        sd = optimizer.state_dict()
-        meta["optimizer"] = {"class": type(optimizer).__name__, "step_count": sd["step_count"],
-                             "hyperparameters": sd["hyperparameters"]}
-        for k, slots in sd["state"].items():
-            for s, v in slots.items():
-                arrays[f"optim/{k}/{s}"] = to_numpy(v)
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=folder)
+def _umask():
+    # os.umask can only be read by setting it; restore it at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid):
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True        # exists but belongs to someone else, or cannot tell: leave its file
+    return True
+
+
+def remove_stale_temporaries(folder: str) -> list:
+    """Delete ``.ckpt-<pid>-*.tmp`` files in ``folder`` whose writing process no longer exists.
+
+    Parameters
+    ----------
+    folder : str
+        The folder a checkpoint is being written to.
+
+    Returns
+    -------
+    list of str
+        The paths removed.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TMP_NAME.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            path = os.path.join(folder, name)
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
+def write_atomically(path: str, write: Callable[[BinaryIO], Any], mode: int = 0o666) -> str:
+    """Write a file through ``write(fileobj)`` to a temporary file, fsync, and rename it over ``path``.
+
+    Parameters
+    ----------
+    path : str
+        The target file. Its folder must exist.
+    write : callable
+        Called with a binary file object open for writing.
+    mode : int
+        Permission bits before the umask is applied, as for ``open``.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(folder)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, mode & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -61,8 +118,74 @@ def save_checkpoint(path, model, optimizer=None, extra=None):
     return path
 
 
-def read_checkpoint(path):
-    """(meta dict, {name: array}) from a checkpoint file, or CheckpointError."""
+def save_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None,
+                    extra: Optional[Dict[str, Any]] = None) -> str:
+    """Save a model's parameters (and optimizer state, and metadata) to one ``.npz`` file, atomically.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write; its folder is created if needed. An existing file is replaced only once
+        the new one is complete.
+    model : SequenceModel or LSTM
+        Anything with a ``params`` dict (and optionally a ``config`` dict, stored for rebuilding).
+    optimizer : Optimizer, optional
+        Its step count, hyper-parameters and state slots are saved too.
+    extra : dict, optional
+        JSON-serialisable metadata stored with the checkpoint.
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError(f"extra: expected a dict or None, got {type(extra).__name__}")
+    if not hasattr(model, "params"):
+        raise TypeError(f"model: expected a model with a params dict, got {type(model).__name__}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"path: expected a file name, got the folder {path!r}")
+    arrays = {f"param/{k}": to_numpy(v) for k, v in model.params.items()}
+    meta = {"format": FORMAT, "config": getattr(model, "config", {}), "extra": extra or {}}
+    rng = _mask_rng(model)
+    if rng is not None:      # dropout/zoneout mask generator (seed, call counter): resumes bitwise
+        meta["mask_rng"] = rng.rng_state()
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        meta["optimizer"] = {"class": type(optimizer).__name__, "step_count": sd["step_count"],
+                             "hyperparameters": sd["hyperparameters"]}
+        for k, slots in sd["state"].items():
+            for s, v in slots.items():
+                arrays[f"optim/{k}/{s}"] = to_numpy(v)
+    try:
+        text = json.dumps(meta)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"extra: expected JSON-serialisable values, got {exc}") from None
+    arrays["meta"] = np.frombuffer(text.encode(), dtype=np.uint8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return write_atomically(path, lambda f: np.savez(f, **arrays))
+
+
+def read_checkpoint(path: "str | os.PathLike") -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+    """Read a checkpoint file without a model.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    meta : dict
+        ``format``, ``config`` (the model's constructor arguments), ``extra`` and ``optimizer``.
+    arrays : dict of str to numpy.ndarray
+        ``"param/<name>"`` and ``"optim/<name>/<slot>"`` arrays.
+
+    Raises
+    ------
+    CheckpointError
+        When the file is missing, unreadable, corrupt or not a gpu_lstm checkpoint.
+    """
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -82,8 +205,27 @@ def read_checkpoint(path):
     return meta, arrays
 
 
-def load_checkpoint(path, model, optimizer=None):
-    """Load parameters (and optimizer state) into ``model``; returns the metadata dict."""
+def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None) -> Dict[str, Any]:
+    """Load parameters (and optimizer state) into a model, all or nothing.
+
+    Parameters
+    ----------
+    path : str or path-like
+    model : SequenceModel or LSTM
+        Must have exactly the checkpoint's parameter names, shapes and dtypes.
+    optimizer : Optimizer, optional
+        Of the class that was saved; its step count and state slots are restored.
+
+    Returns
+    -------
+    dict
+        The checkpoint's metadata (see :func:`read_checkpoint`).
+
+    Raises
+    ------
+    CheckpointError
+        When anything does not match; nothing is written in that case.
+    """
     meta, arrays = read_checkpoint(path)
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     missing = sorted(set(model.params) - set(params))
@@ -100,7 +242,10 @@ def load_checkpoint(path, model, optimizer=None):
     if optimizer is not None:
         if "optimizer" not in meta:
             raise CheckpointError(f"checkpoint: {path} holds no optimizer state")
-        if meta["optimizer"]["class"] != type(optimizer).__name__:
+        saved = meta["optimizer"]
+        if not isinstance(saved, dict) or not isinstance(saved.get("step_count"), int):
+            raise CheckpointError(f"checkpoint: {path} has corrupt optimizer metadata: {saved!r}")
+        if saved.get("class") != type(optimizer).__name__:
             raise CheckpointError(f"checkpoint: {path} holds {meta['optimizer']['class']} state, "
                                   f"not {type(optimizer).__name__}")
         state = {}
@@ -108,19 +253,27 @@ def load_checkpoint(path, model, optimizer=None):
             state[k] = {}
             for s in optimizer.slots:
                 key = f"optim/{k}/{s}"
-                if key not in arrays or arrays[key].shape != model.params[k].shape:
+                if key not in arrays or tuple(arrays[key].shape) != tuple(model.params[k].shape) \
+                        or arrays[key].dtype.kind != "f":
                     raise CheckpointError(f"checkpoint: {path}: optimizer slot {key!r} missing or misshapen")
                 state[k][s] = arrays[key]
         opt_state = {"step_count": meta["optimizer"]["step_count"], "state": state}
+    rng = _mask_rng(model)
+    mask_state = meta.get("mask_rng") if rng is not None else None
+    if mask_state is not None and not (
+            isinstance(mask_state, dict) and isinstance(mask_state.get("seed"), int)
+            and isinstance(mask_state.get("calls"), int) and 0 <= mask_state["seed"] < 2 ** 32
+            and mask_state["calls"] >= 0):
+        raise CheckpointError(f"checkpoint: {path} has a corrupt dropout/zoneout generator state: "
+                              f"expected {{'seed': 0..2^32-1, 'calls': >= 0}}, got {mask_state!r}")
     # Everything checked: now write.
-    xp = model.xp
+    from .backend import backend_for
     for k, v in params.items():
-        model.params[k][...] = xp.asarray(v)
+        model.params[k][...] = backend_for(model.params[k]).xp.asarray(v)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
-    rng = _mask_rng(model)
-    if rng is not None and "mask_rng" in meta:
-        rng.set_rng_state(meta["mask_rng"])
+    if mask_state is not None:
+        rng.set_rng_state(mask_state)
     return meta
 
 

@@ -1,9 +1,12 @@
 """gpu-lstm: LSTM training with exact BPTT on NVIDIA GPUs (CuPy) or the CPU (NumPy).
 
 Subcommands: check (gradient check, the first thing to run), train, sample, bench, profile, info.
+Results go to stdout; progress and errors to stderr. A user mistake or a missing GPU ends with one
+line on stderr and exit status 2 (GPU_LSTM_DEBUG=1 shows the traceback instead).
 """
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -44,8 +47,11 @@ def cmd_info(args):
     print(f"gpu        {'yes' if ok else 'no'}: {why}")
     device = resolve_device("auto")
     if device == "gpu":
-        from gpu_lstm.backend.cupy_backend import device_description
-        print(f"device     gpu: {device_description()}")
+        try:
+            from gpu_lstm.backend.cupy_backend import device_description
+            print(f"device     gpu: {device_description()}")
+        except Exception as exc:   # a GPU that answers the probe but fails later: report, not crash
+            print(f"device     gpu, but it cannot be described ({type(exc).__name__}: {exc})")
     else:
         print(f"device     {device}: {platform.processor() or platform.machine()}")
     return 0
@@ -59,8 +65,8 @@ def cmd_check(args):
                 seed=args.seed)
     print(f"gpu-lstm check: {lstm!r}")
     print(f"device: {lstm._be.describe()}")
-    print(f"float64 central differences, T={args.steps}, B={args.batch}, tolerance {GRADCHECK_TOL:g}")
-    rows = lstm_gradient_check(lstm, T=args.steps, B=args.batch, seed=args.seed)
+    print(f"float64 central differences, T={args.seq_len}, B={args.batch}, tolerance {GRADCHECK_TOL:g}")
+    rows = lstm_gradient_check(lstm, T=args.seq_len, B=args.batch, seed=args.seed)
     table = [(name, f"{err:.2e}", "pass" if err < GRADCHECK_TOL else "FAIL") for name, err in rows]
     _print_table(("gradient", "max rel. error", "result"), table)
     failed = [name for name, err in rows if not err < GRADCHECK_TOL]
@@ -79,7 +85,7 @@ def _compare_with_numpy(args):
     from gpu_lstm.compare import compare_paths
     failed = []
     for dtype, tol in (("float64", 1e-10), ("float32", 1e-5)):
-        rows = compare_paths(args.input_size, args.hidden, args.layers, T=args.steps, B=args.batch,
+        rows = compare_paths(args.input_size, args.hidden, args.layers, T=args.seq_len, B=args.batch,
                              dtype=dtype, seed=args.seed, device="gpu")
         print(f"\nGPU vs NumPy path, {dtype} (relative to each array's max norm, tolerance {tol:g})")
         _print_table(("array", "max rel. difference", "result"),
@@ -89,7 +95,9 @@ def _compare_with_numpy(args):
 
 
 def cmd_train(args):
-    from gpu_lstm import tasks
+    from gpu_lstm import training
+    if args.text is not None and args.task != "charlm":
+        raise ValueError(f"--text: expected only with the charlm task, got it with {args.task!r}")
     common = dict(steps=args.steps, hidden=args.hidden, layers=args.layers, lr=args.lr, clip=args.clip,
                   optimizer=args.optimizer, device=args.device, dtype=args.dtype, seed=args.seed,
                   log_every=args.log_every, out_dir=args.out or f"runs/{args.task}")
@@ -101,25 +109,31 @@ def cmd_train(args):
     for k, v in defaults.items():
         if common[k] is None:
             common[k] = v
+    if args.task == "charlm" and args.text is not None:
+        common["text"] = args.text
     if args.ddp or _under_torchrun():
         return _train_ddp(args, common)
-    print(f"gpu-lstm train {args.task}: " + ", ".join(f"{k}={v}" for k, v in common.items()))
+    # The run's settings are progress, not results: stderr, so stdout holds only the outcome.
+    print(f"gpu-lstm train {args.task}: " + ", ".join(f"{k}={v}" for k, v in common.items()),
+          file=sys.stderr)
     if args.task == "adding":
-        s = tasks.train_adding(**common)
-        print(f"\nadding problem (T={s['T']}) on {s['device']}: held-out MSE {s['test_mse']:.4f} "
+        s = training.train_adding(**common)
+        print(f"adding problem (T={s['T']}) on {s['device']}: held-out MSE {s['test_mse']:.4f} "
               f"(predicting the mean: {s['baseline_mse']:.4f}; target < 0.01: "
               f"{'reached' if s['test_mse'] < 0.01 else 'not reached'})")
     else:
-        s = tasks.train_charlm(**common)
-        print(f"\nchar LM on {s['device']}: held-out {s['test_bpc']:.3f} bits/char "
+        s = training.train_charlm(**common)
+        print(f"char LM ({s['text']}) on {s['device']}: held-out {s['test_bpc']:.3f} bits/char "
               f"(uniform over the vocabulary: {s['uniform_bpc']:.3f})")
         print("sample:\n" + s["sample"])
     print(f"trained {s['steps']} steps in {s['train_seconds']:.1f} s "
           f"({s['tokens_per_second']:,.0f} tokens/s)")
     print(f"checkpoint: {s['checkpoint']}")
-    print(f"loss plot:  {s['plot'] or 'not written (pip install matplotlib, or the [plot] extra)'}")
-    with open(s["checkpoint"].replace("checkpoint.npz", "summary.json"), "w") as f:
-        f.write(tasks.summary_json(s))
+    print(f"summary:    {s['summary'] or 'not written'}")
+    print(f"loss plot:  {s['plot'] or s.get('plot_error') or 'not written (pip install matplotlib, or the [plot] extra)'}")
+    if s.get("save_error"):
+        print(f"gpu-lstm train: error: {s['save_error']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -143,15 +157,49 @@ def _train_ddp(args, common):
 
 
 def cmd_sample(args):
-    from gpu_lstm import tasks
-    model, meta = tasks.model_from_checkpoint(args.checkpoint, device=args.device)
+    from gpu_lstm.sampling import model_from_checkpoint, sample_text
+    from gpu_lstm.tasks import CharVocab
+    if not args.prime:
+        raise ValueError("--prime: expected at least one character, got ''")
+    model, meta = model_from_checkpoint(args.checkpoint, device=args.device)
     vocab = meta.get("extra", {}).get("vocab")
     if not vocab:
-        print(f"error: {args.checkpoint} is not a char-model checkpoint (no vocabulary)", file=sys.stderr)
-        return 2
-    print(tasks.sample_text(model, tasks.CharVocab(vocab), args.length, seed=args.seed, prime=args.prime,
-                            temperature=args.temperature))
+        raise ValueError(f"checkpoint: expected a char-model checkpoint (with a vocabulary), got "
+                         f"{args.checkpoint}, which has none")
+    try:
+        text = sample_text(model, CharVocab(vocab), args.length, seed=args.seed, prime=args.prime,
+                           temperature=args.temperature)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("prime: ", "--prime: ", 1)) from None
+    print(text)
     return 0
+
+
+def _require_gpu_if_asked(device):
+    """Before any work: a GPU that was asked for must be usable (one line saying why not, else)."""
+    from gpu_lstm.backend import gpu_available, resolve_device
+    device = resolve_device(device)
+    if device == "gpu":
+        ok, why = gpu_available()
+        if not ok:
+            raise RuntimeError(f"--device: expected a usable GPU for 'gpu', got none: {why}")
+    return device
+
+
+def _check_writable_file(option, path):
+    """Fail now, not after the work, when the output file named by ``option`` cannot be written."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{option}: expected a file name, got the folder {path!r}")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise type(exc)(f"{option}: expected a writable file, got {path!r} ({exc.strerror or exc})") from None
+    if not existed:
+        os.unlink(path)
 
 
 def cmd_bench(args):
@@ -165,13 +213,16 @@ def cmd_bench(args):
             return 2
         return subprocess.call([sys.executable, str(script)])
     from gpu_lstm import bench
+    _require_gpu_if_asked(args.device)
+    _check_writable_file("--json", args.json)
     return bench.main(args)
 
 
 def cmd_profile(args):
     from gpu_lstm.backend import resolve_device
     from gpu_lstm.profile import print_profile
-    print_profile(resolve_device(args.device), args.H, args.B, args.T, args.reps)
+    _require_gpu_if_asked(args.device)
+    print_profile(resolve_device(args.device), args.hidden, args.batch, args.seq_len, args.reps)
     return 0
 
 
@@ -201,84 +252,151 @@ def _float(text):
 
 _positive_int = _argument(ck.positive_int, _int)
 _nonnegative_float = _argument(ck.nonnegative_float, _float)
+_positive_float = _argument(ck.positive_float, _float)
+_seed = _argument(ck.seed, _int)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the text already states it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.default is None or action.default is False:
+            return text + " (default: off)" if action.nargs == 0 else text + " (default: none)"
+        return text + " (default: %(default)s)"
+
+
+def _sizes(p, hidden, batch, seq_len, seq_help, layers=None):
+    """-H/--hidden, -B/--batch, -T/--seq-len (and -L/--layers): one spelling in every subcommand."""
+    p.add_argument("-H", "--hidden", type=_positive_int, default=hidden[0], help=hidden[1])
+    p.add_argument("-B", "--batch", type=_positive_int, default=batch[0], help=batch[1])
+    p.add_argument("-T", "--seq-len", type=_positive_int, default=seq_len, help=seq_help)
+    if layers is not None:
+        p.add_argument("-L", "--layers", type=_positive_int, default=layers, help="stacked LSTM layers")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="gpu-lstm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check", help="gradient-check a small multi-layer LSTM on the best device")
-    c.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu", "host"),
-                   help="auto: GPU if usable, else CPU; host: the CUDA kernels built for the CPU")
-    c.add_argument("--layers", type=_positive_int, default=2, help="stacked layers (default 2)")
-    c.add_argument("--hidden", type=_positive_int, default=5, help="hidden size H (default 5)")
-    c.add_argument("--input-size", type=_positive_int, default=3, help="input size I (default 3)")
-    c.add_argument("--steps", type=_positive_int, default=6, help="sequence length T (default 6)")
-    c.add_argument("--batch", type=_positive_int, default=3, help="batch size B (default 3)")
-    c.add_argument("--seed", type=int, default=0)
+    import gpu_lstm
+    p = argparse.ArgumentParser(prog="gpu-lstm", description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"gpu-lstm {gpu_lstm.__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, help_):
+        return sub.add_parser(name, help=help_, description=help_, formatter_class=_HelpFormatter)
+
+    devices = ("auto", "cpu", "gpu")
+    device_help = "auto: the GPU if usable, else the CPU"
+    c = add("check", "gradient-check a small multi-layer LSTM on the best device")
+    c.add_argument("--device", default="auto", choices=devices + ("host",),
+                   help=device_help + "; host: the CUDA kernels built for the CPU")
+    _sizes(c, (5, "hidden size H"), (3, "batch size B"), 6, "sequence length T", layers=2)
+    c.add_argument("--input-size", type=_positive_int, default=3, help="input size I")
+    c.add_argument("--seed", type=_seed, default=0, help="seeds the model and the data")
     c.set_defaults(func=cmd_check)
-    t = sub.add_parser("train", help="train on a shipped task: the adding problem or a char LM")
+
+    t = add("train", "train on a shipped task (the adding problem, a char LM) or on your own text")
     t.add_argument("task", choices=("adding", "charlm"),
-                   help="adding: the adding problem (T=100); charlm: char LM on the shipped KJV text")
-    t.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    t.add_argument("--steps", type=_positive_int, default=1000, help="optimizer steps (default 1000)")
-    t.add_argument("--hidden", type=_positive_int, default=None, help="H (default: adding 64, charlm 256)")
-    t.add_argument("--layers", type=_positive_int, default=1, help="stacked LSTM layers (default 1)")
-    t.add_argument("--batch", type=_positive_int, default=None, help="B (default: adding 64, charlm 32)")
-    t.add_argument("--seq-len", type=_positive_int, default=None,
-                   help="T: adding sequence length (default 100) or charlm BPTT chunk (default 64)")
-    t.add_argument("--lr", type=_nonnegative_float, default=None, help="learning rate (default: adding 1e-2, charlm 3e-3)")
+                   help="adding: the adding problem; charlm: a character LM (shipped KJV text or --text)")
+    t.add_argument("--device", default="auto", choices=devices, help=device_help)
+    t.add_argument("--steps", type=_positive_int, default=1000, help="optimizer steps")
+    _sizes(t, (None, "hidden size H (default: adding 64, charlm 256)"),
+           (None, "batch size B (default: adding 64, charlm 32)"), None,
+           "sequence length T: the adding problem's (default 100) or the charlm BPTT chunk (default 64)",
+           layers=1)
+    t.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default: adding 1e-2, charlm 3e-3)")
     t.add_argument("--clip", type=_nonnegative_float, default=1.0, help="clip gradients to this global norm (0: off)")
-    t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
-    t.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    t.add_argument("--seed", type=int, default=0, help="seeds the model and the data")
-    t.add_argument("--log-every", type=_positive_int, default=100, help="progress line every N steps off a terminal")
-    t.add_argument("--out", default=None, help="output folder (default runs/TASK)")
+    t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"), help="update rule")
+    t.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="parameter and data type")
+    t.add_argument("--seed", type=_seed, default=0, help="seeds the model and the data")
+    t.add_argument("--log-every", type=_positive_int, default=100,
+                   help="progress line (on stderr) every N steps when stderr is not a terminal")
+    t.add_argument("--out", default=None, help="output folder (default: runs/TASK)")
+    t.add_argument("--text", default=None, metavar="FILE",
+                   help="charlm only: train on this UTF-8 text file (.gz accepted) instead of the shipped "
+                        "one (default: the shipped KJV Genesis-Exodus)")
     t.add_argument("--ddp", action="store_true",
                    help="data-parallel with torch.distributed (needs torch): one process per GPU, or --nproc "
-                        "CPU processes; implied under torchrun")
+                        "CPU processes; implied under torchrun (default: off)")
     t.add_argument("--nproc", type=_positive_int, default=None,
                    help="--ddp without torchrun: processes to start (default: visible GPUs, or 2 on the CPU)")
     t.set_defaults(func=cmd_train)
-    s = sub.add_parser("sample", help="sample text from a char-model checkpoint")
-    s.add_argument("checkpoint")
+
+    s = add("sample", "sample text from a char-model checkpoint")
+    s.add_argument("checkpoint", help="a checkpoint.npz written by 'gpu-lstm train charlm'")
     s.add_argument("--length", type=_positive_int, default=500, help="characters to generate")
-    s.add_argument("--prime", default="And ")
-    s.add_argument("--temperature", type=_nonnegative_float, default=0.8, help="below 1: more conservative")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    s.add_argument("--prime", default="And ", help="text the model reads first (characters of its vocabulary)")
+    s.add_argument("--temperature", type=_positive_float, default=0.8, help="> 0; below 1: more conservative")
+    s.add_argument("--seed", type=_seed, default=0, help="seeds the sampling")
+    s.add_argument("--device", default="auto", choices=devices, help=device_help)
     s.set_defaults(func=cmd_sample)
-    b = sub.add_parser("bench", help="time gpu_lstm against torch.nn.LSTM (cuDNN on a GPU) side by side")
-    b.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+
+    b = add("bench", "time gpu_lstm against torch.nn.LSTM (cuDNN on a GPU) side by side")
+    b.add_argument("--device", default="auto", choices=devices, help=device_help)
     b.add_argument("--quick", action="store_true", help="a few shapes only")
-    b.add_argument("--reps", type=_positive_int, default=None, help="timed repetitions per row (median reported)")
-    b.add_argument("--json", default=None, help="write raw results with the environment to this file")
+    b.add_argument("--reps", type=_positive_int, default=None,
+                   help="timed repetitions per row, median reported (default: 20 on a GPU, fewer on a CPU)")
+    b.add_argument("--json", default=None, metavar="FILE",
+                   help="write raw results with the environment to this file (default: none)")
     b.add_argument("--host-overhead", action="store_true",
-                   help="host microseconds per call and per step, eager vs plan vs graph, device calls stubbed")
+                   help="host microseconds per call and per step, eager vs plan vs graph, device calls "
+                        "stubbed (default: off)")
     b.set_defaults(func=cmd_bench)
-    p_ = sub.add_parser("profile", help="where one training step's time goes (GEMMs, kernels, gaps)")
-    p_.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    p_.add_argument("-H", type=_positive_int, default=512, help="hidden size (default 512)")
-    p_.add_argument("-B", type=_positive_int, default=64, help="batch size (default 64)")
-    p_.add_argument("-T", type=_positive_int, default=100, help="sequence length (default 100)")
-    p_.add_argument("--reps", type=_positive_int, default=5)
-    p_.set_defaults(func=cmd_profile)
-    i = sub.add_parser("info", help="versions, backends found and the device")
+
+    pr = add("profile", "where one training step's time goes (GEMMs, kernels, gaps)")
+    pr.add_argument("--device", default="auto", choices=devices, help=device_help)
+    _sizes(pr, (512, "hidden size H"), (64, "batch size B"), 100, "sequence length T")
+    pr.add_argument("--reps", type=_positive_int, default=5, help="timed steps, median reported")
+    pr.set_defaults(func=cmd_profile)
+
+    i = add("info", "versions, backends found and the device")
     i.set_defaults(func=cmd_info)
     return p
 
 
+# Errors a user can cause or meet (bad input, missing files or GPU, full disks, too little memory):
+# one line each. Anything else is a bug: one line too, asking for the traceback.
+_USER_ERRORS = (OSError, ValueError, TypeError, KeyError, RuntimeError, MemoryError)
+
+
 def main(argv=None):
-    """Run a subcommand. User errors (a missing or wrong checkpoint, --device gpu without a GPU, bad
-    sizes) print one line and exit 2; GPU_LSTM_DEBUG=1 shows the traceback instead."""
-    import os
+    """Run a subcommand.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (``sys.argv[1:]`` when None).
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 1 when the run finished but its outputs could not all be
+        written where asked, 2 on a user error (one line on stderr; ``GPU_LSTM_DEBUG=1`` shows the
+        traceback instead), 130 when interrupted.
+    """
     args = build_parser().parse_args(argv)
+    debug = os.environ.get("GPU_LSTM_DEBUG") == "1"
     try:
         return args.func(args)
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
-        if os.environ.get("GPU_LSTM_DEBUG") == "1":
+    except KeyboardInterrupt:
+        if debug:
             raise
-        print(f"gpu-lstm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"gpu-lstm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as exc:
+        if debug:
+            raise
+        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"gpu-lstm {args.command}: error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
+    except Exception as exc:   # e.g. a CUDA library error type that derives from Exception only
+        if debug:
+            raise
+        msg = " ".join(str(exc).split())
+        print(f"gpu-lstm {args.command}: error: {type(exc).__name__}: {msg} "
+              "(set GPU_LSTM_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 

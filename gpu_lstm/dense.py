@@ -1,5 +1,7 @@
 """The prediction layer y = F(W^y h + b^y), eq. (7), with its backward, eqs. (12), (21), (22)."""
 
+from typing import Any, Optional
+
 import numpy as np
 
 from . import _checks as ck
@@ -11,6 +13,20 @@ ACTIVATIONS = ("identity", "sigmoid", "tanh", "softmax")
 class Dense:
     """Affine layer plus activation, applied to the last axis of any input.
 
+    Parameters
+    ----------
+    in_features, out_features : int
+    activation : {'identity', 'sigmoid', 'tanh', 'softmax'}
+    dtype : {'float32', 'float64'}
+    device : {'auto', 'cpu', 'gpu'}
+    seed : int or None
+        Seeds the initialisation.
+    backend : optional
+        Share another layer's backend (and device) instead of ``device``.
+
+    Notes
+    -----
+
     ``h`` of shape (..., in_features) is flattened to (N, in_features) so all T*B rows go through one
     GEMM. ``params``: ``"W"`` (out_features, in_features), ``"b"`` (out_features,); ``grads`` the same,
     accumulated by :meth:`backward`. Initialised uniform in +-1/sqrt(in_features) like torch.nn.Linear.
@@ -18,8 +34,9 @@ class Dense:
     :func:`gpu_lstm.losses.softmax_cross_entropy`, which applies the softmax stably itself.
     """
 
-    def __init__(self, in_features, out_features, activation="identity", *, dtype="float32",
-                 device="auto", seed=None, backend=None):
+    def __init__(self, in_features: int, out_features: int, activation: str = "identity", *,
+                 dtype: str = "float32", device: str = "auto", seed: Optional[int] = None,
+                 backend: Any = None) -> None:
         self.in_features = ck.positive_int("in_features", in_features)
         self.out_features = ck.positive_int("out_features", out_features)
         if activation not in ACTIVATIONS:
@@ -37,12 +54,24 @@ class Dense:
         self.grads = {k: self._be.zeros(v.shape) for k, v in self.params.items()}
         self._saved = None
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set the gradients to zero (backward accumulates)."""
         for g in self.grads.values():
             g[...] = 0
 
-    def forward(self, h):
-        """h (..., in_features) -> y (..., out_features)."""
+    def forward(self, h: Any) -> Any:
+        """Apply the layer.
+
+        Parameters
+        ----------
+        h : array
+            (..., in_features), the layer's dtype.
+
+        Returns
+        -------
+        array
+            (..., out_features).
+        """
         be, xp = self._be, self._be.xp
         with be.activate():
             h = be.asarray("h", h)
@@ -73,8 +102,19 @@ class Dense:
         e = xp.exp(z - z.max(axis=1, keepdims=True))                          # softmax, stable
         return e / e.sum(axis=1, keepdims=True)
 
-    def backward(self, dy):
-        """dy (..., out_features) -> dh (..., in_features); adds dW (eq. 21) and db (eq. 22)."""
+    def backward(self, dy: Any) -> Any:
+        """Backpropagate through the last forward; adds dW (eq. 21) and db (eq. 22) into ``grads``.
+
+        Parameters
+        ----------
+        dy : array
+            (..., out_features), the gradient with respect to the last output.
+
+        Returns
+        -------
+        array
+            dh, (..., in_features).
+        """
         if self._saved is None:
             from .lstm import BackwardBeforeForwardError
             raise BackwardBeforeForwardError("backward: called before forward")

@@ -67,7 +67,7 @@ def _optimizer(name, params, lr):
 
 
 def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=1.0, optimizer="adam",
-          device="cpu", dtype="float32", seed=0, out_dir=None, log_every=100, stream=None):
+          device="cpu", dtype="float32", seed=0, out_dir=None, log_every=100, stream=None, text=None):
     """One rank's training loop (the process group is set up by :func:`run`). Returns, on every rank,
     a summary dict; ``history`` holds (step, all-reduced mean loss) for every step."""
     import torch
@@ -75,6 +75,7 @@ def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=
     import torch.nn.functional as F
 
     from . import tasks as tk
+    from .progress import Progress
 
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
@@ -97,7 +98,7 @@ def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=
     rng = np.random.default_rng(seed)
     V, vocab = None, None
     if task == "charlm":
-        text = tk.load_corpus()
+        text = tk.load_corpus() if text is None else tk.load_text(text)
         vocab = tk.CharVocab(text)
         ids = vocab.encode(text)
         split = int(0.9 * len(ids))
@@ -111,7 +112,7 @@ def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = _optimizer(optimizer, model.parameters(), lr)
     eye = torch.eye(V, dtype=tdtype, device=dev) if V else None
-    progress = tk.Progress(steps, log_every, stream) if rank == 0 else None
+    progress = Progress(steps, log_every, stream) if rank == 0 else None
     history, state, tokens = [], None, 0
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
@@ -164,14 +165,16 @@ def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=
                 summary["test_bpc"] = float(nats) / np.log(2)
                 summary["uniform_bpc"] = float(np.log2(V))
         if out_dir:
+            # Atomic like the single-process runs (gpu_lstm/checkpoint.py): a kill leaves the old file.
+            from .checkpoint import write_atomically
             os.makedirs(out_dir, exist_ok=True)
             ckpt = os.path.join(out_dir, "checkpoint.pt")
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
-                        "extra": {"task": task, "vocab": vocab.chars if vocab else None, "hidden": hidden,
-                                  "layers": layers, "dtype": dtype}}, ckpt)
-            summary["checkpoint"] = ckpt
-            with open(os.path.join(out_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
+            state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                     "extra": {"task": task, "vocab": vocab.chars if vocab else None, "hidden": hidden,
+                               "layers": layers, "dtype": dtype}}
+            summary["checkpoint"] = write_atomically(ckpt, lambda f: torch.save(state, f))
+            text = json.dumps(summary, indent=1).encode()
+            write_atomically(os.path.join(out_dir, "summary.json"), lambda f: f.write(text))
     return summary
 
 
@@ -185,9 +188,32 @@ def _run_rank(backend, kwargs):
     import torch.distributed as dist
     dist.init_process_group(backend, timeout=timedelta(seconds=120))
     try:
-        return train(**kwargs)
+        summary = train(**kwargs)
+        # Every rank reaches this point before any tears the group down: rank 0 hosts the store, and a
+        # rank still talking to it when it goes aborts ("terminate called without an active exception").
+        dist.barrier()
+        return summary
     finally:
         dist.destroy_process_group()
+
+
+def _preflight(kwargs):
+    """Before any process starts: every option's range, the text file, the output folder (writable,
+    not a file), as in the single-process runs, so no error can come after the training."""
+    from . import tasks as tk
+    from ._preflight import prepare_output
+    from .training import _check_run_options
+    task = kwargs.get("task")
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+    _check_run_options(kwargs.get("steps", 200), kwargs.get("T") or 1, kwargs.get("B") or 1,
+                       kwargs.get("hidden") or 1, kwargs.get("layers", 1), kwargs.get("lr") or 1.0,
+                       kwargs.get("clip", 1.0), kwargs.get("optimizer", "adam"), "cpu",
+                       kwargs.get("dtype", "float32"), kwargs.get("seed", 0), kwargs.get("log_every", 100))
+    if kwargs.get("text") is not None:
+        tk.load_text(kwargs["text"])
+    if kwargs.get("out_dir"):
+        kwargs["out_dir"] = prepare_output(kwargs["out_dir"])
 
 
 def run(nproc=None, **kwargs):
@@ -204,6 +230,7 @@ def run(nproc=None, **kwargs):
     if device == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("--device gpu: torch sees no CUDA device")
     backend = "nccl" if device == "gpu" else "gloo"
+    _preflight(kwargs)
     if under_torchrun():
         summary = _run_rank(backend, kwargs)
         return summary if int(os.environ["RANK"]) == 0 else None

@@ -24,6 +24,8 @@ forwards may precede their backwards; the gradient is taken at the parameters' v
 time (do not step the optimizer in between).
 """
 
+from typing import Any, Callable
+
 
 def _to_gl(t):
     if t is None:
@@ -42,8 +44,18 @@ def _to_torch(a):
     return torch.from_numpy(a)
 
 
-def torch_lstm_function(lstm):
-    """Return ``f(x, h0=None, c0=None) -> (y, h_n, c_n)``, differentiable in x, h0 and c0."""
+def torch_lstm_function(lstm: Any) -> Callable:
+    """Wrap an LSTM as a differentiable torch function.
+
+    Parameters
+    ----------
+    lstm : gpu_lstm.LSTM
+
+    Returns
+    -------
+    callable
+        ``f(x, h0=None, c0=None) -> (y, h_n, c_n)`` on torch tensors, differentiable in x, h0 and c0.
+    """
     import torch
 
     class LSTMFunction(torch.autograd.Function):

@@ -4,6 +4,8 @@
 that is the only host synchronisation). The gradient has the shape of the prediction.
 """
 
+from typing import Any, Tuple
+
 import numpy as np
 
 from . import _checks as ck
@@ -16,12 +18,32 @@ def _xp(a):
     return backend_for(a).xp
 
 
-def mse_loss(pred, target, mask=None):
+def _check_array(name, a):
+    # Losses compute where the arrays live, so they take arrays only (no lists to guess a device for).
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}")
+
+
+def mse_loss(pred: Any, target: Any, mask: Any = None) -> Tuple[Any, Any]:
     """Mean squared error, mean over the counted elements.
 
-    pred, target : same shape and dtype (target may be a host array for device predictions). mask : optional, broadcastable to pred's shape, 1 for elements
-    that count and 0 for padding. Returns ``(loss, dpred)``.
+    Parameters
+    ----------
+    pred, target : array
+        Same shape and dtype; target may be a host (NumPy) array for predictions on the GPU (it is
+        copied over).
+    mask : array, optional
+        Broadcastable to pred's shape: 1 for elements that count, 0 for padding (host or device).
+
+    Returns
+    -------
+    loss : 0-d array
+        On the device (``float(loss)`` for the number).
+    dpred : array
+        d(loss)/d(pred), pred's shape.
     """
+    _check_array("pred", pred)
+    _check_array("target", target)
     be = backend_for(pred)
     xp = be.xp
     target = be.asarray("target", target)     # host targets for device predictions: copied over
@@ -32,24 +54,48 @@ def mse_loss(pred, target, mask=None):
     if mask is None:
         n = max(diff.size, 1)
         return (diff * diff).sum() / n, diff * (2.0 / n)
-    mask = xp.broadcast_to(be.asarray("mask", mask).astype(pred.dtype, copy=False), pred.shape)
+    try:
+        mask = xp.broadcast_to(be.asarray("mask", mask).astype(pred.dtype, copy=False), pred.shape)
+    except (ValueError, TypeError):
+        raise ValueError(f"mask: expected an array broadcastable to {ck.shape_str(pred.shape)} (that of "
+                         f"pred), got shape {ck.shape_str(getattr(mask, 'shape', ()))}") from None
     n = xp.maximum(mask.sum(), 1)
     diff = diff * mask
     return (diff * diff).sum() / n, diff * (2 / n)
 
 
-def softmax_cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, check_targets=True):
+def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_INDEX,
+                          check_targets: bool = True) -> Tuple[Any, Any]:
     """Softmax cross-entropy from logits, averaged over the targets that are not ``ignore_index``.
 
-    logits : (..., V) float. targets : (...) integers in [0, V) or ``ignore_index`` (padding), on the
-    logits' device or on the host (NumPy; copied to the device).
     Computed stably (log-sum-exp after subtracting each row's max) in one fused pass per row: a CUDA
-    kernel on the GPU, NumPy on the CPU. Returns ``(loss, dlogits)``. ``check_targets`` verifies the
-    range of the targets, which on a GPU costs one device-to-host synchronisation; a training loop
-    whose targets are valid by construction can turn it off.
+    kernel on the GPU, NumPy on the CPU.
+
+    Parameters
+    ----------
+    logits : array
+        (..., V) floats.
+    targets : array of int
+        (...) values in [0, V), or ``ignore_index`` (padding), on the logits' device or on the host
+        (NumPy; copied to the device).
+    ignore_index : int
+    check_targets : bool
+        Verify the range of the targets; on a GPU that costs one device-to-host synchronisation, so a
+        training loop whose targets are valid by construction can turn it off.
+
+    Returns
+    -------
+    loss : 0-d array
+        Mean over the counted targets, in nats, on the device.
+    dlogits : array
+        d(loss)/d(logits), logits' shape.
     """
+    _check_array("logits", logits)
+    _check_array("targets", targets)
     be = backend_for(logits)
     xp = be.xp
+    if logits.dtype.kind != "f":
+        raise TypeError(f"logits: expected a float array, got dtype {logits.dtype.name}")
     targets = be.asarray("targets", targets)  # host targets for device logits: copied over
     if logits.ndim < 1 or logits.shape[:-1] != targets.shape:
         raise ValueError(f"targets: expected shape {ck.shape_str(logits.shape[:-1])} (logits without the "
@@ -60,7 +106,10 @@ def softmax_cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, check_targ
     t = xp.ascontiguousarray(targets.reshape(-1), dtype=xp.int64)
     valid = t != ignore_index
     if check_targets and bool((valid & ((t < 0) | (t >= V))).any()):
-        raise ValueError(f"targets: values must be in [0, {V}) or ignore_index={ignore_index}")
+        bad = t[valid & ((t < 0) | (t >= V))]
+        raise ValueError(f"targets: expected integers whose values must be in [0, {V}) or be "
+                         f"ignore_index={ignore_index}, got "
+                         f"out-of-range values from {int(bad.min())} to {int(bad.max())}")
     z = xp.ascontiguousarray(logits.reshape(-1, V))
     count = valid.sum()
     inv_count = (1.0 / xp.maximum(count, 1)).astype(logits.dtype)
@@ -70,6 +119,15 @@ def softmax_cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, check_targ
     return loss_rows.sum() * inv_count, grad.reshape(logits.shape)
 
 
-def nats_to_bits(loss_nats):
-    """Convert a mean cross-entropy in nats to bits (per character for a char model)."""
+def nats_to_bits(loss_nats: Any) -> float:
+    """Convert a mean cross-entropy in nats to bits (per character for a char model).
+
+    Parameters
+    ----------
+    loss_nats : float or 0-d array
+
+    Returns
+    -------
+    float
+    """
     return float(loss_nats) / np.log(2.0)

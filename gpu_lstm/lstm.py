@@ -11,6 +11,7 @@ the per-step maths is in _direction.py and cuda/, the torch name mapping in torc
 
 import contextlib
 import numbers
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from . import _checks as ck
 from . import _direction as dirn
 from . import philox
 from . import plan as _plan
+from ._arrays import to_numpy  # noqa: F401  (re-exported: gpu_lstm.lstm.to_numpy)
 from ._nvtx import annotate
 from .backend import get_backend
 from .gates import GATE_INDEX
@@ -157,10 +159,12 @@ class LSTM:
     outputs and leaves the gradients unchanged.
     """
 
-    def __init__(self, input_size, hidden_size, num_layers=1, *, bias=True, batch_first=False,
-                 dtype="float32", device="auto", seed=None, check_finite=False, bidirectional=False,
-                 proj_size=0, peephole=False, dropout=0.0, forget_bias=None, learn_initial_state=False,
-                 zoneout_h=0.0, zoneout_c=0.0, algo="auto"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, *, bias: bool = True,
+                 batch_first: bool = False, dtype: str = "float32", device: str = "auto",
+                 seed: Optional[int] = None, check_finite: bool = False, bidirectional: bool = False,
+                 proj_size: int = 0, peephole: bool = False, dropout: float = 0.0,
+                 forget_bias: Optional[float] = None, learn_initial_state: bool = False,
+                 zoneout_h: float = 0.0, zoneout_c: float = 0.0, algo: str = "auto") -> None:
         self.input_size = ck.positive_int("input_size", input_size)
         self.hidden_size = ck.positive_int("hidden_size", hidden_size)
         self.num_layers = ck.positive_int("num_layers", num_layers)
@@ -187,12 +191,12 @@ class LSTM:
                     or not np.isfinite(forget_bias):
                 raise TypeError(f"forget_bias: expected a finite real number or None, got {forget_bias!r}")
             if not self.bias:
-                raise ValueError("forget_bias: needs bias=True")
+                raise ValueError(f"forget_bias: expected None when bias=False (there is no bias to set), "
+                                 f"got {forget_bias!r}")
             forget_bias = float(forget_bias)
         self.forget_bias = forget_bias
         self.dtype = ck.float_dtype(dtype)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed: expected an int or None, got {seed!r}")
+        seed = ck.seed("seed", seed)
         self._be = get_backend(device, self.dtype)
         self.device = self._be.name
         self.algo = algo
@@ -243,8 +247,14 @@ class LSTM:
     def _prefix(self, k, d):
         return f"l{k}" + ("_reverse" if d == 1 else "")
 
-    def param_shapes(self):
-        """Expected shape of every parameter, by name."""
+    def param_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """Expected shape of every parameter.
+
+        Returns
+        -------
+        dict of str to tuple of int
+            Parameter name -> shape, in the order of :attr:`params`.
+        """
         H, P, shapes = self.hidden_size, self.output_size, {}
         for k in range(self.num_layers):
             for d in range(self.num_directions):
@@ -276,30 +286,57 @@ class LSTM:
                 value[f * H:(f + 1) * H] = self.forget_bias
             self.params[name] = self._be.asarray(name, value.astype(self.dtype)).astype(self.dtype, copy=False)
 
-    def set_params(self, values):
-        """Copy parameter values in place (NumPy or device arrays), checking names, shapes and dtypes."""
+    def set_params(self, values: Dict[str, Any]) -> None:
+        """Copy parameter values in place, all or nothing.
+
+        Parameters
+        ----------
+        values : dict of str to array
+            A subset of :attr:`params`' names, each with an array (NumPy or device) of that parameter's
+            shape holding real numbers (cast to the model's dtype).
+
+        Raises
+        ------
+        KeyError, ValueError, TypeError
+            For an unknown name, a wrong shape or a non-real dtype. Every array is checked and
+            converted before the first one is written, so an error leaves every parameter as it was.
+        """
+        if not isinstance(values, dict):
+            raise TypeError(f"values: expected a dict of parameter name -> array, got {type(values).__name__}")
         shapes = self.param_shapes()
         unknown = sorted(set(values) - set(shapes))
         if unknown:
-            raise KeyError(f"values: unknown parameter name(s) {unknown}; expected a subset of {sorted(shapes)}")
+            raise KeyError(f"values: expected a subset of the parameter names {sorted(shapes)}, got unknown "
+                           f"name(s) {unknown}")
         arrays = {}
         for name, value in values.items():
-            arr = self._be.asarray(name, value)
+            arr = ck.as_array(self._be, name, value)
             ck.check_shape(name, arr, shapes[name])
-            arrays[name] = arr
-        for name, arr in arrays.items():
-            self.params[name][...] = arr.astype(self.dtype, copy=False)
+            ck.real_array(name, arr)
+            arrays[name] = arr.astype(self.dtype, copy=False)
+        for name, arr in arrays.items():   # everything checked and converted: now write
+            self.params[name][...] = arr
 
     @contextlib.contextmanager
-    def use_arrays(self, params, grads=None):
+    def use_arrays(self, params: Dict[str, Any], grads: Optional[Dict[str, Any]] = None) -> Iterator["LSTM"]:
         """Run forwards and backwards with externally owned arrays in place of ``params`` (and
         ``grads``), e.g. zero-copy views of another framework's parameters (``gpu_lstm.torch``).
 
-        ``params`` must hold every name of :meth:`param_shapes` with that shape, this model's dtype
-        and on its device; ``grads``, if given, the same names (backward ADDS into them). Inside the
-        ``with`` block ``self.params``/``self.grads`` are these dicts; the previous ones come back on
-        exit. Nothing is copied. A detached tape's backward must run with the same parameter values
-        as its forward (it reads them at backward time).
+        Inside the ``with`` block ``self.params``/``self.grads`` are these dicts; the previous ones
+        come back on exit. Nothing is copied. A detached tape's backward must run with the same
+        parameter values as its forward (it reads them at backward time).
+
+        Parameters
+        ----------
+        params : dict of str to array
+            Every name of :meth:`param_shapes`, with that shape, this model's dtype, on its device.
+        grads : dict of str to array, optional
+            The same names; backward ADDS into them.
+
+        Returns
+        -------
+        context manager
+            Yields this model.
         """
         checked = []
         for what, arrays in (("params", params), ("grads", grads)):
@@ -327,34 +364,64 @@ class LSTM:
         finally:
             self.params, self.grads = saved
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every gradient to zero (backward accumulates)."""
         for g in self.grads.values():
             g[...] = 0
 
-    def train(self):
-        """Training mode: dropout and zoneout draw random masks (the default)."""
+    def train(self) -> "LSTM":
+        """Training mode: dropout and zoneout draw random masks (the default).
+
+        Returns
+        -------
+        LSTM
+            ``self``.
+        """
         self.training = True
         return self
 
-    def eval(self):
-        """Evaluation mode: no dropout; zoneout uses its expectation (d = z)."""
+    def eval(self) -> "LSTM":
+        """Evaluation mode: no dropout; zoneout uses its expectation (d = z).
+
+        Returns
+        -------
+        LSTM
+            ``self``.
+        """
         self.training = False
         return self
 
-    def reseed_dropout(self, seed):
-        """Restart the generator of the dropout and zoneout masks: the next forwards draw the same
-        masks as after a model built with this ``seed``."""
+    def reseed_dropout(self, seed: Optional[int]) -> None:
+        """Restart the generator of the dropout and zoneout masks.
+
+        Parameters
+        ----------
+        seed : int or None
+            The next forwards draw the same masks as after a model built with this ``seed``.
+        """
+        seed = ck.seed("seed", seed)
         self._dropout_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         self._mask_calls = 0
 
-    def rng_state(self):
-        """The mask generator's whole state, {'seed': int, 'calls': int} (JSON-able): the masks of
-        the next forward are a function of it alone, on every device."""
+    def rng_state(self) -> Dict[str, int]:
+        """The dropout/zoneout mask generator's whole state.
+
+        Returns
+        -------
+        dict
+            ``{'seed': int, 'calls': int}`` (JSON-able): the masks of the next forward are a function
+            of it alone, on every device.
+        """
         return {"seed": int(self._dropout_seed), "calls": int(self._mask_calls)}
 
-    def set_rng_state(self, state):
-        """Restore :meth:`rng_state`: training resumes with bitwise the masks it would have drawn."""
+    def set_rng_state(self, state: Dict[str, int]) -> None:
+        """Restore :meth:`rng_state`: training resumes with bitwise the masks it would have drawn.
+
+        Parameters
+        ----------
+        state : dict
+            ``{'seed': 0..2^32-1, 'calls': >= 0}`` as :meth:`rng_state` returned it.
+        """
         seed, calls = int(state["seed"]), int(state["calls"])
         if not 0 <= seed < 2 ** 32 or calls < 0:
             raise ValueError(f"rng state: expected seed in [0, 2^32) and calls >= 0, got {state!r}")
@@ -365,20 +432,36 @@ class LSTM:
         return int(sum(int(np.prod(s)) for s in self.param_shapes().values()))
 
     # ---- torch interop (gpu_lstm/torch_state.py) -------------------------------------------------
-    def load_torch_state_dict(self, state_dict):
+    def load_torch_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Load ``torch.nn.LSTM(...).state_dict()`` (tensors or arrays).
 
         torch's gate order is ours (i, f, g, o); the two torch biases are summed into b, which is what
         the forward uses. Every key and shape is checked before anything is written, so a bad dict
         never leaves a half-loaded model.
+
+        Parameters
+        ----------
+        state_dict : dict of str to tensor or array
+            The keys of a ``torch.nn.LSTM`` with this model's sizes and options.
         """
         from .torch_state import load_torch_state_dict
         load_torch_state_dict(self, state_dict)
 
-    def torch_state_dict(self, as_tensors=None):
-        """Parameters under torch.nn.LSTM's names, bias_hh zero and bias_ih b: torch CPU tensors when
-        torch imports (so ``torch_lstm.load_state_dict(lstm.torch_state_dict())`` works), NumPy arrays
-        otherwise or with ``as_tensors=False``."""
+    def torch_state_dict(self, as_tensors: Optional[bool] = None) -> Dict[str, Any]:
+        """Parameters under torch.nn.LSTM's names, so ``torch_lstm.load_state_dict(lstm.torch_state_dict())``
+        works.
+
+        Parameters
+        ----------
+        as_tensors : bool, optional
+            None: torch CPU tensors when torch imports, else NumPy arrays; False: NumPy arrays;
+            True: tensors (torch must import).
+
+        Returns
+        -------
+        dict of str to tensor or numpy.ndarray
+            ``weight_ih_l0``, ...; ``bias_ih`` is b and ``bias_hh`` is zero.
+        """
         from .torch_state import torch_state_dict
         return torch_state_dict(self, as_tensors)
 
@@ -399,7 +482,7 @@ class LSTM:
         return f"(num_layers{' * 2' if self.bidirectional else ''}, B, {feat})"
 
     def _array(self, name, value):
-        arr = self._be.asarray(name, value)
+        arr = ck.as_array(self._be, name, value)
         ck.check_dtype(name, arr, self.dtype)
         return arr
 
@@ -452,14 +535,19 @@ class LSTM:
             s = self._scratch = _Scratch(self, T, B)
         return s
 
-    def detach_tape(self):
-        """Take the last forward's saved state out of the model and return it (a :class:`Tape`).
+    def detach_tape(self) -> "Tape":
+        """Take the last forward's saved state out of the model and return it.
 
         The model forgets it: the next forward allocates new buffers instead of overwriting these, so
         ``backward(dy, tape=tape)`` may run after any number of later forwards. This is how an autograd
         engine (``gpu_lstm.torch``) keeps several forwards of one model alive. The gradient is taken
         at the parameters' values at backward time: change them in between (an optimizer step) and
         the result is not the gradient of that forward.
+
+        Returns
+        -------
+        Tape
+            The last forward's saved state, for ``backward(..., tape=...)``.
         """
         tape = self._saved
         if tape is None:
@@ -471,16 +559,35 @@ class LSTM:
         return tape
 
     # ---- forward ----------------------------------------------------------------------------------
-    def forward(self, x, hc=None, *, lengths=None, check_finite=None, return_cells=False):
+    def forward(self, x: Any, hc: Optional[Tuple[Any, Any]] = None, *, lengths: Any = None,
+                check_finite: Optional[bool] = None, return_cells: bool = False) -> Tuple[Any, ...]:
         """Run the stack over a sequence.
 
-        x : (T, B, I), or (B, T, I) with batch_first. hc : optional (h0, c0), shaped
-        (num_layers * num_directions, B, P) and (..., B, H). lengths : optional (B,) ints in [1, T].
-        Returns ``y, (h_n, c_n)``: y is (T, B, num_directions * P) (or batch-first). With
-        ``return_cells=True`` also every step's cell state, (T, B, num_directions * H) (or
-        batch-first), as a third item; it is an output for inspection (backward takes no gradient
-        for it). Inputs given as NumPy arrays to a GPU model are copied to the device; outputs stay
-        there.
+        Inputs given as NumPy arrays to a GPU model are copied to the device; outputs stay there.
+
+        Parameters
+        ----------
+        x : array
+            (T, B, I), or (B, T, I) with ``batch_first``; the model's dtype.
+        hc : (h0, c0), optional
+            Initial states, (num_layers * num_directions, B, P) and (..., B, H); zeros (or the learned
+            initial state) when None.
+        lengths : array of int, optional
+            (B,) valid steps per sample, in [1, T].
+        check_finite : bool, optional
+            Overrides the constructor's ``check_finite`` for this call.
+        return_cells : bool
+            Also return every step's cell state.
+
+        Returns
+        -------
+        y : array
+            (T, B, num_directions * P), or batch-first.
+        (h_n, c_n) : tuple of arrays
+            Final states, shaped like (h0, c0).
+        cells : array
+            Only with ``return_cells=True``: (T, B, num_directions * H) (or batch-first), an output
+            for inspection (backward takes no gradient for it).
         """
         with self._be.activate():
             return self._forward(x, hc, lengths, check_finite, return_cells)
@@ -603,15 +710,27 @@ class LSTM:
                 cells[:, :, H:] = dws.c[1:][ws.rev_index]
 
     # ---- backward ---------------------------------------------------------------------------------
-    def backward(self, dy=None, dhc=None, *, tape=None):
+    def backward(self, dy: Any = None, dhc: Optional[Tuple[Any, Any]] = None, *,
+                 tape: Optional["Tape"] = None) -> Tuple[Any, Tuple[Any, Any]]:
         """Backpropagation through time through the last forward; gradients ADD into ``grads``.
 
-        dy : gradient of the loss with respect to y, same shape as y (None means zero).
-        dhc : optional (dh_n, dc_n), shaped like (h_n, c_n).
-        tape : a :class:`Tape` from :meth:`detach_tape`, to go back through that forward instead of
-            the last one.
-        Returns ``dx, (dh0, dc0)`` with the shapes of x, h0 and c0.
         May be called more than once after one forward; each call adds its gradients again.
+
+        Parameters
+        ----------
+        dy : array, optional
+            Gradient of the loss with respect to y, same shape as y (None means zero).
+        dhc : (dh_n, dc_n), optional
+            Gradients with respect to the final states, shaped like (h_n, c_n).
+        tape : Tape, optional
+            A tape from :meth:`detach_tape`, to go back through that forward instead of the last one.
+
+        Returns
+        -------
+        dx : array
+            Shaped like x.
+        (dh0, dc0) : tuple of arrays
+            Shaped like (h0, c0).
         """
         if tape is not None and (not isinstance(tape, Tape) or tape.owner is not self):
             raise ValueError(f"tape: expected a Tape from this model's detach_tape(), got "
@@ -700,13 +819,3 @@ class LSTM:
                 f"bias={self.bias}, batch_first={self.batch_first}, dtype='{self.dtype.name}', "
                 f"device='{self.device}'{extra})")
 
-
-def to_numpy(value):
-    """Bring a result (array, or tuple/list/dict of arrays) back to host NumPy arrays."""
-    if isinstance(value, (tuple, list)):
-        return type(value)(to_numpy(v) for v in value)
-    if isinstance(value, dict):
-        return {k: to_numpy(v) for k, v in value.items()}
-    if hasattr(value, "get") and hasattr(value, "__cuda_array_interface__"):
-        return value.get()
-    return np.asarray(value)

@@ -1,25 +1,48 @@
 """A trainable sequence model: an LSTM stack with a Dense prediction layer on top, eq. (7)."""
 
+from typing import Any, Optional, Tuple
+
 import numpy as np
 
 from . import _checks as ck
+from ._arrays import to_numpy
 from .dense import Dense
-from .lstm import LSTM, to_numpy
+from .lstm import LSTM
 
 
 class SequenceModel:
-    """LSTM(input_size -> hidden_size, num_layers) followed by Dense(hidden_size -> output_size).
+    """LSTM(input_size -> hidden_size, num_layers) followed by Dense(features -> output_size).
 
-    head : 'all' applies the prediction layer to every time step (all T*B rows in one GEMM) and returns
-        (T, B, output_size); 'last' applies it to the last step's h only and returns (B, output_size).
+    Parameters
+    ----------
+    input_size, hidden_size, output_size, num_layers : int
+        I, H, the prediction size and the number of stacked LSTM layers.
+    head : {'all', 'last'}
+        'all' applies the prediction layer to every time step (all T*B rows in one GEMM) and returns
+        (T, B, output_size), or (B, T, output_size) with ``batch_first=True``; 'last' applies it to
+        each sample's last step only (its last valid step when ``lengths`` are given) and returns
+        (B, output_size).
+    activation : {'identity', 'sigmoid', 'tanh', 'softmax'}
+        The prediction layer's F in eq. (7).
+    dtype : {'float32', 'float64'}
+    device : {'auto', 'cpu', 'gpu'}
+    seed : int or None
+        Seeds the LSTM (``seed``) and the prediction layer (``seed + 1``).
+    **lstm_kwargs
+        Any other :class:`gpu_lstm.LSTM` option (``batch_first``, ``bidirectional``, ``dropout``, ...).
+
+    Notes
+    -----
     ``params`` / ``grads`` merge both layers' dicts under "lstm.*" and "head.*" (the same arrays, not
     copies), so optimizers and checkpoints see one flat dict. ``eval()`` disables :meth:`backward`.
     """
 
-    def __init__(self, input_size, hidden_size, output_size, num_layers=1, *, head="all",
-                 activation="identity", dtype="float32", device="auto", seed=None, **lstm_kwargs):
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, num_layers: int = 1, *,
+                 head: str = "all", activation: str = "identity", dtype: str = "float32",
+                 device: str = "auto", seed: Optional[int] = None, **lstm_kwargs: Any) -> None:
         if head not in ("all", "last"):
             raise ValueError(f"head: expected 'all' or 'last', got {head!r}")
+        output_size = ck.positive_int("output_size", output_size)
         self.config = dict(input_size=input_size, hidden_size=hidden_size, output_size=output_size,
                            num_layers=num_layers, head=head, activation=activation,
                            dtype=np.dtype(ck.float_dtype(dtype)).name, **lstm_kwargs)
@@ -27,55 +50,95 @@ class SequenceModel:
         self.lstm = LSTM(input_size, hidden_size, num_layers, dtype=dtype, device=device, seed=seed,
                          **lstm_kwargs)
         features = self.lstm.num_directions * self.lstm.output_size     # H, or 2P with options
-        self.head = Dense(features, ck.positive_int("output_size", output_size), activation,
-                          dtype=dtype, backend=self.lstm._be,
+        self.head = Dense(features, output_size, activation, dtype=dtype, backend=self.lstm._be,
                           seed=None if seed is None else seed + 1)
         self.device, self.dtype, self.xp = self.lstm.device, self.lstm.dtype, self.lstm._be.xp
+        self.batch_first = self.lstm.batch_first
         self.params = {**{f"lstm.{k}": v for k, v in self.lstm.params.items()},
                        **{f"head.{k}": v for k, v in self.head.params.items()}}
         self.grads = {**{f"lstm.{k}": v for k, v in self.lstm.grads.items()},
                       **{f"head.{k}": v for k, v in self.head.grads.items()}}
         self.training = True
-        self._T = None
+        self._y_shape = None
         self._last = None
 
-    def train(self):
+    def train(self) -> "SequenceModel":
+        """Training mode (the default): dropout and zoneout on, :meth:`backward` allowed.
+
+        Returns
+        -------
+        SequenceModel
+            ``self``.
+        """
         self.training = True
         self.lstm.train()
         return self
 
-    def eval(self):
-        """Evaluation mode: no dropout, and backward is refused."""
+    def eval(self) -> "SequenceModel":
+        """Evaluation mode: no dropout, and backward is refused.
+
+        Returns
+        -------
+        SequenceModel
+            ``self``.
+        """
         self.training = False
         self.lstm.eval()
         return self
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every gradient of both layers to zero (backward accumulates)."""
         self.lstm.zero_grad()
         self.head.zero_grad()
 
-    def forward(self, x, state=None, lengths=None):
-        """x (T, B, I) -> (prediction, (h_n, c_n)); pass the returned state back in to carry it across
-        chunks of a long sequence (truncated BPTT: no gradient flows between chunks). With
-        ``lengths`` and head='last', each sample's prediction comes from its own last valid step."""
+    def forward(self, x: Any, state: Optional[Tuple[Any, Any]] = None,
+                lengths: Any = None) -> Tuple[Any, Tuple[Any, Any]]:
+        """Predict from a sequence.
+
+        Parameters
+        ----------
+        x : array
+            (T, B, I), or (B, T, I) with ``batch_first=True``.
+        state : (h, c) or None
+            The state returned by a previous call, to carry it across chunks of a long sequence
+            (truncated BPTT: no gradient flows between chunks). None starts from zeros.
+        lengths : array of int, optional
+            (B,) valid steps per sample, in [1, T]; with head='last' each sample's prediction comes
+            from its own last valid step.
+
+        Returns
+        -------
+        prediction : array
+            (T, B, output_size) (or batch-first) for head='all'; (B, output_size) for head='last'.
+        state : (h_n, c_n)
+            The LSTM's final states, (num_layers * num_directions, B, features).
+        """
         y, state = self.lstm(x, state, lengths=lengths)
-        self._T = y.shape[0]
+        self._y_shape = tuple(y.shape)
         if self.head_mode == "all":
             return self.head(y), state
         xp = self.xp
+        time_axis = 1 if self.batch_first else 0
+        B = y.shape[1 - time_axis]
         if lengths is None:
             self._last = None
-            last = y[-1]
+            last = y[:, -1] if self.batch_first else y[-1]            # (B, features)
         else:
             idx = xp.asarray(np.asarray(to_numpy(lengths), dtype=np.int64) - 1)
             self._last = idx
-            last = y[idx, xp.arange(y.shape[1])]
+            last = y[xp.arange(B), idx] if self.batch_first else y[idx, xp.arange(B)]
         return self.head(last), state
 
     __call__ = forward
 
-    def backward(self, dout):
-        """Backpropagate d(loss)/d(prediction); gradients add into ``grads``."""
+    def backward(self, dout: Any) -> None:
+        """Backpropagate d(loss)/d(prediction); gradients add into ``grads``.
+
+        Parameters
+        ----------
+        dout : array
+            The gradient of the loss with respect to the last forward's prediction, same shape.
+        """
         if not self.training:
             raise RuntimeError("backward: the model is in eval mode; call model.train() first")
         dh = self.head.backward(dout)
@@ -83,9 +146,15 @@ class SequenceModel:
             self.lstm.backward(dh)
             return
         # only the step the prediction was read from receives an error
-        dy = self.lstm._be.zeros((self._T,) + tuple(dh.shape))
+        dy = self.lstm._be.zeros(self._y_shape)
+        B = dh.shape[0]
         if self._last is None:
-            dy[-1] = dh
+            if self.batch_first:
+                dy[:, -1] = dh
+            else:
+                dy[-1] = dh
+        elif self.batch_first:
+            dy[self.xp.arange(B), self._last] = dh
         else:
-            dy[self._last, self.xp.arange(dh.shape[0])] = dh
+            dy[self._last, self.xp.arange(B)] = dh
         self.lstm.backward(dy)

@@ -4,6 +4,8 @@ Every operation is an array expression on the parameter's own device: on the GPU
 to the host (step counts and hyper-parameters are host scalars, never read back from the device).
 """
 
+from typing import Any, Dict, Iterable, Tuple, Union
+
 import numpy as np
 
 from . import _checks as ck
@@ -12,6 +14,9 @@ from . import _checks as ck
 def _xp(a):
     from .backend import backend_for
     return backend_for(a).xp
+
+
+Arrays = Union[Dict[str, Any], Iterable[Any]]
 
 
 def _backend(a):
@@ -31,34 +36,70 @@ def adam_constants(opt):
 
 
 class Optimizer:
-    """Base: ``params`` and ``grads`` are dicts of arrays with the same keys (e.g. ``model.params``)."""
+    """Base class: updates ``params`` in place from ``grads``.
+
+    Parameters
+    ----------
+    params, grads : dict of str to array
+        The same keys and shapes (e.g. ``model.params`` and ``model.grads``).
+    lr : float
+        Learning rate, >= 0.
+    """
 
     slots = ()
 
-    def __init__(self, params, grads, lr):
+    def __init__(self, params: Dict[str, Any], grads: Dict[str, Any], lr: float) -> None:
         if set(params) != set(grads):
-            raise ValueError(f"grads: keys {sorted(grads)} differ from params keys {sorted(params)}")
+            raise ValueError(f"grads: expected the keys of params {sorted(params)}, got {sorted(grads)}")
         for k in params:
             if params[k].shape != grads[k].shape:
-                raise ValueError(f"grads[{k!r}]: shape {grads[k].shape} differs from the parameter's {params[k].shape}")
+                raise ValueError(f"grads[{k!r}]: expected the parameter's shape {tuple(params[k].shape)}, "
+                                 f"got {tuple(grads[k].shape)}")
         self.params, self.grads = params, grads
         self.lr = ck.nonnegative_float("lr", lr)
         self.step_count = 0
         self.state = {k: {s: _xp(p).zeros_like(p) for s in self.slots} for k, p in params.items()}
 
-    def step(self):
+    def step(self) -> None:
+        """Apply one update to every parameter, in place, on its device."""
         self.step_count += 1
         for k, p in self.params.items():
             self._update(p, self.grads[k], self.state[k])
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> Dict[str, Any]:
+        """The settings, as JSON-able values.
+
+        Returns
+        -------
+        dict
+        """
         return {"lr": self.lr}
 
-    def state_dict(self):
-        """{'step_count', 'hyperparameters', 'state': {param: {slot: array}}} (arrays on the device)."""
+    def state_dict(self) -> Dict[str, Any]:
+        """The optimizer's state.
+
+        Returns
+        -------
+        dict
+            ``{'step_count', 'hyperparameters', 'state': {param: {slot: array}}}`` (arrays on the
+            device, not copies).
+        """
         return {"step_count": self.step_count, "hyperparameters": self.hyperparameters(), "state": self.state}
 
-    def load_state_dict(self, sd):
+    def load_state_dict(self, sd: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output, all or nothing.
+
+        Parameters
+        ----------
+        sd : dict
+            ``{'step_count', 'state'}`` as :meth:`state_dict` returns it; every key and shape and the
+            step count are checked before anything is written.
+        """
+        if not isinstance(sd, dict) or "state" not in sd or "step_count" not in sd:
+            raise TypeError(f"sd: expected a dict with 'state' and 'step_count', got {type(sd).__name__}")
+        step_count = sd["step_count"]
+        if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
+            raise ValueError(f"sd['step_count']: expected an int >= 0, got {step_count!r}")
         state = sd["state"]
         for k in self.params:
             for s in self.slots:
@@ -70,19 +111,34 @@ class Optimizer:
         for k in self.params:
             for s in self.slots:
                 self.state[k][s][...] = _xp(self.params[k]).asarray(state[k][s])
-        self.step_count = int(sd["step_count"])
+        self.step_count = int(step_count)
 
 
 class SGD(Optimizer):
-    """p -= lr * v with v = momentum * v + g (+ weight_decay * p), as torch.optim.SGD (no dampening)."""
+    """Stochastic gradient descent: p -= lr * v with v = momentum * v + g (+ weight_decay * p), as
+    torch.optim.SGD (no dampening).
 
-    def __init__(self, params, grads, lr=0.1, momentum=0.0, weight_decay=0.0):
+    Parameters
+    ----------
+    params, grads : dict of str to array
+    lr, momentum, weight_decay : float
+        All >= 0.
+    """
+
+    def __init__(self, params: Dict[str, Any], grads: Dict[str, Any], lr: float = 0.1,
+                 momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         self.momentum = ck.nonnegative_float("momentum", momentum)
         self.weight_decay = ck.nonnegative_float("weight_decay", weight_decay)
         self.slots = ("velocity",) if self.momentum else ()
         super().__init__(params, grads, lr)
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> Dict[str, Any]:
+        """The settings, as JSON-able values.
+
+        Returns
+        -------
+        dict
+        """
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
 
     def _update(self, p, g, st):
@@ -102,22 +158,40 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma and Ba, 2015) with bias correction; ``weight_decay`` is L2 added to the gradient."""
+    """Adam (Kingma and Ba, 2015) with bias correction; ``weight_decay`` is L2 added to the gradient.
+
+    Parameters
+    ----------
+    params, grads : dict of str to array
+    lr : float
+    betas : (float, float)
+        Each in [0, 1).
+    eps, weight_decay : float
+    """
 
     slots = ("m", "v")
     decoupled = False
 
-    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Dict[str, Any], grads: Dict[str, Any], lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
         b1, b2 = betas
         for name, b in (("betas[0]", b1), ("betas[1]", b2)):
-            if not 0.0 <= float(b) < 1.0:
+            if ck.nonnegative_float(name, b) >= 1.0:
                 raise ValueError(f"{name}: expected a value in [0, 1), got {b}")
         self.betas = (float(b1), float(b2))
         self.eps = ck.nonnegative_float("eps", eps)
         self.weight_decay = ck.nonnegative_float("weight_decay", weight_decay)
         super().__init__(params, grads, lr)
 
-    def hyperparameters(self):
+    def hyperparameters(self) -> Dict[str, Any]:
+        """The settings, as JSON-able values.
+
+        Returns
+        -------
+        dict
+        """
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
     def _update(self, p, g, st):
@@ -142,20 +216,42 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov and Hutter, 2019), as torch.optim.AdamW."""
+    """Adam with decoupled weight decay (Loshchilov and Hutter, 2019), as torch.optim.AdamW.
+
+    Parameters
+    ----------
+    params, grads : dict of str to array
+    lr : float
+    betas : (float, float)
+    eps, weight_decay : float
+    """
 
     decoupled = True
 
-    def __init__(self, params, grads, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, params: Dict[str, Any], grads: Dict[str, Any], lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2) -> None:
         super().__init__(params, grads, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
-def global_grad_norm(grads):
-    """sqrt(sum of every squared gradient element), as a 0-d array on the gradients' device."""
+def global_grad_norm(grads: Arrays) -> Any:
+    """The global L2 norm of all gradients.
+
+    Parameters
+    ----------
+    grads : dict of arrays, or iterable of arrays
+
+    Returns
+    -------
+    0-d array
+        sqrt(sum of every squared element), float64, on the gradients' device.
+    """
     grads = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    if not grads:
+        raise ValueError("grads: expected at least one gradient array, got none")
     xp = _xp(grads[0])
     total = xp.zeros((), dtype=np.float64)
     for g in grads:
@@ -163,11 +259,26 @@ def global_grad_norm(grads):
     return xp.sqrt(total)
 
 
-def clip_grad_norm(grads, max_norm, eps=1e-6):
-    """Scale all gradients by min(1, max_norm / (norm + eps)) where norm is their global L2 norm
-    (gradient clipping by norm, as in the chain-rules seed). Returns the norm before clipping, a 0-d
-    device array; the scale is applied on the device with no host round trip."""
-    max_norm = ck.nonnegative_float("max_norm", max_norm)
+def clip_grad_norm(grads: Arrays, max_norm: float, eps: float = 1e-6) -> Any:
+    """Clip gradients by their global norm, in place.
+
+    Every gradient is scaled by min(1, max_norm / (norm + eps)), norm being their global L2 norm; the
+    scale is applied on the device with no host round trip.
+
+    Parameters
+    ----------
+    grads : dict of arrays, or iterable of arrays
+    max_norm : float
+        Positive. (To turn clipping off, do not call this.)
+    eps : float
+
+    Returns
+    -------
+    0-d array
+        The norm before clipping, on the device.
+    """
+    # 0 would silently zero every gradient: clipping is turned off by not calling this.
+    max_norm = ck.positive_float("max_norm", max_norm)
     norm = global_grad_norm(grads)
     xp = _xp(norm)
     scale = xp.minimum(1.0, max_norm / (norm + eps))
@@ -176,8 +287,15 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
     return norm
 
 
-def clip_grad_value(grads, clip_value):
-    """Clamp every gradient element to [-clip_value, clip_value], in place."""
-    clip_value = ck.nonnegative_float("clip_value", clip_value)
+def clip_grad_value(grads: Arrays, clip_value: float) -> None:
+    """Clamp every gradient element to [-clip_value, clip_value], in place.
+
+    Parameters
+    ----------
+    grads : dict of arrays, or iterable of arrays
+    clip_value : float
+        Positive.
+    """
+    clip_value = ck.positive_float("clip_value", clip_value)   # 0 would zero every gradient
     for g in (grads.values() if isinstance(grads, dict) else grads):
         _xp(g).clip(g, -clip_value, clip_value, out=g)

@@ -30,7 +30,7 @@ for the new arrays and its graphs dropped, so a graph never reads an array the m
 :meth:`LSTM.set_params`, checkpoint loading and ``load_torch_state_dict`` copy in place and need no
 rebuild.
 
-Detached tapes: a plan's tape is lent out by ``detach_tape()`` and the plan returns to the model's
+Detached tapes: a plan's tape is handed out by ``detach_tape()`` and the plan returns to the model's
 pool when the caller drops the tape; the next forward of that shape takes a free plan or builds one.
 Chosen over copying the saved buffers out and back (two device-to-device copies of the whole tape per
 training step: gates, h, c of every layer) and over recapturing per forward (milliseconds of host
@@ -49,7 +49,7 @@ from .gates import PEEPHOLE_ORDER, gate_slice
 
 ALGOS = ("auto", "graph", "plan", "eager", "persistent")
 ALGO_ENV = "GPU_LSTM_ALGO"
-MAX_FREE_PLANS = 4      # free (not lent out) plans kept per model, beyond the one in use
+MAX_FREE_PLANS = 4      # free (not handed out) plans kept per model, beyond the one in use
 
 
 class _Ops(list):
@@ -484,7 +484,7 @@ def resolve_algo(algo, be):
 
 
 class PlanCache:
-    """A model's plans: the one in use, free ones by key, and lent ones (their tapes detached)."""
+    """A model's plans: the one in use, free ones by key, and handed-out ones (their tapes detached)."""
 
     def __init__(self):
         self.free = {}     # key -> [Plan]

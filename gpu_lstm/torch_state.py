@@ -1,8 +1,12 @@
-"""Mapping between gpu_lstm's parameter names and torch.nn.LSTM's state_dict."""
+"""Mapping between gpu_lstm's parameter names and torch.nn.LSTM's state_dict.
+
+This module never imports :mod:`gpu_lstm.lstm` (the LSTM imports it, lazily): it works on any object
+with the LSTM's attributes, so the two modules do not depend on each other."""
 
 import numpy as np
 
 from . import _checks as ck
+from ._arrays import to_numpy
 
 
 def torch_names(m):
@@ -25,7 +29,6 @@ def torch_names(m):
 
 
 def load_torch_state_dict(m, state_dict):
-    from .lstm import to_numpy
     expected = torch_names(m)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -49,7 +52,6 @@ def load_torch_state_dict(m, state_dict):
 def torch_state_dict(m, as_tensors=None):
     """{torch name: value}: torch CPU tensors when torch imports (``as_tensors=None``), else NumPy
     arrays; ``as_tensors=False`` forces NumPy. bias_ih holds b, bias_hh zeros."""
-    from .lstm import to_numpy
     if as_tensors is None or as_tensors:
         try:
             import torch

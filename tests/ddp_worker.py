@@ -50,5 +50,6 @@ def worker(rank, world, port, out_file):
         s = slice(rank * B // world, (rank + 1) * B // world)     # this rank's shard
         grads = gradients(ddp, x[:, s], y[s], lengths[s])
         torch.save(grads, f"{out_file}.{rank}")
+        torch.distributed.barrier()      # no rank tears the group down while another still uses it
     finally:
         torch.distributed.destroy_process_group()

@@ -190,7 +190,7 @@ def test_forget_bias_and_options_validation():
         gl.LSTM(3, 4, dropout=1.0, device="cpu")
     with pytest.raises(ValueError, match=r"zoneout_c: expected a probability in \[0, 1\)"):
         gl.LSTM(3, 4, zoneout_c=1.5, device="cpu")
-    with pytest.raises(ValueError, match="forget_bias: needs bias=True"):
+    with pytest.raises(ValueError, match="forget_bias: expected None when bias=False"):
         gl.LSTM(3, 4, bias=False, forget_bias=1.0, device="cpu")
     with pytest.raises(ValueError, match="no peephole"):
         gl.LSTM(3, 4, peephole=True, device="cpu").torch_state_dict()

@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 
-from gpu_lstm import tasks
+from gpu_lstm import tasks, training
 from gpu_lstm.checkpoint import read_checkpoint
 
 
@@ -19,7 +19,7 @@ def test_adding_problem_data():
 
 
 def test_adding_training_learns(tmp_path):
-    s = tasks.train_adding(steps=300, T=10, B=32, hidden=16, lr=1e-2, device="cpu", out_dir=str(tmp_path),
+    s = training.train_adding(steps=300, T=10, B=32, hidden=16, lr=1e-2, device="cpu", out_dir=str(tmp_path),
                            log_every=100, stream=io.StringIO())
     assert s["test_mse"] < 0.1 * s["baseline_mse"], s["test_mse"]
     assert s["history"][-1][1] < 0.2 * s["history"][0][1]
@@ -29,7 +29,7 @@ def test_adding_training_learns(tmp_path):
 
 def test_charlm_training_learns_and_samples(tmp_path):
     out = io.StringIO()
-    s = tasks.train_charlm(steps=80, T=16, B=16, hidden=32, lr=1e-2, device="cpu", out_dir=str(tmp_path),
+    s = training.train_charlm(steps=80, T=16, B=16, hidden=32, lr=1e-2, device="cpu", out_dir=str(tmp_path),
                            log_every=40, sample_length=40, stream=out)
     assert s["history"][0][1] > 5.5            # starts near log2(62) = 5.95 bits
     assert s["test_bpc"] < 4.0                 # clearly below uniform after 80 steps

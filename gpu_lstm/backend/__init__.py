@@ -38,6 +38,9 @@ def gpu_available():
         return False, f"cupy not importable ({type(exc).__name__}: {exc})"
     try:
         n = cupy.cuda.runtime.getDeviceCount()
+        if n >= 1:
+            # A device can be counted yet unusable (driver too old, busy, no memory): touch it once.
+            cupy.cuda.runtime.getDeviceProperties(0)
     except Exception as exc:
         return False, f"no usable CUDA device ({type(exc).__name__}: {exc})"
     if n < 1:
@@ -57,6 +60,28 @@ def gpu_available():
     return True, f"{n} CUDA device(s)"
 
 
+_warned_fallback = False
+
+
+def _cupy_installed():
+    import importlib.util
+    try:
+        return importlib.util.find_spec("cupy") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _warn_cpu_fallback(why):
+    """device='auto' chose the CPU although cupy is installed: say why, once per process."""
+    global _warned_fallback
+    if _warned_fallback or not _cupy_installed():
+        return
+    _warned_fallback = True
+    import warnings
+    warnings.warn(f"gpu_lstm: device='auto' falls back to the CPU: cupy is installed but {why}",
+                  RuntimeWarning, stacklevel=4)
+
+
 def resolve_device(device):
     """Map 'auto' (or the GPU_LSTM_DEVICE environment variable) to 'cpu' or 'gpu'."""
     if not isinstance(device, str) or device not in _DEVICES:
@@ -68,7 +93,10 @@ def resolve_device(device):
                 raise ValueError(f"{DEVICE_ENV}: expected 'cpu', 'gpu' or 'host', got {forced!r}")
             device = forced
         else:
-            device = "gpu" if gpu_available()[0] else "cpu"
+            ok, why = gpu_available()
+            device = "gpu" if ok else "cpu"
+            if not ok:
+                _warn_cpu_fallback(why)
     return device
 
 

@@ -1,0 +1,89 @@
+"""Text generation from a character model, and rebuilding a model from a trainer's checkpoint."""
+
+import os
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from . import _checks as ck
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from .model import SequenceModel
+from .tasks import CharVocab, one_hot
+
+
+def sample_text(model: SequenceModel, vocab: CharVocab, length: int, seed: int = 0, prime: str = "\n",
+                temperature: float = 0.8) -> str:
+    """Generate characters after ``prime``, one step at a time with the state carried.
+
+    Parameters
+    ----------
+    model : SequenceModel
+        A character model (head='all', one-hot inputs and logits over ``vocab``).
+    vocab : CharVocab
+    length : int
+        Characters to generate (>= 1).
+    seed : int
+        Seeds the sampling.
+    prime : str
+        At least one character, every one in ``vocab``: the text the model reads first.
+    temperature : float
+        Positive; below 1 samples more conservatively.
+
+    Returns
+    -------
+    str
+        ``prime`` followed by the ``length`` generated characters.
+    """
+    length = ck.positive_int("length", length)
+    temperature = ck.positive_float("temperature", temperature)
+    seed = ck.seed("seed", seed)
+    if not isinstance(prime, str) or not prime:
+        raise ValueError(f"prime: expected at least one character, got {prime!r}")
+    unknown = sorted(set(prime) - set(vocab.index))
+    if unknown:
+        raise ValueError(f"prime: expected characters of the model's vocabulary, got {unknown!r} "
+                         f"which it does not have")
+    xp, V = model.xp, len(vocab)
+    rng = np.random.default_rng(seed)
+    model.eval()
+    logits, state = model(one_hot(xp.asarray(vocab.encode(prime)[:, None]), V, model.dtype, xp))
+    out = []
+    last = np.asarray(model.lstm._be.to_numpy(logits[-1, 0]), dtype=np.float64)
+    for _ in range(length):
+        z = last / temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        nxt = int(rng.choice(V, p=p))
+        out.append(nxt)
+        logits, state = model(one_hot(xp.asarray(np.array([[nxt]])), V, model.dtype, xp), state)
+        last = np.asarray(model.lstm._be.to_numpy(logits[-1, 0]), dtype=np.float64)
+    model.train()
+    return prime + vocab.decode(out)
+
+
+def model_from_checkpoint(path: "str | os.PathLike", device: str = "auto") -> Tuple[SequenceModel, Dict[str, Any]]:
+    """Rebuild the model saved by the trainers and load its parameters.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A checkpoint written by :func:`gpu_lstm.training.train_adding` / ``train_charlm`` (or any
+        :func:`gpu_lstm.save_checkpoint` of a :class:`SequenceModel`).
+    device : {'auto', 'cpu', 'gpu'}
+
+    Returns
+    -------
+    model : SequenceModel
+    meta : dict
+        The checkpoint's metadata.
+    """
+    meta, _ = read_checkpoint(path)
+    cfg = dict(meta.get("config") or {})
+    needed = ("input_size", "hidden_size", "output_size", "num_layers")
+    if any(k not in cfg for k in needed):
+        raise CheckpointError(f"checkpoint: {path} holds no SequenceModel configuration "
+                              f"(expected keys {list(needed)}, got {sorted(cfg)})")
+    model = SequenceModel(cfg.pop("input_size"), cfg.pop("hidden_size"), cfg.pop("output_size"),
+                          cfg.pop("num_layers"), device=device, **cfg)
+    load_checkpoint(path, model)
+    return model, meta
