@@ -17,8 +17,8 @@ STATUS="$OUT/.gpu_eval.status"
 : > "$STATUS"
 bash benchmarks/gpu_verify.sh "$OUT"
 echo "verify $?" >> "$STATUS"
-# Persistent kernels (issue 13, docs/persistent.md): their GPU tests under compute-sanitizer (memcheck,
-# racecheck, synccheck) on the small shapes first, then the full GPU test file, before any timing.
+# Persistent kernels (docs/persistent.md): their GPU tests under compute-sanitizer (memcheck, racecheck,
+# synccheck) on the small shapes, before any timing (gpu_verify.sh ran the full GPU test files).
 SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 {
   for tool in memcheck racecheck synccheck; do
@@ -34,11 +34,6 @@ SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
     fi
     echo "sanitize-$tool $rc" >> "$STATUS"
   done
-  echo "$ python3 -m pytest -m gpu tests/test_persistent_gpu.py -v"
-  GPU_LSTM_REQUIRE_GPU=1 python3 -m pytest -m gpu tests/test_persistent_gpu.py -v -p no:cacheprovider 2>&1
-  rc=$?
-  echo "pytest exit: $rc"
-  echo "persistent-tests $rc" >> "$STATUS"
 } 2>&1 | tee "$OUT/persistent_verify.log"
 {
   echo "# gpu-lstm bench --device gpu ($(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null))"
@@ -48,6 +43,10 @@ SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer
   echo "# benchmarks/persistent_bench.py (persistent vs per-step engine; per-step time against the 2 us goal)"
   python3 benchmarks/persistent_bench.py --json "$OUT/persistent_bench.json" 2>&1
   echo "persistent-bench $?" >> "$STATUS"
+  echo
+  echo "# benchmarks/torch_module_gpu.py (gpu_lstm.torch.LSTM vs torch.nn.LSTM on CUDA tensors)"
+  python3 benchmarks/torch_module_gpu.py 2>&1
+  echo "torch-module-bench $?" >> "$STATUS"
   echo
   echo "# gpu-lstm profile --device gpu -H 512 -B 64 -T 100"
   python3 -m gpu_lstm profile --device gpu -H 512 -B 64 -T 100 2>&1

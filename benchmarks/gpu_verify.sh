@@ -37,8 +37,10 @@ print(device_description())
 PY
   echo "probe $?" >> "$STATUS"
   echo
-  echo "$ python3 -m pytest -m gpu tests/test_gpu.py -v -rs"
-  python3 -m pytest -m gpu tests/test_gpu.py -v -rs -p no:cacheprovider 2>&1 | tee "$OUT/.pytest.out"
+  # Every GPU module: the engine in every mode (test_gpu.py), the persistent kernels, the torch module.
+  echo "$ python3 -m pytest -m gpu tests/test_gpu.py tests/test_persistent_gpu.py tests/test_torch_gpu.py -v -rs"
+  python3 -m pytest -m gpu tests/test_gpu.py tests/test_persistent_gpu.py tests/test_torch_gpu.py -v -rs \
+    -p no:cacheprovider 2>&1 | tee "$OUT/.pytest.out"
   echo "pytest ${PIPESTATUS[0]}" >> "$STATUS"
   # all tests skipped exits 0 in pytest: count it as a failure here
   if tail -n 1 "$OUT/.pytest.out" | grep -q "skipped" || ! tail -n 1 "$OUT/.pytest.out" | grep -q " passed"; then

@@ -4,7 +4,7 @@ training step, float32, on a GPU machine. Not yet run on a GPU.
     python3 benchmarks/torch_module_gpu.py > benchmarks/results/<date>-<device>/torch-module.txt
 """
 
-import time
+import statistics
 
 import torch
 
@@ -12,24 +12,32 @@ import gpu_lstm.torch as glt
 
 
 def step_time(model, x, reps=20):
+    """Median over ``reps`` of one forward + backward, CUDA events around each (after warm-up)."""
     for _ in range(3):
         y, _ = model(x)
         y.sum().backward()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
+    times = []
     for _ in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         y, _ = model(x)
         y.sum().backward()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / reps * 1e3
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times)
 
 
 def main():
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    # FP32 with TF32 off on both sides (the same math, as docs/benchmarks.md asks).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, float32, TF32 off, median of 20")
     print("H     B    T    layers  cuDNN ms  gpu_lstm ms  compiled ms")
     for H, B, T, L in ((256, 64, 100, 1), (512, 64, 100, 2), (1024, 32, 200, 1)):
         torch.manual_seed(0)
         ref = torch.nn.LSTM(H, H, L, device="cuda")
+        ref.flatten_parameters()
         m = glt.LSTM(H, H, L, device="cuda")
         m.load_state_dict(ref.state_dict())
         x = torch.randn(T, B, H, device="cuda")
