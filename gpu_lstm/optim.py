@@ -153,9 +153,25 @@ class AdamW(Adam):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
+def _fused_norm(grads):
+    """The backend's fused global norm (cuda/clip_kernels.cuh) when every gradient can use it: same
+    dtype as the backend, C-contiguous. None otherwise (the array expressions below run instead)."""
+    be = _backend(grads[0])
+    fused = getattr(be, "grad_norm", None)
+    if fused is None or not all(g.dtype == be.dtype and g.flags.c_contiguous for g in grads):
+        return None
+    return fused
+
+
 def global_grad_norm(grads):
-    """sqrt(sum of every squared gradient element), as a 0-d array on the gradients' device."""
+    """sqrt(sum of every squared gradient element), as a 0-d array on the gradients' device.
+
+    On the GPU: the fixed-order two-level reduction of cuda/clip_kernels.cuh (P + 2 launches, no host
+    sync); NumPy's sum below is pairwise, so the two agree to rounding, not bitwise."""
     grads = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    fused = _fused_norm(grads)
+    if fused is not None:
+        return fused(grads)
     xp = _xp(grads[0])
     total = xp.zeros((), dtype=np.float64)
     for g in grads:
@@ -168,6 +184,10 @@ def clip_grad_norm(grads, max_norm, eps=1e-6):
     (gradient clipping by norm, as in the chain-rules seed). Returns the norm before clipping, a 0-d
     device array; the scale is applied on the device with no host round trip."""
     max_norm = ck.nonnegative_float("max_norm", max_norm)
+    glist = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    fused = _fused_norm(glist)
+    if fused is not None:   # norm, coefficient and scaling on the device: 2P + 2 launches
+        return fused(glist, max_norm, eps)
     norm = global_grad_norm(grads)
     xp = _xp(norm)
     scale = xp.minimum(1.0, max_norm / (norm + eps))

@@ -125,7 +125,9 @@ def asnumpy(a):
 
 
 # ---- kernels: signatures from the CUDA source, bodies from the host build -------------------------
-_KINDS = {"long long": "i64", "int": "i32"}
+_KINDS = {"long long": "i64", "int": "i32", "double": "f64", "unsigned int": "u32"}
+# Pointer kinds other than T*: the dtype the array must have.
+_PTR_DTYPES = {"i64*": np.int64, "i32*": np.int32, "f64*": np.float64, "u32*": np.uint32}
 
 
 def _signatures():
@@ -169,7 +171,7 @@ class _Kernel:
                     continue
                 if not isinstance(a, ndarray):
                     raise TypeError(f"{where}: expected a device array, got {type(a).__name__}")
-                want = self.dtype if kind == "T*" else np.dtype({"i64*": np.int64, "i32*": np.int32}[kind])
+                want = self.dtype if kind == "T*" else np.dtype(_PTR_DTYPES[kind])
                 if a.dtype != want or not a.flags.c_contiguous:
                     raise TypeError(f"{where}: expected a C-contiguous {want.name} array, got "
                                     f"{a.dtype.name} with strides {a.strides}")
@@ -177,6 +179,10 @@ class _Kernel:
             elif kind == "T":
                 if type(a) is not self.dtype.type:
                     raise TypeError(f"{where}: expected {self.dtype.type.__name__}, got {type(a).__name__}")
+                conv.append(float(a))
+            elif kind == "f64":
+                if type(a) is not np.float64:
+                    raise TypeError(f"{where}: expected np.float64, got {type(a).__name__}")
                 conv.append(float(a))
             elif kind == "i64":
                 if type(a) is not np.int64:
@@ -194,7 +200,9 @@ _HOST_NAMES = {"lstm_cell_forward": "gl_cell_forward", "lstm_cell_backward": "gl
                "seq_carry": "gl_seq_carry", "zoneout_mix": "gl_zoneout_mix", "zoneout_split": "gl_zoneout_split",
                "dropout_apply": "gl_dropout_apply",
                "sum_rows": "gl_sum_rows", "sum_rows_partial": "gl_sum_rows_partial",
-               "softmax_xent": "gl_softmax_xent", "adam_step": "gl_adam_step", "sgd_step": "gl_sgd_step"}
+               "softmax_xent": "gl_softmax_xent", "adam_step": "gl_adam_step", "sgd_step": "gl_sgd_step",
+               "grad_sumsq_partial": "gl_grad_sumsq_partial", "grad_norm_finish": "gl_grad_norm_finish",
+               "grad_clip_coef": "gl_grad_clip_coef", "grad_scale": "gl_grad_scale"}
 compiled = []   # (code, options, name_expressions) of every RawModule made
 
 

@@ -209,3 +209,26 @@ def test_gpu_optimizers_are_one_fused_launch_per_parameter():
         assert be._k[kernel].launches - before == len(m.params)
         for k in m.params:   # the host build of the fused kernel: bitwise the NumPy optimizer
             np.testing.assert_array_equal(gl.to_numpy(m.params[k]), ref_p[k])
+
+
+def test_clip_grad_norm_is_2p_plus_2_fused_launches_bitwise_the_host_build():
+    import cupy as cp
+    from gpu_lstm import optim
+    from gpu_lstm.backend.host_backend import HostKernelBackend
+    m = gl.LSTM(3, 4, 2, device="gpu", dtype="float32", seed=0)
+    be = m._be
+    rng = np.random.default_rng(2)
+    host = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in m.grads.items()}
+    for k in m.grads:
+        m.grads[k][...] = cp.asarray(host[k])
+    names = ("grad_sumsq_partial", "grad_norm_finish", "grad_clip_coef", "grad_scale")
+    before = {k: be._k[k].launches for k in names}
+    norm = optim.clip_grad_norm(m.grads, 0.1)
+    P = len(m.grads)
+    assert {k: be._k[k].launches - before[k] for k in names} == {
+        "grad_sumsq_partial": P, "grad_norm_finish": 1, "grad_clip_coef": 1, "grad_scale": P}
+    assert isinstance(norm, cp.ndarray) and norm.shape == ()
+    ref = [host[k] for k in m.grads]
+    assert HostKernelBackend("float32").grad_norm(ref, 0.1, 1e-6) == float(norm)
+    for k, r in zip(m.grads, ref):
+        np.testing.assert_array_equal(gl.to_numpy(m.grads[k]), r)

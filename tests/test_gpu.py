@@ -354,3 +354,26 @@ def test_fused_gpu_optimizers_match_numpy(cls, kw):
         got.step()
     for k in host:
         np.testing.assert_allclose(gl.to_numpy(dev[k]), host[k], rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_clip_grad_norm_matches_numpy(dtype):
+    """Global norm and clipping on the device (cuda/clip_kernels.cuh: a fixed-order two-level sum, the
+    coefficient computed on the device) against optim's NumPy expressions (a pairwise sum), within the
+    derived bound of tests/clip_bounds.py, counting FMA contraction of s + x * x on a GPU."""
+    import cupy as cp
+    from clip_bounds import clipped_rtol, norm_rtol
+    from gpu_lstm import optim
+    rng = np.random.default_rng(6)
+    shapes = [(512, 130), (33,), (0,), (7, 3), (70001,)]
+    host = [(3 * rng.standard_normal(s)).astype(dtype) for s in shapes]
+    dev = [cp.asarray(g) for g in host]
+    sizes = [g.size for g in host]
+    np.testing.assert_allclose(gl.to_numpy(optim.global_grad_norm(dev)), optim.global_grad_norm(host),
+                               rtol=norm_rtol(sizes, fma=True), atol=0)
+    n_ref = optim.clip_grad_norm(host, 0.5)
+    n_dev = optim.clip_grad_norm(dev, 0.5)
+    assert isinstance(n_dev, cp.ndarray) and n_dev.shape == () and n_dev.dtype == np.float64
+    np.testing.assert_allclose(gl.to_numpy(n_dev), n_ref, rtol=norm_rtol(sizes, fma=True), atol=0)
+    for a, b in zip(dev, host):
+        np.testing.assert_allclose(gl.to_numpy(a), b, rtol=clipped_rtol(sizes, dtype, fma=True), atol=0)
