@@ -718,8 +718,11 @@ def _install_capture(cupy, cuda, cublas_mod):
 
 
 # ---- persistent kernels: cooperative launch (gpu_lstm/backend/persistent.py, GpuRunner) --------------
-# What GpuRunner uses of CuPy, emulated (names checked against CuPy's sources as far as memory goes; the
-# ones marked "uncertain" could not be verified on a GPU machine):
+# What GpuRunner uses of CuPy, emulated. The names and signatures were checked against CuPy's sources
+# (cupy/cuda/function.pyx Function.__call__, cupy/_core/raw.pyx RawKernel.kernel and
+# max_dynamic_shared_size_bytes, cupy_backends/cuda/api/driver.pyx, cupy/cuda/device.pyx attributes,
+# runtime.pyx getDeviceProperties); what the driver does at the edges (marked "uncertain") was not run
+# on a GPU machine:
 #   cupy.cuda.Device(i).attributes           dict keyed by cudaDeviceAttr names without the prefix
 #                                            ('MultiProcessorCount', 'MaxSharedMemoryPerBlockOptin',
 #                                            'CooperativeLaunch', ...)
