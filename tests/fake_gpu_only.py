@@ -34,7 +34,14 @@ def test_cli_profile_and_bench_on_the_fake_gpu(capsys):
     assert main(["profile", "--device", "gpu", "-H", "16", "-B", "4", "-T", "5", "--reps", "2"]) == 0
     assert "fused cell forward" in capsys.readouterr().out
     result = bench.run(device="gpu", shapes=[(16, 4, 5)], reps=3, warmup=1, log=lambda s: None)
-    assert [r["mode"] for r in result["rows"] if r["dtype"] == "float32"] == ["inference", "training"]
+    rows = [r for r in result["rows"] if r["dtype"] == "float32"]
+    assert [(r["mode"], r["algo"]) for r in rows] == [(m, a) for m in ("inference", "training")
+                                                      for a in ("eager", "graph", "persistent")]
+    assert [r["ran"] for r in rows] == [r["algo"] for r in rows]     # each engine ran what it names
+    assert all(r["ours_ms"] > 0 and r["note"] == "" for r in rows)
+    big = bench.run(device="gpu", shapes=[(4096, 2, 2)], reps=1, warmup=0, log=lambda s: None,
+                    modes=("inference",), engines=("persistent",))["rows"][0]
+    assert big["ours_ms"] is None and big["note"].startswith("persistent not run: R does not fit on chip")
     assert "fake GPU" in result["environment"]["device_name"]
 
 
