@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Turn a `gpu-lstm bench --json` results file into a PNG: time per shape (ours and torch) and the
-ratio ours / torch, one panel per mode.
+"""Turn a `gpu-lstm bench --json` results file into a PNG: time per shape (one bar per gpu_lstm engine,
+and torch) and the ratio ours / torch per engine, one panel per mode.
 
     python benchmarks/plot_results.py RESULTS.json [OUT.png]
 """
@@ -9,37 +9,72 @@ import json
 import sys
 
 
+def _shapes(rows):
+    seen = []
+    for r in rows:
+        key = (r["H"], r["B"], r["T"])
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
 def plot(results, out):
+    """Bars per shape: one per gpu_lstm engine (the row's ``algo``; files from before the per-engine
+    rows have none and show as one "gpu_lstm" bar) and torch; the ratio panel has one bar per engine.
+    An engine row without a time (not run, or failed) leaves its bar out."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [r for r in results["rows"] if r["dtype"] == "float32" and r["ours_ms"] is not None]
-    modes = [m for m in ("inference", "training") if any(r["mode"] == m for r in rows)]
-    fig, axes = plt.subplots(2, len(modes), figsize=(6 * len(modes), 7), squeeze=False)
+    rows = [r for r in results["rows"] if r["dtype"] == "float32"]
+    timed = [r for r in rows if r["ours_ms"] is not None]
+    modes = [m for m in ("inference", "training") if any(r["mode"] == m for r in timed)]
+    algos = []
+    for r in rows:
+        a = r.get("algo") or "gpu_lstm"
+        if a not in algos:
+            algos.append(a)
+    nbar = len(algos) + 1
+    width = 0.8 / nbar
+    fig, axes = plt.subplots(2, max(1, len(modes)), figsize=(6 * max(1, len(modes)), 7), squeeze=False)
     for j, mode in enumerate(modes):
         rs = [r for r in rows if r["mode"] == mode]
-        labels = [f"{r['H']},{r['B']},{r['T']}" for r in rs]
-        x = range(len(rs))
-        ax = axes[0][j]
-        ax.bar([i - 0.2 for i in x], [r["ours_ms"] for r in rs], 0.4, label="gpu_lstm")
-        if any(r["opponent_ms"] for r in rs):
-            ax.bar([i + 0.2 for i in x], [r["opponent_ms"] or 0 for r in rs], 0.4, label="torch.nn.LSTM")
-        floors = [r.get("floor_ms") for r in rs]
-        if any(floors):
-            ax.scatter(list(x), [f or 0 for f in floors], marker="_", s=300, color="k", label="floor estimate")
+        shapes = _shapes(rs)
+        labels = [f"{H},{B},{T}" for H, B, T in shapes]
+        x = list(range(len(shapes)))
+
+        def pick(algo):
+            by = {(r["H"], r["B"], r["T"]): r for r in rs if (r.get("algo") or "gpu_lstm") == algo}
+            return [by.get(s) for s in shapes]
+
+        ax, ax_r = axes[0][j], axes[1][j]
+        opponent = {}
+        for k, algo in enumerate(algos):
+            sel = pick(algo)
+            pos = [i - 0.4 + width * (k + 0.5) for i in x]
+            ax.bar(pos, [r["ours_ms"] if r and r["ours_ms"] else 0 for r in sel], width, label=f"gpu_lstm {algo}")
+            ratios = [r["ratio"] if r else None for r in sel]
+            if any(v is not None for v in ratios):
+                ax_r.bar(pos, [v or 0 for v in ratios], width, label=algo)
+            for s, r in zip(shapes, sel):
+                if r and r["opponent_ms"]:
+                    opponent[s] = r["opponent_ms"]
+        if opponent:
+            ax.bar([i - 0.4 + width * (nbar - 0.5) for i in x], [opponent.get(s, 0) for s in shapes], width,
+                   label="torch.nn.LSTM")
+        floors = {(r["H"], r["B"], r["T"]): r.get("floor_ms") for r in rs}
+        if any(floors.values()):
+            ax.scatter(x, [floors.get(s) or 0 for s in shapes], marker="_", s=300, color="k", label="floor estimate")
         ax.set_yscale("log")
         ax.set_ylabel("ms (median)")
         ax.set_title(f"{mode}, float32")
-        ax.set_xticks(list(x), labels, rotation=30, fontsize=8)
+        ax.set_xticks(x, labels, rotation=30, fontsize=8)
         ax.legend(fontsize=8)
-        ax = axes[1][j]
-        ratios = [r["ratio"] for r in rs]
-        if any(v is not None for v in ratios):
-            ax.bar(list(x), [v or 0 for v in ratios], 0.6, color="tab:purple")
-            ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_ylabel("time ratio gpu_lstm / torch (lower is better)")
-        ax.set_xticks(list(x), labels, rotation=30, fontsize=8)
-        ax.set_xlabel("H, B, T")
+        ax_r.axhline(1.0, color="k", lw=0.8)
+        ax_r.set_ylabel("time ratio gpu_lstm / torch (lower is better)")
+        ax_r.set_xticks(x, labels, rotation=30, fontsize=8)
+        ax_r.set_xlabel("H, B, T")
+        if ax_r.get_legend_handles_labels()[0]:
+            ax_r.legend(fontsize=8)
     env = results["environment"]
     fig.suptitle(f"{env.get('device_name')}  |  {env.get('date', '')[:10]}  |  torch {env.get('torch')}", fontsize=9)
     fig.tight_layout()

@@ -59,6 +59,20 @@ extern "C" void gl_host_philox4x32_10(const unsigned int* ctr, const unsigned in
     }                                                                                                 \
     extern "C" void gl_sgd_step_##SUFFIX(long long n, T* p, const T* g, T* vel, T lr, T mu, T wd, int l2) { \
         sgd_step<T>(n, p, g, vel, lr, mu, wd, l2);                                                    \
+    }                                                                                                 \
+    extern "C" void gl_grad_sumsq_partial_##SUFFIX(long long n, long long lanes, const T* g, double* partial) { \
+        grad_sumsq_partial<T>(n, lanes, g, partial);                                                  \
+    }                                                                                                 \
+    extern "C" void gl_grad_norm_finish_##SUFFIX(long long nparams, const long long* offsets,         \
+                                                 const double* partial, double* slots) {              \
+        grad_norm_finish<T>(nparams, offsets, partial, slots);                                        \
+    }                                                                                                 \
+    extern "C" void gl_grad_clip_coef_##SUFFIX(long long nparams, const double* slots, double max_norm, \
+                                               double eps, double* out) {                             \
+        grad_clip_coef<T>(nparams, slots, max_norm, eps, out);                                        \
+    }                                                                                                 \
+    extern "C" void gl_grad_scale_##SUFFIX(long long n, T* g, const double* coef) {                   \
+        grad_scale<T>(n, g, coef);                                                                    \
     }
 
 GL_HOST_OPTIM(float, f32)

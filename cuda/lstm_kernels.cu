@@ -10,6 +10,7 @@
 #include "philox.cuh"
 #include "reduce_kernels.cuh"
 #include "optim_kernels.cuh"
+#include "clip_kernels.cuh"
 
 // One time step of eqs. (1)-(6). `gates` holds W x(t) + R h(t-1) on entry (bias not yet added) and
 // the activated gates i, f, g, o on exit: they are what the backward needs. `bias` and `peep`

@@ -6,14 +6,21 @@ in one process, following shared/guide/benchmarks.md.
   both sides; TF32 and bf16 rows where torch supports them (gpu_lstm: "not yet supported").
 * CPU: the NumPy path against torch's CPU LSTM, perf_counter, small default shapes.
 * "inference" = forward; "training" = forward + backward giving dx, dh0, dc0, dW, dR, db.
-* Each row: shape, dtype, mode, our time, opponent's time, ratio (ours / opponent: < 1 means we are
-  faster), achieved TFLOP/s (forward 16 H^2 B T, training 48 H^2 B T, I = H) and a floor estimate.
+* Each row: shape, dtype, mode, engine (``algo``), our time, opponent's time, ratio (ours / opponent:
+  < 1 means we are faster), achieved TFLOP/s (forward 16 H^2 B T, training 48 H^2 B T, I = H) and a
+  floor estimate.
+* One row per engine, side by side in the same run against the same torch measurement: on the GPU
+  algo = eager (the per-step loop), graph (plans captured into CUDA graphs) and persistent (one
+  cooperative launch per direction; only where ``persistent_supported`` says yes, otherwise the row
+  says why and has no time); on the CPU eager and plan. ``ran`` records what the last timed call ran
+  (a graph request can fall back to eager).
 
 Runs where torch is missing (opponent columns empty). Nothing here is imported by ``import gpu_lstm``.
 """
 
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -31,6 +38,13 @@ GPU_QUICK = [(512, 64, 100), (256, 1, 1000), (1024, 256, 50)]
 CPU_SHAPES = [(256, 32, 50), (128, 16, 100), (512, 16, 25)]
 CPU_QUICK = [(128, 8, 20)]
 MODES = ("inference", "training")
+# The engines timed side by side (gl.LSTM's ``algo``), per device.
+ENGINES = {"gpu": ("eager", "graph", "persistent"), "cpu": ("eager", "plan")}
+
+
+class EngineNotRun(Exception):
+    """This engine cannot run this shape (e.g. R does not fit on chip for the persistent kernels): the
+    row records why, and it is not a failure."""
 
 # Peak FP32 (non-tensor-core) FLOP/s and HBM bytes/s for the floor estimate, by device-name substring.
 GPU_SPECS = {"H200": (67e12, 4.8e12), "H100": (67e12, 3.35e12), "A100": (19.5e12, 2.0e12),
@@ -89,8 +103,28 @@ def _torch_cuda_timer(run, i):
 
 
 # ---- the two sides --------------------------------------------------------------------------------------
-def time_ours(device, H, B, T, mode, reps, warmup, sets=3, seed=0):
-    m = LSTM(H, H, 1, dtype="float32", device=device, seed=seed)
+def engine_ran(m):
+    """What the model's last forward ran: 'persistent', 'graph', 'plan' or 'eager'."""
+    saved = getattr(m, "_saved", None)
+    if saved is None:
+        return None
+    if getattr(saved, "persistent", False):
+        return "persistent"
+    plan = getattr(saved, "plan", None)
+    if plan is not None:
+        return "graph" if getattr(plan, "graphs", None) else "plan"
+    return "eager"
+
+
+def time_ours(device, H, B, T, mode, reps, warmup, sets=3, seed=0, algo="auto", info=None):
+    """Median ms of our forward (inference) or forward + backward (training) with engine ``algo``;
+    ``info``, a dict if given, receives 'ran' (engine_ran after the timed calls) and 'reason'."""
+    m = LSTM(H, H, 1, dtype="float32", device=device, seed=seed, algo=algo)
+    if algo == "persistent":
+        from .backend.persistent import persistent_supported
+        ok, why = persistent_supported(m, T, B)
+        if not ok:
+            raise EngineNotRun(why)
     xp = m._be.xp
     rng = np.random.default_rng(seed)
     xs = [xp.asarray(rng.standard_normal((T, B, H)).astype(np.float32)) for _ in range(sets)]
@@ -103,7 +137,10 @@ def time_ours(device, H, B, T, mode, reps, warmup, sets=3, seed=0):
         if mode == "training":
             m.backward(dy)
 
-    return _median_ms(run, reps, warmup, _cupy_timer if device == "gpu" else _cpu_timer)
+    ms = _median_ms(run, reps, warmup, _cupy_timer if device == "gpu" else _cpu_timer)
+    if info is not None:
+        info.update(ran=engine_ran(m), reason=getattr(m, "algo_reason", None))
+    return ms
 
 
 def time_torch(device, H, B, T, mode, reps, warmup, dtype="float32", tf32=False, sets=3, seed=0):
@@ -156,6 +193,7 @@ def environment(device):
         env["device_name"] = device_description()
         drv = cp.cuda.runtime.driverGetVersion()
         env["cuda_driver_api"] = f"{drv // 1000}.{drv % 1000 // 10}"
+        env["cupy_tf32"] = os.environ.get("CUPY_TF32", "0")   # "1": CuPy's GEMMs may use TF32
     else:
         env["device_name"] = f"CPU: {env['cpu']}"
     return env
@@ -166,8 +204,11 @@ def _torch_available():
     return importlib.util.find_spec("torch") is not None
 
 
-def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=MODES, log=print, on_row=None):
-    """Benchmark every (shape, mode); returns {'environment': ..., 'rows': [...]}.
+def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=MODES, log=print, on_row=None,
+        engines=None):
+    """Benchmark every (shape, mode, engine); returns {'environment': ..., 'rows': [...]}. ``engines``
+    defaults to ENGINES[device]; torch is measured once per (shape, mode) and every engine's ratio is
+    to that measurement.
 
     A measurement that raises is recorded as None with the error in the row's ``note``, and the run
     goes on. ``on_row(result)``, if given, is called after every row with the result so far (the
@@ -180,7 +221,10 @@ def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=M
     shapes = shapes or ((GPU_QUICK if quick else GPU_SHAPES) if gpu else (CPU_QUICK if quick else CPU_SHAPES))
     reps = reps or (20 if gpu else (5 if quick else 20))
     warmup = warmup if warmup is not None else (5 if gpu else 2)
+    engines = tuple(engines or ENGINES[device])
     env = environment(device)
+    fp32_note = ("CUPY_TF32=1: gpu_lstm's GEMMs may use TF32, not a true FP32 row"
+                 if gpu and env.get("cupy_tf32") == "1" else "")
     have_torch = _torch_available()
     if have_torch and gpu:
         import torch
@@ -204,24 +248,38 @@ def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=M
 
     for (H, B, T) in shapes:
         for mode in modes:
-            ours, err_ours = attempt(time_ours, device, H, B, T, mode, reps, warmup)
             theirs, err_theirs = attempt(time_torch, device, H, B, T, mode, reps, warmup) if have_torch \
                 else (None, None)
-            note = "; ".join(f"{who} failed: {e}" for who, e in (("gpu_lstm", err_ours), ("torch", err_theirs)) if e)
-            row = {"H": H, "B": B, "T": T, "dtype": "float32", "tf32": False, "mode": mode,
-                   "ours_ms": ours, "opponent_ms": theirs,
-                   "ratio": ours / theirs if ours and theirs else None,
-                   "ours_tflops": flops(H, B, T, mode) / (ours * 1e-3) / 1e12 if ours else None,
-                   "opponent_tflops": flops(H, B, T, mode) / (theirs * 1e-3) / 1e12 if theirs else None,
-                   "floor_ms": floor_ms(H, B, T, mode, env["device_name"]) if gpu else None,
-                   "note": note}
-            add(row)
+            for algo in engines:
+                info = {}
+                try:
+                    ours, err_ours, skipped = time_ours(device, H, B, T, mode, reps, warmup, algo=algo, info=info), \
+                        None, None
+                except EngineNotRun as exc:
+                    ours, err_ours, skipped = None, None, f"{algo} not run: {exc}"
+                except Exception as exc:   # noqa: BLE001 - reported in the row
+                    ours, skipped = None, None
+                    err_ours = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+                notes = [n for n in (skipped, fp32_note) if n]
+                if info.get("ran") not in (None, algo):
+                    notes.append(f"ran {info['ran']} ({info.get('reason')})")
+                notes += [f"{who} failed: {e}" for who, e in (("gpu_lstm", err_ours), ("torch", err_theirs)) if e]
+                row = {"H": H, "B": B, "T": T, "dtype": "float32", "tf32": False, "mode": mode,
+                       "algo": algo, "ran": info.get("ran"),
+                       "ours_ms": ours, "opponent_ms": theirs,
+                       "ratio": ours / theirs if ours and theirs else None,
+                       "ours_tflops": flops(H, B, T, mode) / (ours * 1e-3) / 1e12 if ours else None,
+                       "opponent_tflops": flops(H, B, T, mode) / (theirs * 1e-3) / 1e12 if theirs else None,
+                       "floor_ms": floor_ms(H, B, T, mode, env["device_name"]) if gpu else None,
+                       "note": "; ".join(notes)}
+                add(row)
             if gpu and have_torch:   # each side allowed its fast math; ours has none yet
                 for dt, tf32 in (("tf32", True), ("bfloat16", False)):
                     t, err = attempt(time_torch, device, H, B, T, mode, reps, warmup,
                                      dtype="bfloat16" if dt == "bfloat16" else "float32", tf32=tf32)
-                    r = dict(row, dtype=dt, tf32=tf32, ours_ms=None, ratio=None, ours_tflops=None,
-                             opponent_ms=t, opponent_tflops=flops(H, B, T, mode) / (t * 1e-3) / 1e12 if t else None,
+                    r = dict(row, dtype=dt, tf32=tf32, algo=None, ran=None, ours_ms=None, ratio=None,
+                             ours_tflops=None, opponent_ms=t,
+                             opponent_tflops=flops(H, B, T, mode) / (t * 1e-3) / 1e12 if t else None,
                              note="gpu_lstm: not yet supported" + (f"; torch failed: {err}" if err else ""))
                     add(r)
     return {"environment": env, "rows": rows}
@@ -231,12 +289,13 @@ def _f(v, fmt):
     return "-" if v is None else format(v, fmt)
 
 
-HEADER = (f"{'H':>5} {'B':>4} {'T':>5} {'dtype':>8} {'mode':>9} {'ours ms':>9} {'torch ms':>9} "
+HEADER = (f"{'H':>5} {'B':>4} {'T':>5} {'dtype':>8} {'mode':>9} {'algo':>10} {'ours ms':>9} {'torch ms':>9} "
           f"{'ratio':>6} {'TFLOP/s':>8} {'floor ms':>9}  note")
 
 
 def format_row(r):
-    return (f"{r['H']:>5} {r['B']:>4} {r['T']:>5} {r['dtype']:>8} {r['mode']:>9} {_f(r['ours_ms'], '9.3f')} "
+    return (f"{r['H']:>5} {r['B']:>4} {r['T']:>5} {r['dtype']:>8} {r['mode']:>9} {r.get('algo') or '-':>10} "
+            f"{_f(r['ours_ms'], '9.3f')} "
             f"{_f(r['opponent_ms'], '9.3f')} {_f(r['ratio'], '6.2f')} {_f(r['ours_tflops'], '8.3f')} "
             f"{_f(r['floor_ms'], '9.3f')}  {r['note']}")
 

@@ -237,8 +237,21 @@ class AdamW(Adam):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
 
 
+def _fused_norm(grads):
+    """The backend's fused global norm (cuda/clip_kernels.cuh) when every gradient can use it: same
+    dtype as the backend, C-contiguous. None otherwise (the array expressions below run instead)."""
+    be = _backend(grads[0])
+    fused = getattr(be, "grad_norm", None)
+    if fused is None or not all(g.dtype == be.dtype and g.flags.c_contiguous for g in grads):
+        return None
+    return fused
+
+
 def global_grad_norm(grads: Arrays) -> Any:
     """The global L2 norm of all gradients.
+
+    On the GPU: the fixed-order two-level reduction of cuda/clip_kernels.cuh (P + 2 launches, no host
+    sync); NumPy's sum is pairwise, so the two agree to rounding, not bitwise.
 
     Parameters
     ----------
@@ -252,6 +265,9 @@ def global_grad_norm(grads: Arrays) -> Any:
     grads = list(grads.values()) if isinstance(grads, dict) else list(grads)
     if not grads:
         raise ValueError("grads: expected at least one gradient array, got none")
+    fused = _fused_norm(grads)
+    if fused is not None:
+        return fused(grads)
     xp = _xp(grads[0])
     total = xp.zeros((), dtype=np.float64)
     for g in grads:
@@ -279,10 +295,16 @@ def clip_grad_norm(grads: Arrays, max_norm: float, eps: float = 1e-6) -> Any:
     """
     # 0 would silently zero every gradient: clipping is turned off by not calling this.
     max_norm = ck.positive_float("max_norm", max_norm)
-    norm = global_grad_norm(grads)
+    glist = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    if not glist:
+        raise ValueError("grads: expected at least one gradient array, got none")
+    fused = _fused_norm(glist)
+    if fused is not None:   # norm, coefficient and scaling on the device: 2P + 2 launches
+        return fused(glist, max_norm, eps)
+    norm = global_grad_norm(glist)
     xp = _xp(norm)
     scale = xp.minimum(1.0, max_norm / (norm + eps))
-    for g in (grads.values() if isinstance(grads, dict) else grads):
+    for g in glist:
         g *= scale.astype(g.dtype)
     return norm
 

@@ -11,7 +11,9 @@ the most likely place for a bug nobody could run:
   kernel compiled for the host (gpu_lstm.backend.host_backend);
 * ``cupy_backends.cuda.libs.cublas.sgemm/dgemm`` emulate cuBLAS's column-major GEMM on raw pointers,
   with its argument checks (leading dimensions, host pointer mode);
-* stream capture (section at the end): streams, ``begin_capture``/``end_capture`` and graph replay;
+* the persistent kernels' cooperative launch (last section): device attributes, occupancy, and the
+  kernels of cuda/persistent_lstm.cu run by their host build (gpu_lstm.backend.persistent);
+* stream capture (section after cuBLAS): streams, ``begin_capture``/``end_capture`` and graph replay;
   while a stream captures, kernel launches, GEMMs of the capture-capable binding
   (gpu_lstm.backend.cublas_capture, emulated as ``FakeLibcublas``) and in-place array operations are
   recorded instead of run, and what CUDA or CuPy would refuse raises ``CaptureError``.
@@ -125,7 +127,9 @@ def asnumpy(a):
 
 
 # ---- kernels: signatures from the CUDA source, bodies from the host build -------------------------
-_KINDS = {"long long": "i64", "int": "i32"}
+_KINDS = {"long long": "i64", "int": "i32", "double": "f64", "unsigned int": "u32"}
+# Pointer kinds other than T*: the dtype the array must have.
+_PTR_DTYPES = {"i64*": np.int64, "i32*": np.int32, "f64*": np.float64, "u32*": np.uint32}
 
 
 def _signatures():
@@ -169,7 +173,7 @@ class _Kernel:
                     continue
                 if not isinstance(a, ndarray):
                     raise TypeError(f"{where}: expected a device array, got {type(a).__name__}")
-                want = self.dtype if kind == "T*" else np.dtype({"i64*": np.int64, "i32*": np.int32}[kind])
+                want = self.dtype if kind == "T*" else np.dtype(_PTR_DTYPES[kind])
                 if a.dtype != want or not a.flags.c_contiguous:
                     raise TypeError(f"{where}: expected a C-contiguous {want.name} array, got "
                                     f"{a.dtype.name} with strides {a.strides}")
@@ -177,6 +181,10 @@ class _Kernel:
             elif kind == "T":
                 if type(a) is not self.dtype.type:
                     raise TypeError(f"{where}: expected {self.dtype.type.__name__}, got {type(a).__name__}")
+                conv.append(float(a))
+            elif kind == "f64":
+                if type(a) is not np.float64:
+                    raise TypeError(f"{where}: expected np.float64, got {type(a).__name__}")
                 conv.append(float(a))
             elif kind == "i64":
                 if type(a) is not np.int64:
@@ -194,7 +202,9 @@ _HOST_NAMES = {"lstm_cell_forward": "gl_cell_forward", "lstm_cell_backward": "gl
                "seq_carry": "gl_seq_carry", "zoneout_mix": "gl_zoneout_mix", "zoneout_split": "gl_zoneout_split",
                "dropout_apply": "gl_dropout_apply",
                "sum_rows": "gl_sum_rows", "sum_rows_partial": "gl_sum_rows_partial",
-               "softmax_xent": "gl_softmax_xent", "adam_step": "gl_adam_step", "sgd_step": "gl_sgd_step"}
+               "softmax_xent": "gl_softmax_xent", "adam_step": "gl_adam_step", "sgd_step": "gl_sgd_step",
+               "grad_sumsq_partial": "gl_grad_sumsq_partial", "grad_norm_finish": "gl_grad_norm_finish",
+               "grad_clip_coef": "gl_grad_clip_coef", "grad_scale": "gl_grad_scale"}
 compiled = []   # (code, options, name_expressions) of every RawModule made
 
 
@@ -348,6 +358,7 @@ def install():
     libs.nvrtc = types.ModuleType("cupy_backends.cuda.libs.nvrtc")
     libs.nvrtc.getVersion = lambda: (13, 0)
     _install_capture(cupy, cuda, libs.cublas)
+    _install_persistent(cupy, cuda)
     sys.modules.update({"cupy": cupy, "cupy.cuda": cuda, "cupy_backends": types.ModuleType("cupy_backends"),
                         "cupy_backends.cuda": types.ModuleType("cupy_backends.cuda"),
                         "cupy_backends.cuda.libs": libs, "cupy_backends.cuda.libs.cublas": libs.cublas,
@@ -703,3 +714,272 @@ def _install_capture(cupy, cuda, cublas_mod):
     fake_libcublas = FakeLibcublas()
     from gpu_lstm.backend import cublas_capture
     cublas_capture._library_override = fake_libcublas
+
+
+
+# ---- persistent kernels: cooperative launch (gpu_lstm/backend/persistent.py, GpuRunner) --------------
+# What GpuRunner uses of CuPy, emulated. The names and signatures were checked against CuPy's sources
+# (cupy/cuda/function.pyx Function.__call__, cupy/_core/raw.pyx RawKernel.kernel and
+# max_dynamic_shared_size_bytes, cupy_backends/cuda/api/driver.pyx, cupy/cuda/device.pyx attributes,
+# runtime.pyx getDeviceProperties); what the driver does at the edges (marked "uncertain") was not run
+# on a GPU machine:
+#   cupy.cuda.Device(i).attributes           dict keyed by cudaDeviceAttr names without the prefix
+#                                            ('MultiProcessorCount', 'MaxSharedMemoryPerBlockOptin',
+#                                            'CooperativeLaunch', ...)
+#   cupy.cuda.runtime.getDeviceProperties(i) dict of cudaDeviceProp fields ('sharedMemPerBlockOptin', ...)
+#   cupy.RawModule(code=..., options=..., name_expressions=...).get_function(expr) -> RawKernel, with
+#     .max_dynamic_shared_size_bytes (settable: cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)) and
+#     .kernel, a cupy.cuda.function.Function with .ptr and
+#     __call__(grid, block, args, shared_mem=0, stream=None, enable_cooperative_groups=False)
+#   cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(func_ptr, block_size, dynamic_smem)
+# The fake GPU has the shared memory limits of an H100 (sm_90) and the fake's SM count. Each launch:
+#   * refused while a stream captures (the runner reads the error flag back after each launch);
+#   * refused without enable_cooperative_groups when the kernel has a grid barrier (on a GPU it could
+#     deadlock), when the grid exceeds occupancy x SMs (CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE), when
+#     shared_mem exceeds the kernel's max_dynamic_shared_size_bytes, or when the block exceeds the
+#     kernel's __launch_bounds__;
+#   * arguments checked against the parameter list parsed from cuda/persistent_lstm.cu, as _Kernel does;
+#   * the launch contract of cuda/persistent_lstm.cu checked (dynamic shared memory >= 4 U H sizeof(T),
+#     block a multiple of 32 and of KS, KS a power of two <= 32, three sync words with the counter at 0),
+#     and the kernel's own refusal (grid * U < H: sync[1] = 1) reproduced;
+#   * then the host build of the same phases runs (persistent.HostRunner's library entry points, whose
+#     parameters are the kernel's minus `sync`: checked when the module is made), and the sync words
+#     end as the barrier leaves them (counter 0, generation + number of barriers).
+PERSISTENT_DEVICE = {"MaxSharedMemoryPerBlockOptin": 232448, "MaxSharedMemoryPerMultiprocessor": 233472,
+                     "MaxThreadsPerMultiProcessor": 2048, "MaxBlocksPerMultiprocessor": 32,
+                     "MaxRegistersPerMultiprocessor": 65536, "MaxThreadsPerBlock": 1024, "CooperativeLaunch": 1}
+RESERVED_SMEM_PER_BLOCK = 1024       # what the system reserves per block (sm_80 / sm_90)
+DEFAULT_DYNAMIC_SMEM = 48 * 1024     # a kernel's limit before the opt-in attribute is raised
+ASSUMED_REGS_PER_THREAD = 128        # the most __launch_bounds__(512) allows; ptxas decides on a GPU
+cooperative = {"launches": 0, "refused": 0}
+compiled_persistent = []             # (code, options, name_expressions) of every persistent RawModule
+
+
+def _param_list(params):
+    """[(kind, name)] of a C parameter list, kinds as _Kernel uses them ('T*', 'i64', 'u32*', ...)."""
+    out = []
+    for p in params.split(","):
+        p = " ".join(p.replace("__restrict__", "").replace("const", "").split())
+        typ, name = p.rsplit(" ", 1)
+        if name.startswith("*"):
+            typ, name = typ + "*", name[1:]
+        typ = typ.strip()
+        if typ.endswith("*"):
+            base = typ[:-1].strip()
+            out.append(("T*" if base == "T" else _KINDS[base] + "*", name))
+        else:
+            out.append(("T" if typ == "T" else _KINDS[typ], name))
+    return out
+
+
+def _persistent_kernels():
+    """{name: (params, has_grid_barrier, launch bound)} from cuda/persistent_lstm.cu, with the host entry
+    points' parameter lists checked to be the kernel's minus `sync`."""
+    from gpu_lstm.backend import kernels, persistent
+    src = persistent.kernel_source()
+    host_src = (kernels.cuda_dir() / persistent.HOST_ENTRY).read_text().replace("\\\n", " ")
+    bound = int(re.search(r"#define GL_PERS_MAX_THREADS (\d+)", src).group(1))
+    heads = list(re.finditer(r"__global__ void __launch_bounds__\((\w+)\)\s*(\w+)\(([^)]*)\)", src))
+    out = {}
+    for k, m in enumerate(heads):
+        if m.group(1) != "GL_PERS_MAX_THREADS":
+            raise AssertionError(f"{m.group(2)}: unexpected launch bound {m.group(1)}")
+        body = src[m.end():heads[k + 1].start() if k + 1 < len(heads) else len(src)]
+        params = _param_list(m.group(3))
+        short = m.group(2).replace("persistent_lstm_", "")
+        hm = re.search(r'extern "C" void gl_persistent_' + short + r"_##SUFFIX\(([^)]*)\)", host_src)
+        if hm is None:
+            raise AssertionError(f"no host entry gl_persistent_{short}_* for {m.group(2)}")
+        host = _param_list(hm.group(1))
+        if params[-1] != ("u32*", "sync") or host != params[:-1]:
+            raise AssertionError(f"{m.group(2)}: host entry parameters {host} are not the kernel's {params} "
+                                 "minus sync")
+        out[m.group(2)] = (params, "gl_pers_grid_barrier(" in body, bound)
+    return out
+
+
+class CooperativeLaunchError(RuntimeError):
+    pass
+
+
+_functions = {}   # Function.ptr -> the kernel (for the occupancy query)
+
+
+class _Function:
+    """cupy.cuda.function.Function of a persistent kernel."""
+
+    def __init__(self, rk):
+        self._rk = rk
+        self.ptr = 0x7000 + 0x10 * len(_functions)
+        _functions[self.ptr] = rk
+
+    def __call__(self, grid, block, args, shared_mem=0, stream=None, enable_cooperative_groups=False):
+        self._rk._launch(grid, block, args, shared_mem, enable_cooperative_groups)
+
+
+class _PersistentKernel:
+    """cupy.RawKernel of a persistent kernel: .kernel, .max_dynamic_shared_size_bytes, and __call__."""
+
+    def __init__(self, name, ctype, fn, params, barrier, bound):
+        self.name, self.fn, self.barrier, self.bound = name, fn, barrier, bound
+        self.params = params
+        self.dtype = np.dtype({"float": np.float32, "double": np.float64}[ctype])
+        self._check = _Kernel(name, ctype, None, [k for k, _ in params])
+        self._smem_limit = DEFAULT_DYNAMIC_SMEM
+        self.kernel = _Function(self)
+        self.launches = 0
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        return self._smem_limit
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value):
+        if not isinstance(value, int) or not 0 <= value <= PERSISTENT_DEVICE["MaxSharedMemoryPerBlockOptin"]:
+            raise CooperativeLaunchError(f"{self.name}: max_dynamic_shared_size_bytes = {value!r} exceeds the "
+                                         f"opt-in maximum {PERSISTENT_DEVICE['MaxSharedMemoryPerBlockOptin']} "
+                                         "(cudaErrorInvalidValue)")
+        self._smem_limit = value
+
+    def __call__(self, grid, block, args, shared_mem=0, stream=None):
+        # RawKernel.__call__ launches without cooperative groups here (the module was not compiled
+        # with enable_cooperative_groups=True).
+        self._launch(grid, block, args, shared_mem, False)
+
+    def _refuse(self, why):
+        cooperative["refused"] += 1
+        raise CooperativeLaunchError(f"{self.name}: {why}")
+
+    def _launch(self, grid, block, args, shared_mem, coop):
+        _refuse(f"launch of {self.name} (the persistent runner reads its error flag back)")
+        threads = int(np.prod(block)) if isinstance(block, tuple) else 0
+        if not (isinstance(grid, tuple) and len(grid) == 1 and isinstance(block, tuple) and len(block) == 1):
+            self._refuse(f"grid {grid!r} and block {block!r} must be 1-D tuples")
+        if threads > self.bound:
+            self._refuse(f"block of {threads} threads exceeds __launch_bounds__({self.bound}) "
+                         "(cudaErrorInvalidValue)")
+        if not isinstance(shared_mem, int) or shared_mem > self._smem_limit:
+            self._refuse(f"shared_mem {shared_mem!r} exceeds max_dynamic_shared_size_bytes {self._smem_limit} "
+                         "(cudaErrorInvalidValue: raise the attribute first)")
+        if self.barrier and not coop:
+            self._refuse("a kernel with a grid barrier launched without enable_cooperative_groups=True: nothing "
+                         "guarantees its blocks are co-resident (it could deadlock on a GPU)")
+        if coop:
+            per_sm = _occupancy(self.kernel.ptr, threads, shared_mem)
+            sms = Device().attributes["MultiProcessorCount"]
+            if grid[0] > per_sm * sms:
+                self._refuse(f"cooperative grid of {grid[0]} blocks > {per_sm} per SM x {sms} SMs "
+                             "(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE)")
+        seen = []
+        self._check.fn = lambda *conv: seen.append(conv)
+        _kernel_call(self._check, grid, block, args)          # every argument checked, as _Kernel does
+        conv, named = seen[0], {n: a for (_, n), a in zip(self.params, args)}
+        sync = named["sync"]
+        T, B, H, U, KS = (int(named[k]) for k in ("Tn", "B", "H", "U", "KS"))
+        need = 4 * U * H * self.dtype.itemsize
+        if shared_mem < need:
+            self._refuse(f"dynamic shared memory {shared_mem} B < 4 U H sizeof(T) = {need} B (R's slice would "
+                         "overflow it)")
+        if not (KS in (1, 2, 4, 8, 16, 32) and threads % 32 == 0 and threads % KS == 0):
+            self._refuse(f"block {threads} must be a multiple of 32 and of KS = {KS} (a power of two <= 32)")
+        if sync.shape != (3,) or int(np.asarray(sync)[0]) != 0 or int(np.asarray(sync)[1]) != 0:
+            self._refuse(f"sync must be three uint32 words with counter and error flag 0, got {np.asarray(sync)}")
+        self.launches += 1
+        cooperative["launches"] += 1
+        if grid[0] * U < H:               # the kernel's own refusal: every block returns, flag set
+            sync.view(np.ndarray)[1] = 1
+            return
+        self.fn(*conv[:-1])
+        barriers = max(T - 1, 0) if self.name == "persistent_lstm_forward" else (T if T > 0 else 0)
+        sync.view(np.ndarray)[2] = (int(np.asarray(sync)[2]) + barriers) % 2 ** 32
+
+
+def _occupancy(func_ptr, block_size, dynamic_smem):
+    """cuOccupancyMaxActiveBlocksPerMultiprocessor for the fake device: the least of the block, thread,
+    register and shared-memory limits; 0 when dynamic_smem exceeds the kernel's limit (uncertain: what
+    the driver returns there, 0 or an error)."""
+    rk = _functions.get(func_ptr)
+    if rk is None:
+        raise RuntimeError(f"occupancy query for an unknown function {func_ptr:#x}")
+    if not isinstance(block_size, int) or block_size < 1:
+        raise TypeError(f"block_size must be a positive int, got {block_size!r}")
+    if dynamic_smem > rk.max_dynamic_shared_size_bytes:
+        return 0
+    d = PERSISTENT_DEVICE
+    warps = -(-block_size // 32) * 32
+    limits = [d["MaxBlocksPerMultiprocessor"], d["MaxThreadsPerMultiProcessor"] // warps,
+              d["MaxRegistersPerMultiprocessor"] // (ASSUMED_REGS_PER_THREAD * warps),
+              d["MaxSharedMemoryPerMultiprocessor"] // (dynamic_smem + RESERVED_SMEM_PER_BLOCK)]
+    return max(0, min(limits))
+
+
+# 0-d results: CuPy's integer indexing returns a 0-d device array (with .get()), never a scalar.
+_np_getitem = np.ndarray.__getitem__
+
+
+def _getitem(self, key):
+    res = _np_getitem(self, key)
+    if isinstance(res, np.generic):
+        k = key if isinstance(key, tuple) else (key,)
+        if not any(x is Ellipsis for x in k):
+            return _np_getitem(self, k + (Ellipsis,))    # a 0-d view, as CuPy's
+        return np.asarray(res).view(ndarray)
+    return res
+
+
+ndarray.__getitem__ = _getitem
+
+_raw_module_init = RawModule.__init__
+_raw_module_get = RawModule.get_function
+
+
+def _raw_module_init_any(self, code=None, options=(), name_expressions=()):
+    from gpu_lstm.backend import persistent
+    if code != persistent.kernel_source():
+        self._persistent = None
+        return _raw_module_init(self, code=code, options=options, name_expressions=name_expressions)
+    compiled_persistent.append((code, tuple(options), tuple(name_expressions)))
+    self._persistent = (persistent.load_host_library(), _persistent_kernels())
+    self._names = set(name_expressions)
+
+
+def _raw_module_get_any(self, expr):
+    if self._persistent is None:
+        return _raw_module_get(self, expr)
+    if expr not in self._names:
+        raise ValueError(f"{expr} was not among the name expressions {sorted(self._names)}")
+    name, ctype = re.fullmatch(r"(\w+)<(\w+)>", expr).groups()
+    lib, kinds = self._persistent
+    params, barrier, bound = kinds[name]
+    suffix = {"float": "f32", "double": "f64"}[ctype]
+    host = getattr(lib, "gl_persistent_" + name.replace("persistent_lstm_", "") + "_" + suffix)
+    return _PersistentKernel(name, ctype, host, params, barrier, bound)
+
+
+RawModule.__init__ = _raw_module_init_any
+RawModule.get_function = _raw_module_get_any
+
+
+def _install_persistent(cupy, cuda):
+    """Device attributes and properties of the fake GPU, and cupy.cuda.driver's occupancy query."""
+    init = Device.__init__
+
+    def device_init(self, device_id=None):
+        init(self, device_id)
+        self.attributes.update(PERSISTENT_DEVICE)
+    if not getattr(Device.__init__, "_persistent", False):
+        device_init._persistent = True
+        Device.__init__ = device_init
+    props = cuda.runtime.getDeviceProperties
+
+    def device_properties(i):
+        p = dict(props(i))
+        p.update(sharedMemPerBlockOptin=PERSISTENT_DEVICE["MaxSharedMemoryPerBlockOptin"],
+                 sharedMemPerMultiprocessor=PERSISTENT_DEVICE["MaxSharedMemoryPerMultiprocessor"],
+                 maxThreadsPerMultiProcessor=PERSISTENT_DEVICE["MaxThreadsPerMultiProcessor"],
+                 cooperativeLaunch=1)
+        return p
+    cuda.runtime.getDeviceProperties = device_properties
+    driver = getattr(cuda, "driver", None) or types.SimpleNamespace()
+    driver.occupancyMaxActiveBlocksPerMultiprocessor = _occupancy
+    cuda.driver = driver

@@ -34,7 +34,14 @@ def test_cli_profile_and_bench_on_the_fake_gpu(capsys):
     assert main(["profile", "--device", "gpu", "-H", "16", "-B", "4", "-T", "5", "--reps", "2"]) == 0
     assert "fused cell forward" in capsys.readouterr().out
     result = bench.run(device="gpu", shapes=[(16, 4, 5)], reps=3, warmup=1, log=lambda s: None)
-    assert [r["mode"] for r in result["rows"] if r["dtype"] == "float32"] == ["inference", "training"]
+    rows = [r for r in result["rows"] if r["dtype"] == "float32"]
+    assert [(r["mode"], r["algo"]) for r in rows] == [(m, a) for m in ("inference", "training")
+                                                      for a in ("eager", "graph", "persistent")]
+    assert [r["ran"] for r in rows] == [r["algo"] for r in rows]     # each engine ran what it names
+    assert all(r["ours_ms"] > 0 and r["note"] == "" for r in rows)
+    big = bench.run(device="gpu", shapes=[(4096, 2, 2)], reps=1, warmup=0, log=lambda s: None,
+                    modes=("inference",), engines=("persistent",))["rows"][0]
+    assert big["ours_ms"] is None and big["note"].startswith("persistent not run: R does not fit on chip")
     assert "fake GPU" in result["environment"]["device_name"]
 
 
@@ -209,3 +216,146 @@ def test_gpu_optimizers_are_one_fused_launch_per_parameter():
         assert be._k[kernel].launches - before == len(m.params)
         for k in m.params:   # the host build of the fused kernel: bitwise the NumPy optimizer
             np.testing.assert_array_equal(gl.to_numpy(m.params[k]), ref_p[k])
+
+
+def test_clip_grad_norm_is_2p_plus_2_fused_launches_bitwise_the_host_build():
+    import cupy as cp
+    from gpu_lstm import optim
+    from gpu_lstm.backend.host_backend import HostKernelBackend
+    m = gl.LSTM(3, 4, 2, device="gpu", dtype="float32", seed=0)
+    be = m._be
+    rng = np.random.default_rng(2)
+    host = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in m.grads.items()}
+    for k in m.grads:
+        m.grads[k][...] = cp.asarray(host[k])
+    names = ("grad_sumsq_partial", "grad_norm_finish", "grad_clip_coef", "grad_scale")
+    before = {k: be._k[k].launches for k in names}
+    norm = optim.clip_grad_norm(m.grads, 0.1)
+    P = len(m.grads)
+    assert {k: be._k[k].launches - before[k] for k in names} == {
+        "grad_sumsq_partial": P, "grad_norm_finish": 1, "grad_clip_coef": 1, "grad_scale": P}
+    assert isinstance(norm, cp.ndarray) and norm.shape == ()
+    ref = [host[k] for k in m.grads]
+    assert HostKernelBackend("float32").grad_norm(ref, 0.1, 1e-6) == float(norm)
+    for k, r in zip(m.grads, ref):
+        np.testing.assert_array_equal(gl.to_numpy(m.grads[k]), r)
+
+
+# ---- the persistent kernels' cooperative launch on the stand-in ---------------------------------------
+def _persistent_runner(dtype="float32"):
+    from gpu_lstm.backend import persistent
+    return persistent.runner_for(gl.LSTM(3, 4, device="gpu", dtype=dtype, algo="eager")._be)
+
+
+def test_persistent_module_is_what_the_nvrtc_check_compiles():
+    import fake_cupy
+    from gpu_lstm.backend import persistent
+    runner = _persistent_runner("float64")
+    code, options, exprs = fake_cupy.compiled_persistent[-1]
+    assert code == persistent.kernel_source() and options == persistent.compile_options()
+    assert set(exprs) <= set(persistent.name_expressions())
+    assert runner.sms == 4 and runner.smem_block == fake_cupy.PERSISTENT_DEVICE["MaxSharedMemoryPerBlockOptin"]
+    kinds = fake_cupy._persistent_kernels()   # also checks the host entries = kernel parameters - sync
+    assert all(barrier for _, barrier, _ in kinds.values())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_persistent_on_the_stand_in_is_one_cooperative_launch_per_direction(dtype, bidirectional):
+    """algo='persistent' on the GPU path: one cooperative launch per direction per layer, forward and
+    backward, matching the CPU path (tests/test_gpu.py's tolerance: the stand-in's GEMMs round
+    differently from NumPy's, so not bitwise; the runner alone is, below)."""
+    import fake_cupy
+    x = np.random.default_rng(3).standard_normal((6, 3, 5)).astype(dtype)
+    outs = []
+    for device in ("gpu", "cpu"):
+        m = gl.LSTM(5, 9, 2, device=device, dtype=dtype, seed=4, algo="persistent" if device == "gpu" else "auto",
+                    peephole=True, bidirectional=bidirectional)
+        before = fake_cupy.cooperative["launches"]
+        y, (h, c) = m(x)
+        dx, _ = m.backward(np.ones(y.shape, dtype))
+        if device == "gpu":
+            assert m._saved.persistent
+            assert fake_cupy.cooperative["launches"] - before == 2 * 2 * (2 if bidirectional else 1)
+        outs.append([gl.to_numpy(a) for a in (y, h, c, dx, *m.grads.values())])
+    tol = {"float64": 1e-10, "float32": 1e-5}[dtype]
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("H, lengths", [(9, False), (33, True)])
+def test_gpu_runner_on_the_stand_in_equals_the_host_runner_bitwise(dtype, H, lengths):
+    """GpuRunner's launches (argument order, buffers, the sync words) on the stand-in run the same phases
+    as persistent.HostRunner: bitwise, although U differs (4 fake SMs vs the host runner's 132): the
+    summation order depends on H and KS only."""
+    import cupy as cp
+    from gpu_lstm.backend import persistent
+    rng = np.random.default_rng(H)
+    T, B = 5, 3
+    host = dict(gates=rng.standard_normal((T, B, 4 * H)), bias=rng.standard_normal(4 * H),
+                peep=rng.standard_normal((3, H)), R=rng.standard_normal((4 * H, H)) / np.sqrt(H),
+                h=rng.standard_normal((T + 1, B, H)), c=rng.standard_normal((T + 1, B, H)),
+                dh=rng.standard_normal((T, B, H)), dc=rng.standard_normal((B, H)),
+                dgates=np.zeros((T, B, 4 * H)), dh0=np.zeros((B, H)))
+    host = {k: v.astype(dtype) for k, v in host.items()}
+    host["lengths"] = np.array([T, 2, 4], np.int64) if lengths else None
+    dev = {k: None if v is None else cp.asarray(v) for k, v in host.items()}
+    runners = (_persistent_runner(dtype), persistent.HostRunner(dtype))
+    for r, a in zip(runners, (dev, host)):
+        r.forward(a["gates"], a["bias"], a["peep"], a["R"], a["h"], a["c"], a["lengths"])
+        r.backward(a["gates"], a["peep"], a["R"], a["c"], a["dh"], a["dc"], a["dgates"], a["dh0"], a["lengths"])
+    for k in ("gates", "h", "c", "dh", "dc", "dgates", "dh0"):
+        np.testing.assert_array_equal(gl.to_numpy(dev[k]), host[k], err_msg=k)
+
+
+def _forward_args(runner, T=3, B=2, H=8):
+    be = runner.be
+    cfg = runner.config(H, B)
+    gates, R = be.zeros((T, B, 4 * H)), be.zeros((4 * H, H))
+    h, c = be.zeros((T + 1, B, H)), be.zeros((T + 1, B, H))
+    null = np.uintp(0)
+    args = (np.int64(T), np.int64(B), np.int64(H), np.int64(cfg.units), np.int32(cfg.lanes_fwd), gates, null,
+            null, R, h, c, null, runner._sync)
+    return cfg, args
+
+
+def test_the_stand_in_refuses_what_a_cooperative_launch_would():
+    import fake_cupy
+    runner = _persistent_runner()
+    cfg, args = _forward_args(runner)
+    fn = runner._k["persistent_lstm_forward"]
+    fn.max_dynamic_shared_size_bytes = max(fn.max_dynamic_shared_size_bytes, cfg.smem)
+    with pytest.raises(fake_cupy.CooperativeLaunchError, match="grid barrier launched without"):
+        fn((cfg.grid,), (cfg.threads,), args, shared_mem=cfg.smem)          # RawKernel.__call__
+    with pytest.raises(fake_cupy.CooperativeLaunchError, match="COOPERATIVE_LAUNCH_TOO_LARGE"):
+        fn.kernel((1000,), (cfg.threads,), args, shared_mem=cfg.smem, enable_cooperative_groups=True)
+    with pytest.raises(fake_cupy.CooperativeLaunchError, match="exceeds max_dynamic_shared_size_bytes"):
+        fn.kernel((cfg.grid,), (cfg.threads,), args, shared_mem=fn.max_dynamic_shared_size_bytes + 1,
+                  enable_cooperative_groups=True)
+    with pytest.raises(fake_cupy.CooperativeLaunchError, match="opt-in maximum"):
+        fn.max_dynamic_shared_size_bytes = 10 ** 6
+    with pytest.raises(fake_cupy.CooperativeLaunchError, match="launch_bounds"):
+        fn.kernel((cfg.grid,), (1024,), args, shared_mem=cfg.smem, enable_cooperative_groups=True)
+    with pytest.raises(fake_cupy.CooperativeLaunchError, match="4 U H sizeof"):
+        fn.kernel((cfg.grid,), (cfg.threads,), args, shared_mem=cfg.smem - 4, enable_cooperative_groups=True)
+    bad = args[:4] + (np.int64(args[4]),) + args[5:]
+    with pytest.raises(TypeError, match=r"argument 4 \(i32\): expected np.int32"):
+        fn.kernel((cfg.grid,), (cfg.threads,), bad, shared_mem=cfg.smem, enable_cooperative_groups=True)
+    wrong_sync = args[:-1] + (runner.be.zeros((3,)),)
+    with pytest.raises(TypeError, match=r"argument 12 \(u32\*\): expected a C-contiguous uint32 array"):
+        fn.kernel((cfg.grid,), (cfg.threads,), wrong_sync, shared_mem=cfg.smem, enable_cooperative_groups=True)
+
+
+def test_the_kernels_own_refusal_reaches_the_runner():
+    """A grid that does not cover H: the kernel sets the error flag and the runner raises."""
+    from gpu_lstm.backend import persistent
+    runner = _persistent_runner()
+    cfg, args = _forward_args(runner, H=8)
+    small = persistent.LaunchConfig(cfg.grid, 1, cfg.lanes_fwd, cfg.lanes_bwd, cfg.threads, cfg.smem)   # U = 1: 4 units
+    args = args[:3] + (np.int64(1),) + args[4:]
+    with pytest.raises(RuntimeError, match="launch contract broken"):
+        runner._launch("persistent_lstm_forward", small, args)
+    runner._sync.fill(0)
+    runner._launch("persistent_lstm_forward", cfg, _forward_args(runner, T=5)[1])
+    assert [int(v) for v in gl.to_numpy(runner._sync)] == [0, 0, 4]   # counter 0, error 0, 4 barriers

@@ -19,9 +19,13 @@ def test_cpu_bench_rows_and_json(tmp_path, capsys):
     for key in ("gpu_lstm", "numpy", "date", "command", "device_name"):
         assert env[key]
     rows = data["rows"]
-    assert [r["mode"] for r in rows] == ["inference", "training"]
+    # one row per engine, side by side, each against the same torch measurement
+    assert [(r["mode"], r["algo"]) for r in rows] == [(m, a) for m in ("inference", "training")
+                                                      for a in bench.ENGINES["cpu"]]
+    assert [r["ran"] for r in rows] == [r["algo"] for r in rows]      # eager ran eager, plan ran a plan
+    assert len({r["opponent_ms"] for r in rows if r["mode"] == "training"}) == 1
     for r in rows:
-        assert r["ours_ms"] > 0 and r["ours_tflops"] > 0
+        assert r["ours_ms"] > 0 and r["ours_tflops"] > 0 and r["note"] == ""
         if env["torch"]:
             assert r["opponent_ms"] > 0 and r["ratio"] == pytest.approx(r["ours_ms"] / r["opponent_ms"])
         else:
@@ -88,14 +92,15 @@ def test_a_failing_measurement_is_recorded_and_the_json_is_written_per_row(monke
     rows = result["rows"]
     assert calls == list(range(1, len(rows) + 1))                    # written after every row
     assert json.loads(path.read_text())["rows"] == rows
-    inf, tr = rows
+    assert [r["algo"] for r in rows] == ["eager", "plan"] * 2
+    inf, tr = rows[0], rows[2]
     assert inf["ours_ms"] == 1.5 and inf["opponent_ms"] is None and inf["ratio"] is None
     assert inf["note"] == "torch failed: RuntimeError: bf16 LSTM not supported by this torch"
     assert tr["ours_ms"] is None and tr["ours_tflops"] is None and "gpu_lstm failed: MemoryError" in tr["note"]
     # the CLI exits non-zero when gpu_lstm's own measurement failed, after writing the JSON
     assert main(["bench", "--device", "cpu", "--quick", "--reps", "2", "--json", str(path)]) == 1
-    assert len(json.loads(path.read_text())["rows"]) == 2
-    assert "2 measurement(s) failed" in capsys.readouterr().out
+    assert len(json.loads(path.read_text())["rows"]) == 4
+    assert "4 measurement(s) failed" in capsys.readouterr().out
 
 
 def test_gpu_verify_fails_loudly_without_a_gpu(tmp_path):
@@ -115,3 +120,50 @@ def test_gpu_verify_fails_loudly_without_a_gpu(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode != 0
     assert "GPU VERIFICATION FAILED" in res.stdout and "probe" in res.stdout and "pytest" in res.stdout
+
+
+def test_an_engine_that_cannot_run_a_shape_says_why_and_is_not_a_failure(monkeypatch, capsys):
+    """The persistent row where persistent_supported says no: no time, the reason in the note, and the
+    other engines' rows and the exit status unaffected."""
+    real = bench.time_ours
+
+    def ours(device, H, B, T, mode, reps, warmup, algo="auto", info=None, **kw):
+        if algo == "persistent":
+            raise bench.EngineNotRun("R does not fit on chip: ...")
+        return real(device, H, B, T, mode, reps, warmup, algo=algo, info=info, **kw)
+
+    monkeypatch.setattr(bench, "time_ours", ours)
+    monkeypatch.setattr(bench, "_torch_available", lambda: False)
+    rows = bench.run(device="cpu", quick=True, reps=2, log=lambda s: None, modes=("inference",),
+                     engines=("eager", "persistent", "plan"))["rows"]
+    assert [r["algo"] for r in rows] == ["eager", "persistent", "plan"]
+    p = rows[1]
+    assert p["ours_ms"] is None and p["ratio"] is None and p["note"] == "persistent not run: R does not fit on chip: ..."
+    assert rows[0]["ours_ms"] > 0 and rows[2]["ours_ms"] > 0
+    assert "persistent" in bench.format_row(p) and "failed" not in p["note"]
+
+
+def test_persistent_time_ours_checks_support_first():
+    """On the CPU (NumPy backend) algo='persistent' cannot even build a model: the harness gets a
+    ValueError there, a failure; on a GPU an unsupported shape raises EngineNotRun before timing."""
+    with pytest.raises(ValueError, match="persistent"):
+        bench.time_ours("cpu", 8, 2, 3, "inference", 1, 0, algo="persistent")
+
+
+def test_plot_script_handles_engine_rows_and_old_files(tmp_path):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    import pathlib
+    spec = importlib.util.spec_from_file_location("plot_results", pathlib.Path(__file__).parents[1] / "benchmarks" / "plot_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = {"H": 8, "B": 2, "T": 3, "dtype": "float32", "tf32": False, "mode": "training", "opponent_ms": 2.0,
+            "floor_ms": 0.5, "note": ""}
+    rows = [dict(base, algo="eager", ours_ms=4.0, ratio=2.0), dict(base, algo="graph", ours_ms=3.0, ratio=1.5),
+            dict(base, algo="persistent", ours_ms=None, ratio=None, note="persistent not run: ..."),
+            dict(base, dtype="tf32", algo=None, ours_ms=None, ratio=None)]
+    env = {"device_name": "test", "date": "2026-01-01", "torch": None}
+    assert mod.plot({"environment": env, "rows": rows}, str(tmp_path / "a.png")).endswith("a.png")
+    old = [{k: v for k, v in r.items() if k != "algo"} for r in rows[:1]]     # a file from before the engine rows
+    assert mod.plot({"environment": env, "rows": old}, str(tmp_path / "b.png")).endswith("b.png")
+    assert (tmp_path / "a.png").stat().st_size > 5000 and (tmp_path / "b.png").stat().st_size > 5000

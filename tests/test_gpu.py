@@ -1,8 +1,8 @@
 """Ring 3: the GPU path against the NumPy path. Marked `gpu`; skipped without cupy or a CUDA device.
 
 Run on a GPU machine with `python -m pytest -m gpu tests/test_gpu.py -v`
-(benchmarks/gpu_verify.sh does that and records the output). Every test runs twice, in eager and in
-graph mode (the `algo` fixture)."""
+(benchmarks/gpu_verify.sh does that and records the output). Every test runs three times, in eager, graph and
+persistent mode (the `algo` fixture); on the CuPy stand-in too (tests/test_fake_gpu.py)."""
 
 import os
 
@@ -24,12 +24,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _ok, reason=f"no GPU: {_wh
 TOL = {"float64": 1e-10, "float32": 1e-5}
 
 
-# The CuPy stand-in has no cooperative launch yet: there the persistent phases are checked on the host
-# build (tests/test_persistent_host.py, tests/test_algo_persistent.py) instead.
-_ALGOS = ["eager", "graph"] + ([] if os.environ.get("GPU_LSTM_FAKE_CUPY") == "1" else ["persistent"])
-
-
-@pytest.fixture(autouse=True, params=_ALGOS)
+@pytest.fixture(autouse=True, params=["eager", "graph", "persistent"])
 def algo(request, monkeypatch):
     """Every test runs in every mode: 'eager' (the per-step loop, the GPU reference), 'graph' (plans
     captured into CUDA graphs) and 'persistent' (one cooperative launch per direction where it can
@@ -284,7 +279,10 @@ def test_dropout_training_falls_back_to_eager(algo):
     assert m._saved.plan is None                 # masks are drawn outside any graph: eager
     m.eval()
     m(x)
-    assert (m._saved.plan is not None) == (algo != "eager")
+    if algo == "persistent":     # no masks in evaluation: the persistent kernels run the call, no plan
+        assert m._saved.plan is None and m._saved.persistent
+    else:
+        assert (m._saved.plan is not None) == (algo == "graph")
 
 
 def test_losses_accept_host_targets_and_masks():
@@ -354,3 +352,26 @@ def test_fused_gpu_optimizers_match_numpy(cls, kw):
         got.step()
     for k in host:
         np.testing.assert_allclose(gl.to_numpy(dev[k]), host[k], rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_clip_grad_norm_matches_numpy(dtype):
+    """Global norm and clipping on the device (cuda/clip_kernels.cuh: a fixed-order two-level sum, the
+    coefficient computed on the device) against optim's NumPy expressions (a pairwise sum), within the
+    derived bound of tests/clip_bounds.py, counting FMA contraction of s + x * x on a GPU."""
+    import cupy as cp
+    from clip_bounds import clipped_rtol, norm_rtol
+    from gpu_lstm import optim
+    rng = np.random.default_rng(6)
+    shapes = [(512, 130), (33,), (0,), (7, 3), (70001,)]
+    host = [(3 * rng.standard_normal(s)).astype(dtype) for s in shapes]
+    dev = [cp.asarray(g) for g in host]
+    sizes = [g.size for g in host]
+    np.testing.assert_allclose(gl.to_numpy(optim.global_grad_norm(dev)), optim.global_grad_norm(host),
+                               rtol=norm_rtol(sizes, fma=True), atol=0)
+    n_ref = optim.clip_grad_norm(host, 0.5)
+    n_dev = optim.clip_grad_norm(dev, 0.5)
+    assert isinstance(n_dev, cp.ndarray) and n_dev.shape == () and n_dev.dtype == np.float64
+    np.testing.assert_allclose(gl.to_numpy(n_dev), n_ref, rtol=norm_rtol(sizes, fma=True), atol=0)
+    for a, b in zip(dev, host):
+        np.testing.assert_allclose(gl.to_numpy(a), b, rtol=clipped_rtol(sizes, dtype, fma=True), atol=0)

@@ -79,7 +79,9 @@ def test_small_persistent_matches_numpy(dtype, T, B, I, H, bias, peep, lengths):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("T, B, I, H", [(200, 4, 16, 256), (50, 64, 64, 512), (30, 32, 128, 131), (20, 3, 8, 1000)])
+# H = 700 fits on chip in float64 on sm_80 and sm_90 (docs/persistent.md: 745 and 924); the capacity
+# limit of the device at hand is test_largest_hidden_size_that_fits.
+@pytest.mark.parametrize("T, B, I, H", [(200, 4, 16, 256), (50, 64, 64, 512), (30, 32, 128, 131), (20, 3, 8, 700)])
 def test_persistent_matches_numpy(dtype, T, B, I, H):
     """Many steps (every step crosses the grid barrier), several blocks per unit count, odd H."""
     _compare(dtype, T, B, I, H, seed=T + H)

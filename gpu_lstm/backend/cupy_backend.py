@@ -279,6 +279,36 @@ class CupyBackend:
         self._launch("sgd_step", p.size, (np.int64(p.size), p, g, np.uintp(0) if vel is None else vel,
                                           T(c["lr"]), T(c["mu"]), T(c["wd"]), np.int32(c["l2"])))
 
+    def grad_norm(self, grads, max_norm=None, eps=1e-6):
+        """The global L2 norm of ``grads`` (a list of C-contiguous arrays of this dtype) reduced on the
+        device in a fixed order (cuda/clip_kernels.cuh: one partial launch per gradient, one launch for
+        every gradient's slot, one for the norm and the clip coefficient), as a 0-d float64 device
+        array. With ``max_norm`` each gradient is then scaled in place by one launch that reads the
+        coefficient min(1, max_norm / (norm + eps)) from device memory: no host synchronisation.
+        2P + 2 launches for P gradients (``max_norm`` None: P + 2)."""
+        sizes = tuple(int(g.size) for g in grads)
+        cache = self.__dict__.setdefault("_norm_offsets", {})
+        if sizes not in cache:   # shape-derived, uploaded once per set of sizes
+            with self.activate():
+                cache[sizes] = cp.asarray(np.array(reduce.norm_offsets(sizes), dtype=np.int64))
+        offs = cache[sizes]
+        starts = reduce.norm_offsets(sizes)
+        with self.activate():
+            # Per call from CuPy's pool, like the column sums' partials: concurrent calls cannot race.
+            partial = cp.empty(max(1, starts[-1]), dtype=cp.float64)
+            slots = cp.empty(max(1, len(sizes)), dtype=cp.float64)
+            out = cp.empty(2, dtype=cp.float64)
+        for g, n, a, b in zip(grads, sizes, starts, starts[1:]):
+            self._launch("grad_sumsq_partial", b - a, (np.int64(n), np.int64(b - a), g, partial[a:b]))
+        self._launch("grad_norm_finish", len(sizes) * _BLOCK, (np.int64(len(sizes)), offs, partial, slots))
+        self._launch("grad_clip_coef", 1, (np.int64(len(sizes)), slots,
+                                           np.float64("nan" if max_norm is None else max_norm),
+                                           np.float64(eps), out))
+        if max_norm is not None:
+            for g, n in zip(grads, sizes):
+                self._launch("grad_scale", n, (np.int64(n), g, out[1:]))
+        return out[0:1].reshape(())   # a 0-d device array (CuPy's out[0] is one too; NumPy's is a scalar)
+
     def seq_carry(self, lengths, t, src, dst, move):
         B, N = dst.shape
         self._launch("seq_carry", B * N, (np.int64(B), np.int64(N), lengths, np.int64(t), src, dst,

@@ -71,6 +71,10 @@ def load_library():
         ci = ctypes.c_int
         getattr(lib, f"gl_adam_step_{suffix}").argtypes = [ll, vp, vp, vp, vp] + [real] * 8 + [ci, real, ci]
         getattr(lib, f"gl_sgd_step_{suffix}").argtypes = [ll, vp, vp, vp, real, real, real, ci]
+        getattr(lib, f"gl_grad_sumsq_partial_{suffix}").argtypes = [ll, ll, vp, vp]
+        getattr(lib, f"gl_grad_norm_finish_{suffix}").argtypes = [ll, vp, vp, vp]
+        getattr(lib, f"gl_grad_clip_coef_{suffix}").argtypes = [ll, vp, ctypes.c_double, ctypes.c_double, vp]
+        getattr(lib, f"gl_grad_scale_{suffix}").argtypes = [ll, vp, vp]
         getattr(lib, f"gl_cell_forward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp]
         getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp, vp, vp, vp, ll]
         getattr(lib, f"gl_seq_carry_{suffix}").argtypes = [ll, ll, vp, ll, vp, vp, ctypes.c_int]
@@ -115,6 +119,10 @@ class HostKernelBackend(NumpyBackend):
         self._sum = getattr(lib, f"gl_sum_rows_{suffix}")
         self._sum_partial = getattr(lib, f"gl_sum_rows_partial_{suffix}")
         self._xent = getattr(lib, f"gl_softmax_xent_{suffix}")
+        self._sumsq = getattr(lib, f"gl_grad_sumsq_partial_{suffix}")
+        self._norm_finish = getattr(lib, f"gl_grad_norm_finish_{suffix}")
+        self._clip_coef = getattr(lib, f"gl_grad_clip_coef_{suffix}")
+        self._grad_scale = getattr(lib, f"gl_grad_scale_{suffix}")
 
     def describe(self):
         return f"CPU, CUDA kernels built by {compiler()} (host test backend)"
@@ -190,3 +198,25 @@ class HostKernelBackend(NumpyBackend):
         self._xent(rows, V, _ptr("logits", logits, d), targets.ctypes.data, int(ignore_index),
                    _ptr("inv_count", np.asarray(inv_count, dtype=d).reshape(1), d),
                    _ptr("loss_rows", loss_rows, d), _ptr("grad", grad, d))
+
+    def grad_norm(self, grads, max_norm=None, eps=1e-6):
+        """The global L2 norm of ``grads`` (a list of arrays of this dtype) by the kernels of
+        cuda/clip_kernels.cuh, as a 0-d float64 array; with ``max_norm`` every gradient is also scaled
+        in place by min(1, max_norm / (norm + eps)) (optim.clip_grad_norm)."""
+        d = self.dtype
+        sizes = [g.size for g in grads]
+        offs = np.array(reduce.norm_offsets(sizes), dtype=np.int64)
+        partial = np.zeros(max(1, int(offs[-1])))
+        slots = np.zeros(max(1, len(grads)))
+        out = np.zeros(2)
+        for i, g in enumerate(grads):
+            if g.size:
+                self._sumsq(g.size, reduce.norm_lanes(g.size), _ptr("grad", g, d), partial[offs[i]:].ctypes.data)
+        self._norm_finish(len(grads), offs.ctypes.data, partial.ctypes.data, slots.ctypes.data)
+        self._clip_coef(len(grads), slots.ctypes.data, float("nan") if max_norm is None else float(max_norm),
+                        float(eps), out.ctypes.data)
+        if max_norm is not None:
+            for g in grads:
+                if g.size:
+                    self._grad_scale(g.size, _ptr("grad", g, d), out[1:].ctypes.data)
+        return out[0:1].reshape(())

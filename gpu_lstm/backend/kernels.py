@@ -13,10 +13,12 @@ from ..gates import GATE_INDEX
 
 KERNEL_FILE = "lstm_kernels.cu"
 KERNEL_NAMES = ("lstm_cell_forward", "lstm_cell_backward", "seq_carry", "zoneout_mix", "zoneout_split",
-                "dropout_apply", "sum_rows", "sum_rows_partial", "softmax_xent", "adam_step", "sgd_step")
+                "dropout_apply", "sum_rows", "sum_rows_partial", "softmax_xent", "adam_step", "sgd_step",
+                "grad_sumsq_partial", "grad_norm_finish", "grad_clip_coef", "grad_scale")
 # Every file the kernel source is made of (lstm_kernels.cu and what it includes): the host build's
 # cache key hashes them.
-SOURCE_FILES = ("lstm_math.cuh", "philox.cuh", "reduce_kernels.cuh", "optim_kernels.cuh", "lstm_kernels.cu")
+SOURCE_FILES = ("lstm_math.cuh", "philox.cuh", "reduce_kernels.cuh", "optim_kernels.cuh", "clip_kernels.cuh",
+                "lstm_kernels.cu")
 # NumPy dtype name -> C++ template argument. Half/bfloat16 storage would be added here.
 CTYPES = {"float32": "float", "float64": "double"}
 
