@@ -45,6 +45,8 @@ import weakref
 
 import numpy as np
 
+from . import _direction as dirn
+from . import philox
 from .gates import PEEPHOLE_ORDER, gate_slice
 
 ALGOS = ("auto", "graph", "plan", "eager", "persistent")
@@ -84,11 +86,16 @@ def _bound(m):
 class Plan:
     def __init__(self, m, key):
         from .lstm import Tape
-        T, B, has_len, has_hc, learned, cells = key
+        T, B, has_len, has_hc, learned, cells, mask_seed = key
         be, xp = m._be, m._be.xp
         L, D, H, P = m.num_layers, m.num_directions, m.hidden_size, m.output_size
         self.key, self.T, self.B = key, T, B
         self.has_len, self.has_hc, self.learned, self.want_cells = has_len, has_hc, learned, cells
+        # Training with dropout or zoneout: every mask launch reads the call counter from this device
+        # scalar (cuda/lstm_kernels.cu, call_at), written before each forward replay; the backward
+        # reads the same scalar, so it recomputes its own forward's masks (the plan, lent with its
+        # tape, runs no other forward in between).
+        self.counter = be.counter() if mask_seed is not None else None
         LD, TB = L * D, T * B
         self.template = t = Tape(m, T, B)
         # Static inputs: copied into before each replay.
@@ -108,9 +115,22 @@ class Plan:
         t.learned_state = learned
         t.masks = [None] * L
         t.inputs = [t.x if k == 0 else t.out[k - 1] for k in range(L)]
-        zo = (m.zoneout_h, m.zoneout_c) if m.zoneout else None   # evaluation: the constants
+        train = self.counter is not None
         for k in range(L):
+            if train and k > 0 and m.dropout:     # as LSTM._forward: dropout on the layer's input
+                t.masks[k] = philox.DropoutMask(mask_seed, k, 0, m.dropout, (T, B, m._layer_input_size(k)),
+                                                m.dtype, counter=self.counter)
+                t.inputs[k] = t.dropped[k]
             for d in range(D):
+                if not m.zoneout:
+                    zo = None
+                elif not train:                  # evaluation: the constants
+                    zo = (m.zoneout_h, m.zoneout_c)
+                else:                            # as LSTM._zoneout_masks, bound to the counter
+                    zo = (philox.ZoneoutMask(mask_seed, k, d, philox.ZONEOUT_H, 0, m.zoneout_h, (T, B, P),
+                                             counter=self.counter),
+                          philox.ZoneoutMask(mask_seed, k, d, philox.ZONEOUT_C, 0, m.zoneout_c, (T, B, H),
+                                             counter=self.counter))
                 t.dirs[k][d].zoneout = zo
         # Static outputs.
         self.hn, self.cn = be.empty((LD, B, P)), be.empty((LD, B, H))
@@ -146,6 +166,8 @@ class Plan:
         for k in range(L):
             layer_in = t.inputs[k]
             I = layer_in.shape[-1]
+            if t.masks[k] is not None:
+                ops.add(be.prepare("dropout", t.masks[k], t.out[k - 1], layer_in), f"l{k} dropout")
             for d in range(D):
                 i = k * D + d
                 dws = t.dirs[k][d]
@@ -221,8 +243,9 @@ class Plan:
                         f"{tag} t={t} cell_forward")
                 ops.add(be.prepare_gemm(m[t], prm.Whr, h[t + 1], trans_b=True), f"{tag} t={t} gemm m Whr^T")
             if zo is not None:
-                ops.add(be.prepare("zoneout_mix", None, float(zo[1]), c[t], ct[t], c[t + 1]), f"{tag} t={t} zoneout c")
-                ops.add(be.prepare("zoneout_mix", None, float(zo[0]), h[t], h[t + 1], h[t + 1]), f"{tag} t={t} zoneout h")
+                mh, zh, mc, zc = dirn._masks(zo, t)
+                ops.add(be.prepare("zoneout_mix", mc, zc, c[t], ct[t], c[t + 1]), f"{tag} t={t} zoneout c")
+                ops.add(be.prepare("zoneout_mix", mh, zh, h[t], h[t + 1], h[t + 1]), f"{tag} t={t} zoneout h")
             if lengths is not None:
                 ops.add(be.prepare("seq_carry", lengths, t, c[t], c[t + 1], False), f"{tag} t={t} carry c")
                 ops.add(be.prepare("seq_carry", lengths, t, h[t], h[t + 1], False), f"{tag} t={t} carry h")
@@ -277,6 +300,8 @@ class Plan:
                     ops.add(functools.partial(xp.add, din, self.itmp[k], out=din), f"{tag} din")
                 else:
                     ops.add(functools.partial(xp.add, din, s.dx[k][::-1], out=din), f"{tag} din")
+            if t.masks[k] is not None:           # dropout on this layer's input, the forward's mask
+                ops.add(be.prepare("dropout", t.masks[k], din, din), f"l{k} dropout")
             dout = din
         return ops
 
@@ -297,10 +322,10 @@ class Plan:
             if lengths is not None and t > 0:
                 ops.add(be.prepare("seq_carry", lengths, t, dh[t], dh[t - 1], True), f"{tag} t={t} carry dh")
             if zo is not None:
-                ops.add(be.prepare("zoneout_split", None, float(zo[0]), dh[t], dh[t - 1] if t > 0 else dh0, t > 0),
+                mh, zh, mc, zc = dirn._masks(zo, t)
+                ops.add(be.prepare("zoneout_split", mh, zh, dh[t], dh[t - 1] if t > 0 else dh0, t > 0),
                         f"{tag} t={t} zoneout dh")
-                ops.add(be.prepare("zoneout_split", None, float(zo[1]), dc, shared.keep, False),
-                        f"{tag} t={t} zoneout dc")
+                ops.add(be.prepare("zoneout_split", mc, zc, dc, shared.keep, False), f"{tag} t={t} zoneout dc")
             if m is None:
                 dht = dh[t]
             else:
@@ -369,8 +394,9 @@ def forward(m, x, h0, c0, host_lengths, return_cells, algo):
     'graph' (what :func:`engine` chose for this call)."""
     be, xp = m._be, m._be.xp
     T, B = int(x.shape[0]), int(x.shape[1])
+    train = m.training and m.stochastic
     key = (T, B, host_lengths is not None, h0 is not None, h0 is None and m.learn_initial_state,
-           bool(return_cells))
+           bool(return_cells), m._dropout_seed if train else None)
     ws = m._saved
     plan = ws.plan if ws is not None else None
     if plan is None or plan.key != key:
@@ -394,6 +420,10 @@ def forward(m, x, h0, c0, host_lengths, return_cells, algo):
         _upload(xp, plan.rev_t, rev)
         _upload(xp, plan.rev, (rev * B + np.arange(B)[None, :]).reshape(-1))
         plan.host_lengths = host_lengths.copy()
+    ws.mask_call = m._mask_calls
+    if train:                                 # as the eager path: every training forward draws fresh masks
+        m._mask_calls += 1
+        be.set_counter(plan.counter, ws.mask_call)   # ordered before the replay, no host sync
     plan.use_graph = algo == "graph"          # the backward of this forward replays the same way
     plan.run(be, "fwd", plan.fwd, plan.use_graph)
     m._saved = ws
@@ -427,7 +457,7 @@ def backward(m, ws, dy, dh_n, dc_n):
 
 def plan_ok(m, T, B):
     """Whether this forward can run from a plan (else the eager loop, see the module docstring)."""
-    return T > 0 and B > 0 and not m.track_gradient_flow and not (m.training and m.stochastic)
+    return T > 0 and B > 0 and not m.track_gradient_flow
 
 
 def engine(m, T, B):

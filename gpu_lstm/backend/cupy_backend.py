@@ -50,6 +50,36 @@ def _run_all(ops):
         op()
 
 
+class _PinnedScalars:
+    """Host-to-device copies of int64 scalars, asynchronous and ordered on a stream.
+
+    cudaMemcpyAsync from pinned memory reads the host slot when the copy runs on the GPU, not when it
+    is issued: a slot must not be written again before its copy has run. The slots are used in turn
+    and each has an event recorded after its copy; a slot is rewritten only once its event is done,
+    so the host waits only when the GPU is SLOTS copies behind (never in steady state)."""
+
+    SLOTS = 64
+
+    def __init__(self):
+        self.mem = cp.cuda.alloc_pinned_memory(8 * self.SLOTS)
+        self.host = np.frombuffer(self.mem, dtype=np.int64, count=self.SLOTS)
+        self.events = [None] * self.SLOTS
+        self.next = 0
+
+    def copy(self, dst, value, stream):
+        i = self.next
+        self.next = (i + 1) % self.SLOTS
+        event = self.events[i]
+        if event is None:
+            event = self.events[i] = cp.cuda.Event(disable_timing=True)
+        elif not event.done:
+            event.synchronize()
+        self.host[i] = value
+        cp.cuda.runtime.memcpyAsync(dst.data.ptr, self.host.ctypes.data + 8 * i, 8,
+                                    cp.cuda.runtime.memcpyHostToDevice, stream.ptr)
+        event.record(stream)
+
+
 class CupyBackend:
     name = "gpu"
     xp = cp
@@ -181,6 +211,19 @@ class CupyBackend:
         """One graph launch, ordered on the current stream (a graph may launch into any stream)."""
         graph.launch(stream=cp.cuda.get_current_stream())
 
+    def counter(self):
+        """A plan's mask call counter: one int64 in device memory, read by the mask kernels (call_at)."""
+        with self.activate():
+            return cp.zeros((1,), dtype=cp.int64)
+
+    def set_counter(self, counter, value):
+        """counter[0] = value, ordered on the current stream before what is issued next (the graph
+        launch), without a host sync: an asynchronous copy from a pinned host slot."""
+        if getattr(self, "_uploads", None) is None:
+            with self.activate():
+                self._uploads = _PinnedScalars()
+        self._uploads.copy(counter, value, cp.cuda.get_current_stream())
+
     # ---- the seam -----------------------------------------------------------------------------
     def _gemm_args(self, a, b, out, trans_a, trans_b):
         """Column-major (transa, transb, m, n, k, ld1, ld2, ldc), None for an empty output, 'fill'
@@ -247,10 +290,13 @@ class CupyBackend:
 
     @staticmethod
     def _mask_args(mask):
-        """(key, call, offset, thr) of a gpu_lstm.philox.MaskSlice as kernel arguments; thr = -1 when
-        there is no mask (evaluation: the kernels use the constant z)."""
-        vals = (0, 0, 0, -1) if mask is None else (mask.key, mask.call, mask.offset, mask.thr)
-        return tuple(np.int64(v) for v in vals)
+        """(key, call, call_at, offset, thr) of a gpu_lstm.philox.MaskSlice as kernel arguments:
+        call_at is the slice's device counter (plans, graphs) or null (the call goes by value); thr =
+        -1 when there is no mask (evaluation: the kernels use the constant z)."""
+        if mask is None:
+            return np.int64(0), np.int64(0), np.uintp(0), np.int64(0), np.int64(-1)
+        at = np.uintp(0) if mask.counter is None else mask.counter
+        return np.int64(mask.key), np.int64(mask.call), at, np.int64(mask.offset), np.int64(mask.thr)
 
     def zoneout_mix(self, mask, z, prev, cur, out):
         self._launch("zoneout_mix", out.size, (np.int64(out.size), *self._mask_args(mask),
@@ -261,9 +307,9 @@ class CupyBackend:
                                                   self.dtype.type(z), grad, into, np.int32(1 if accumulate else 0)))
 
     def dropout(self, mask, x, out):
-        s = mask.slice
-        self._launch("dropout_apply", x.size, (np.int64(x.size), np.int64(s.key), np.int64(s.call),
-                                               np.int64(s.thr), self.dtype.type(mask.scale), x, out))
+        key, call, at, _, thr = self._mask_args(mask.slice)
+        self._launch("dropout_apply", x.size, (np.int64(x.size), key, call, at, thr,
+                                               self.dtype.type(mask.scale), x, out))
 
     def adam_step(self, p, g, m, v, c):
         """One fused Adam/AdamW launch for one parameter (cuda/optim_kernels.cuh); ``c`` from

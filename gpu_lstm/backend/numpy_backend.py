@@ -57,6 +57,13 @@ class NumpyBackend:
         from ..plan import replay
         replay(ops)
 
+    def counter(self):
+        """A plan's mask call counter: one int64 that the prepared mask operations read when they run."""
+        return np.zeros((1,), dtype=np.int64)
+
+    def set_counter(self, counter, value):
+        counter[0] = value
+
     # ---- the seam -----------------------------------------------------------------------------
     def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
         """out = op(a) @ op(b) + beta * out, for 2-D arrays."""
