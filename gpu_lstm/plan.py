@@ -54,8 +54,25 @@ ALGO_ENV = "GPU_LSTM_ALGO"
 MAX_FREE_PLANS = 4      # free (not lent out) plans kept per model, beyond the one in use
 
 
+class Sync:
+    """A fork or join marker in a list of prepared operations: where the second lane (a second CUDA
+    stream) starts after everything before it on the first, and where the first waits for the second.
+    A no-op when called: a backend without lanes (NumPy) replays the list in order."""
+
+    def __init__(self, kind):
+        self.kind = self.label = kind
+        self.lane = 0
+
+    def __call__(self):
+        pass
+
+
 class _Ops(list):
-    """Prepared operations: zero-argument callables, each with a ``label`` for error messages."""
+    """Prepared operations: zero-argument callables, each with a ``label`` for error messages and a
+    ``lane``: 0, or 1 between a fork and a join (the reverse direction of a bidirectional layer, which
+    a GPU backend runs on a second stream)."""
+
+    lane = 0
 
     def add(self, op, label):
         if op is None:
@@ -65,7 +82,18 @@ class _Ops(list):
         except AttributeError:
             op = functools.partial(op)
             op.label = label
+        op.lane = self.lane
         self.append(op)
+
+    def gemm(self, be, *args, **kw):
+        """be.prepare_gemm on this lane (a GPU backend binds each lane's GEMMs to its own cuBLAS handle)."""
+        return be.prepare_gemm(*args, lane=self.lane, **kw)
+
+    def fork(self):
+        self.append(Sync("fork"))
+
+    def join(self):
+        self.append(Sync("join"))
 
 
 def replay(ops):
@@ -141,6 +169,8 @@ class Plan:
         self.dhn, self.dcn = be.empty((LD, B, P)), be.empty((LD, B, H))
         self.dh0, self.dc0 = be.empty((LD, B, P)), be.empty((LD, B, H))
         self.scratch = None
+        # GPU: the two directions of a bidirectional layer run concurrently on two streams (lanes).
+        self.lanes = D == 2 and getattr(be, "lanes", 1) == 2
         self.part = be.empty((T, B, P)) if has_len else None
         self.itmp = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)] if D == 2 else None
         self.rebind(m)
@@ -151,6 +181,9 @@ class Plan:
         from .lstm import _Scratch
         if self.scratch is None:
             self.scratch = _Scratch(m, self.T, self.B)
+            # Two lanes: the reverse direction's backward gets its own scratch (dh, dc, dgates, dx, ...),
+            # so the two directions never share a buffer while they run concurrently.
+            self.rscratch = _Scratch(m, self.T, self.B) if self.lanes else None
         self.bound = _bound(m)
         self.fwd = self._build_forward(m)
         self.bwd = {}            # (dy given, dhc given) -> _Ops, built on first use
@@ -168,11 +201,14 @@ class Plan:
             I = layer_in.shape[-1]
             if t.masks[k] is not None:
                 ops.add(be.prepare("dropout", t.masks[k], t.out[k - 1], layer_in), f"l{k} dropout")
+            if self.lanes:
+                ops.fork()
             for d in range(D):
                 i = k * D + d
                 dws = t.dirs[k][d]
                 prm = m._direction_params(k, d)
                 tag = f"l{k}{'r' if d else ''}"
+                ops.lane = d if self.lanes else 0
                 if d == 1:
                     if self.has_len:
                         ops.add(functools.partial(xp.take, layer_in.reshape(TB, I), self.rev, axis=0,
@@ -213,6 +249,9 @@ class Plan:
                             ops.add(functools.partial(xp.copyto, dst, gather), f"{tag} out")
                         else:
                             ops.add(functools.partial(xp.copyto, dst, src[1:][::-1]), f"{tag} out")
+            if self.lanes:
+                ops.lane = 0
+                ops.join()
             if self.has_len:
                 ops.add(functools.partial(xp.multiply, t.out[k], self.valid, out=t.out[k]), f"l{k} mask out")
         for k in range(L):
@@ -230,10 +269,10 @@ class Plan:
         H = ws.c.shape[-1]
         gates, h, c, m, ct, zo = ws.gates, ws.h, ws.c, ws.m, ws.ct, ws.zoneout
         lengths = self.lengths
-        ops.add(be.prepare_gemm(x.reshape(T * B, x.shape[-1]), prm.W, gates.reshape(T * B, 4 * H), trans_b=True),
+        ops.add(ops.gemm(be, x.reshape(T * B, x.shape[-1]), prm.W, gates.reshape(T * B, 4 * H), trans_b=True),
                 f"{tag} gemm x W^T")
         for t in range(T):
-            ops.add(be.prepare_gemm(h[t], prm.R, gates[t], trans_b=True, beta=1.0), f"{tag} t={t} gemm h R^T")
+            ops.add(ops.gemm(be, h[t], prm.R, gates[t], trans_b=True, beta=1.0), f"{tag} t={t} gemm h R^T")
             c_new = c[t + 1] if zo is None else ct[t]
             if m is None:
                 ops.add(be.prepare("cell_forward", gates[t], prm.b, prm.peep, c[t], c_new, h[t + 1]),
@@ -241,7 +280,7 @@ class Plan:
             else:
                 ops.add(be.prepare("cell_forward", gates[t], prm.b, prm.peep, c[t], c_new, m[t]),
                         f"{tag} t={t} cell_forward")
-                ops.add(be.prepare_gemm(m[t], prm.Whr, h[t + 1], trans_b=True), f"{tag} t={t} gemm m Whr^T")
+                ops.add(ops.gemm(be, m[t], prm.Whr, h[t + 1], trans_b=True), f"{tag} t={t} gemm m Whr^T")
             if zo is not None:
                 mh, zh, mc, zc = dirn._masks(zo, t)
                 ops.add(be.prepare("zoneout_mix", mc, zc, c[t], ct[t], c[t + 1]), f"{tag} t={t} zoneout c")
@@ -266,13 +305,17 @@ class Plan:
         for k in reversed(range(L)):
             din = s.din[k]
             I = din.shape[-1]
+            if self.lanes:
+                ops.fork()
             for d in range(D):
                 i = k * D + d
                 dws = t.dirs[k][d]
                 prm = m._direction_params(k, d)
                 prefix = m._prefix(k, d)
                 tag = f"l{k}{'r' if d else ''}"
-                dh = s.dh
+                ops.lane = d if self.lanes else 0
+                sd = self.rscratch if self.lanes and d == 1 else s   # the reverse lane's own scratch
+                dh = sd.dh
                 if dout is None:
                     ops.add(functools.partial(dh.fill, 0), f"{tag} dh")
                 else:
@@ -286,20 +329,24 @@ class Plan:
                     else:
                         ops.add(functools.partial(xp.copyto, dh, part if d == 0 else part[::-1]), f"{tag} dh")
                 x = t.inputs[k] if d == 0 else dws.x
-                self._direction_backward(be, xp, ops, tag, prm, m.grads, prefix, dws, s, x, dh,
+                self._direction_backward(be, xp, ops, tag, prm, m.grads, prefix, dws, sd, x, dh,
                                          self.dhn[i] if dhc_given else None, self.dcn[i] if dhc_given else None,
-                                         self.dh0[i], self.dc0[i], s.dx[k])
+                                         self.dh0[i], self.dc0[i], sd.dx[k])
                 if self.learned:
                     ops.add(be.prepare("sum_rows", self.dh0[i], m.grads[f"{prefix}.h0"]), f"{tag} d h0")
                     ops.add(be.prepare("sum_rows", self.dc0[i], m.grads[f"{prefix}.c0"]), f"{tag} d c0")
                 if d == 0:
-                    ops.add(functools.partial(xp.copyto, din, s.dx[k]), f"{tag} din")
-                elif self.has_len:
-                    ops.add(functools.partial(xp.take, s.dx[k].reshape(TB, I), self.rev, axis=0,
+                    ops.add(functools.partial(xp.copyto, din, sd.dx[k]), f"{tag} din")
+                    continue
+                if self.lanes:                   # din needs both directions: back on the first lane
+                    ops.lane = 0
+                    ops.join()
+                if self.has_len:
+                    ops.add(functools.partial(xp.take, sd.dx[k].reshape(TB, I), self.rev, axis=0,
                                               out=self.itmp[k].reshape(TB, I)), f"{tag} reverse dx")
                     ops.add(functools.partial(xp.add, din, self.itmp[k], out=din), f"{tag} din")
                 else:
-                    ops.add(functools.partial(xp.add, din, s.dx[k][::-1], out=din), f"{tag} din")
+                    ops.add(functools.partial(xp.add, din, sd.dx[k][::-1], out=din), f"{tag} din")
             if t.masks[k] is not None:           # dropout on this layer's input, the forward's mask
                 ops.add(be.prepare("dropout", t.masks[k], din, din), f"l{k} dropout")
             dout = din
@@ -329,21 +376,21 @@ class Plan:
             if m is None:
                 dht = dh[t]
             else:
-                ops.add(be.prepare_gemm(dh[t], prm.Whr, dm), f"{tag} t={t} gemm dh Whr")
+                ops.add(ops.gemm(be, dh[t], prm.Whr, dm), f"{tag} t={t} gemm dh Whr")
                 dht = dm
             ops.add(be.prepare("cell_backward", gates[t], prm.peep, c[t + 1] if ct is None else ct[t], c[t], dht,
                                dc, dgates[t], None, lengths, t), f"{tag} t={t} cell_backward")
             if zo is not None:
                 ops.add(functools.partial(xp.add, dc, shared.keep, out=dc), f"{tag} t={t} dc keep")
             first = t == 0 and zo is None
-            ops.add(be.prepare_gemm(dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0),
+            ops.add(ops.gemm(be, dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0),
                     f"{tag} t={t} gemm dgates R")
         ops.add(functools.partial(xp.copyto, dc0, dc), f"{tag} dc0")
         TB = T * B
         dg = dgates.reshape(TB, 4 * H)
-        ops.add(be.prepare_gemm(dg, x.reshape(TB, x.shape[-1]), grads[f"{prefix}.W"], trans_a=True, beta=1.0),
+        ops.add(ops.gemm(be, dg, x.reshape(TB, x.shape[-1]), grads[f"{prefix}.W"], trans_a=True, beta=1.0),
                 f"{tag} dW")
-        ops.add(be.prepare_gemm(dg, h[:T].reshape(TB, h.shape[-1]), grads[f"{prefix}.R"], trans_a=True, beta=1.0),
+        ops.add(ops.gemm(be, dg, h[:T].reshape(TB, h.shape[-1]), grads[f"{prefix}.R"], trans_a=True, beta=1.0),
                 f"{tag} dR")
         if prm.b is not None:
             ops.add(be.prepare("sum_rows", dg, grads[f"{prefix}.b"]), f"{tag} db")
@@ -354,9 +401,9 @@ class Plan:
                 ops.add(be.prepare("sum_rows_prod", dg, gate_slice(gate, H).start, looks_at[gate].reshape(TB, H),
                                    dP[row]), f"{tag} dP {gate}")
         if m is not None:
-            ops.add(be.prepare_gemm(dh.reshape(TB, dh.shape[-1]), m.reshape(TB, H), grads[f"{prefix}.Whr"],
+            ops.add(ops.gemm(be, dh.reshape(TB, dh.shape[-1]), m.reshape(TB, H), grads[f"{prefix}.Whr"],
                                     trans_a=True, beta=1.0), f"{tag} dWhr")
-        ops.add(be.prepare_gemm(dg, prm.W, dx.reshape(TB, dx.shape[-1])), f"{tag} dx")
+        ops.add(ops.gemm(be, dg, prm.W, dx.reshape(TB, dx.shape[-1])), f"{tag} dx")
 
 
     # ---- running -------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ class NumpyBackend:
         is looked up when called, so the plan runs whatever the backend's method is then."""
         return functools.partial(_call, self, name, args)
 
-    def prepare_gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
+    def prepare_gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0, lane=0):
+        """(``lane`` is for backends that run a plan on two streams; here every lane runs in order.)"""
         return functools.partial(_call, self, "gemm", (a, b, out, trans_a, trans_b, beta))
 
     def run_prepared(self, ops):
