@@ -23,10 +23,12 @@ T == 0 or B == 0, ``track_gradient_flow``, and training with dropout or zoneout 
 by the host-side generator, which cannot run inside a graph; in-kernel Philox masks will remove this
 fallback).
 
-Bindings: a plan is bound to the model's parameter and gradient arrays. Every replay checks (by
-identity) that they are still the model's; if one was replaced, the plan's operations are built again
-for the new arrays and its graphs dropped, so a graph never reads an array the model no longer owns
-(the plan also holds a reference to every array it is bound to, so none is freed under it).
+Bindings: a plan's forward is bound to the model's parameter arrays, its backward also to the
+gradient arrays, by memory: (address, shape, strides, dtype) of each. Every replay compares them; if
+one now lies elsewhere, the operations that read it are built again and their graphs dropped, so a
+graph never reads memory the model no longer uses (the plan also holds a reference to every array it
+is bound to, so none is freed, and its address reused, under it). Fresh views of the same memory
+rebuild nothing: ``gpu_lstm.torch`` hands the core new views of the same Parameters every call.
 :meth:`LSTM.set_params`, checkpoint loading and ``load_torch_state_dict`` copy in place and need no
 rebuild.
 
@@ -106,9 +108,18 @@ def replay(ops):
         raise RuntimeError(f"plan step {label} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _bound(m):
-    """The arrays a plan of model m is bound to (identity matters, see the module docstring)."""
-    return tuple(m.params.values()) + tuple(m.grads.values())
+def _memory(a):
+    """Where an array's elements are: (address, shape, strides, dtype). Two arrays with the same key
+    are the same elements (a plan holds the arrays it was built for, so their memory cannot be freed
+    and handed to another array while it is bound)."""
+    ptr = a.__array_interface__["data"][0] if type(a) is np.ndarray else a.data.ptr   # NumPy / CuPy
+    return ptr, a.shape, a.strides, a.dtype.str
+
+
+def _binding(arrays):
+    """(memory keys, the arrays themselves) of a name -> array dict, in name order."""
+    names = sorted(arrays)
+    return tuple((n, _memory(arrays[n])) for n in names), tuple(arrays[n] for n in names)
 
 
 class Plan:
@@ -177,18 +188,34 @@ class Plan:
 
     # ---- building ----------------------------------------------------------------------------
     def rebind(self, m):
-        """(Re)build every prepared operation for the model's current parameter and gradient arrays."""
+        """(Re)build the forward's prepared operations for the model's current parameter arrays; the
+        backward's are built again on first use."""
         from .lstm import _Scratch
         if self.scratch is None:
             self.scratch = _Scratch(m, self.T, self.B)
             # Two lanes: the reverse direction's backward gets its own scratch (dh, dc, dgates, dx, ...),
             # so the two directions never share a buffer while they run concurrently.
             self.rscratch = _Scratch(m, self.T, self.B) if self.lanes else None
-        self.bound = _bound(m)
+        self.params_key, self.params_held = _binding(m.params)
         self.fwd = self._build_forward(m)
+        self.grads_key = self.grads_held = None
         self.bwd = {}            # (dy given, dhc given) -> _Ops, built on first use
         self.graphs = {}         # "fwd" / ("bwd", dy given, dhc given) -> captured graph
         return self
+
+    def bind(self, m, backward):
+        """Before a replay: rebuild what reads an array whose memory changed (compared by address,
+        shape, strides and dtype, so fresh views of the same memory, as gpu_lstm.torch makes every
+        call, rebuild nothing). The forward reads the parameters; the backward also the gradients."""
+        key, held = _binding(m.params)
+        if key != self.params_key:
+            self.rebind(m)                       # a parameter array was replaced
+        if backward:
+            key, held = _binding(m.grads)
+            if key != self.grads_key:            # a gradient array was replaced: backward ops only
+                self.grads_key, self.grads_held = key, held
+                self.bwd = {}
+                self.graphs = {k: g for k, g in self.graphs.items() if k == "fwd"}
 
     def _build_forward(self, m):
         be, xp = m._be, m._be.xp
@@ -425,10 +452,6 @@ class Plan:
             be.launch_graph(graph)
 
 
-def _same(a, b):
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
-
-
 def _upload(xp, dst, host):
     if xp is np:
         dst[...] = host
@@ -450,8 +473,7 @@ def forward(m, x, h0, c0, host_lengths, return_cells, algo):
         m._plans.give_back(plan)
         plan = m._plans.take(m, key)
         ws = plan.shell()
-    if not _same(plan.bound, _bound(m)):
-        plan.rebind(m)                        # a parameter or gradient array was replaced
+    plan.bind(m, backward=False)              # rebuilt only if a parameter's memory changed
     t = plan.template
     t.x[...] = x                              # own copy, as in the eager path
     if h0 is not None:
@@ -487,8 +509,7 @@ def backward(m, ws, dy, dh_n, dc_n):
     """LSTM._backward through the plan of the tape ws (arguments checked; dy time-major or None)."""
     be, xp = m._be, m._be.xp
     plan = ws.plan
-    if not _same(plan.bound, _bound(m)):
-        plan.rebind(m)
+    plan.bind(m, backward=True)
     if dy is not None:
         plan.dy[...] = dy
     if dh_n is not None:
