@@ -125,9 +125,10 @@ class LSTM:
         (the GPU reference); 'plan' replays operations prepared once per shape (every pointer and
         argument computed once); 'graph' (GPU only) captures each plan into CUDA graphs, so a call
         is one input copy and one graph launch whatever T is. 'auto' picks 'graph' on the GPU and
-        'plan' elsewhere. Calls a plan does not cover run eagerly: T = 0 or B = 0,
-        ``track_gradient_flow``, and training with dropout or zoneout (the masks' call counter
-        changes every call, and a captured graph's kernel arguments cannot). 'persistent' (GPU, or
+        'plan' elsewhere. Calls a plan does not cover run eagerly: T = 0 or B = 0 and
+        ``track_gradient_flow`` (training with dropout or zoneout runs through plans and graphs: the
+        mask kernels read the call counter from a device scalar of the plan; docs/engine.md).
+        'persistent' (GPU, or
         'host' for tests) runs each direction's whole time loop as one cooperative kernel launch with
         R held on chip (docs/persistent.md); calls it cannot run (projection, zoneout, a hidden size
         beyond the chip's capacity) use what 'auto' picks, and ``algo_reason`` says why. 'auto'

@@ -17,11 +17,18 @@ callables: no slicing, no shape arithmetic, no argument conversion per step.
 * GPU, ``algo="graph"``: the first call runs the plan and then captures it into a CUDA graph on a
   private stream (cupy.cuda.Stream.begin_capture/end_capture); later calls do one input copy and one
   graph launch on the current stream, whatever T is.
+* GPU, bidirectional layers: the reverse direction's operations are lane 1, between a fork and a join
+  (:class:`Sync`): a second stream, forked and joined by events, also inside a capture, with its own
+  cuBLAS handle and backward scratch, so the two directions run concurrently. NumPy replays the list
+  in order.
 
-What a plan does not cover falls back to the eager loop for that call, with today's semantics:
-T == 0 or B == 0, ``track_gradient_flow``, and training with dropout or zoneout (their masks are drawn
-by the host-side generator, which cannot run inside a graph; in-kernel Philox masks will remove this
-fallback).
+Training with dropout or zoneout: the mask kernels read the Philox call counter from a one-element
+device array the plan owns (``call_at``, cuda/lstm_kernels.cu), written before each forward replay
+(``backend.set_counter``: in place on NumPy, an async copy from pinned memory on the GPU, no host
+sync); the backward reads the same array, so it recomputes its own forward's masks.
+
+What a plan does not cover falls back to the eager loop for that call: T == 0 or B == 0, and
+``track_gradient_flow`` (docs/engine.md).
 
 Bindings: a plan's forward is bound to the model's parameter arrays, its backward also to the
 gradient arrays, by memory: (address, shape, strides, dtype) of each. Every replay compares them; if
