@@ -32,18 +32,20 @@
     }
 
 #define GL_HOST_ZONEOUT(T, SUFFIX)                                                                  \
-    extern "C" void gl_zoneout_mix_##SUFFIX(long long n, long long key, long long call, long long offset, \
-                                            long long thr, T z, const T* prev, const T* cur, T* out) { \
-        zoneout_mix<T>(n, key, call, offset, thr, z, prev, cur, out);                                 \
+    extern "C" void gl_zoneout_mix_##SUFFIX(long long n, long long key, long long call,               \
+                                            const long long* call_at, long long offset, long long thr, \
+                                            T z, const T* prev, const T* cur, T* out) {               \
+        zoneout_mix<T>(n, key, call, call_at, offset, thr, z, prev, cur, out);                        \
     }                                                                                                 \
     extern "C" void gl_zoneout_split_##SUFFIX(long long n, long long key, long long call,             \
-                                              long long offset, long long thr, T z, T* grad, T* into, \
-                                              int accumulate) {                                       \
-        zoneout_split<T>(n, key, call, offset, thr, z, grad, into, accumulate);                       \
+                                              const long long* call_at, long long offset,             \
+                                              long long thr, T z, T* grad, T* into, int accumulate) { \
+        zoneout_split<T>(n, key, call, call_at, offset, thr, z, grad, into, accumulate);              \
     }                                                                                                 \
-    extern "C" void gl_dropout_apply_##SUFFIX(long long n, long long key, long long call, long long thr, \
-                                              T scale, const T* x, T* out) {                          \
-        dropout_apply<T>(n, key, call, thr, scale, x, out);                                           \
+    extern "C" void gl_dropout_apply_##SUFFIX(long long n, long long key, long long call,             \
+                                              const long long* call_at, long long thr, T scale,       \
+                                              const T* x, T* out) {                                   \
+        dropout_apply<T>(n, key, call, call_at, thr, scale, x, out);                                  \
     }
 
 // The generator itself, for the known-answer test of cuda/philox.cuh (tests/test_philox.py).

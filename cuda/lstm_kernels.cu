@@ -120,14 +120,19 @@ __global__ void seq_carry(const long long B, const long long N, const long long*
 //   out = d prev + (1 - d) cur,  d = the mask (training) or the constant z (evaluation, thr < 0).
 // The training mask is computed here, not read: d[k] = gl_rand_event(key, call, offset + k, thr)
 // (cuda/philox.cuh; offset = t n), and the backward recomputes the same bits. out may alias cur.
+// The call counter comes by value (`call`, eager launches) or, when `call_at` is not null, from the
+// device scalar *call_at (plans and CUDA graphs: a captured launch's arguments are frozen, so the
+// host writes each forward's counter into that scalar before the replay; gpu_lstm/plan.py).
 template <typename T>
 __global__ void zoneout_mix(const long long n, const long long key, const long long call,
+                            const long long* __restrict__ call_at,
                             const long long offset, const long long thr, const T z,
                             const T* __restrict__ prev, const T* cur, T* out) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
+    const long long cl = call_at != 0 ? call_at[0] : call;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        const A d = thr >= 0 ? (gl_rand_event(key, call, offset + k, thr) ? A(1) : A(0)) : gl_load(z);
+        const A d = thr >= 0 ? (gl_rand_event(key, cl, offset + k, thr) ? A(1) : A(0)) : gl_load(z);
         out[k] = gl_store<T>(d * gl_load(prev[k]) + (A(1) - d) * gl_load(cur[k]));
     }
 }
@@ -138,12 +143,14 @@ __global__ void zoneout_mix(const long long n, const long long key, const long l
 // with d recomputed exactly as in zoneout_mix.
 template <typename T>
 __global__ void zoneout_split(const long long n, const long long key, const long long call,
+                              const long long* __restrict__ call_at,
                               const long long offset, const long long thr, const T z,
                               T* __restrict__ grad, T* __restrict__ into, const int accumulate) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
+    const long long cl = call_at != 0 ? call_at[0] : call;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        const A d = thr >= 0 ? (gl_rand_event(key, call, offset + k, thr) ? A(1) : A(0)) : gl_load(z);
+        const A d = thr >= 0 ? (gl_rand_event(key, cl, offset + k, thr) ? A(1) : A(0)) : gl_load(z);
         const A g = gl_load(grad[k]);
         into[k] = gl_store<T>((accumulate ? gl_load(into[k]) : A(0)) + d * g);
         grad[k] = gl_store<T>((A(1) - d) * g);
@@ -156,11 +163,13 @@ __global__ void zoneout_split(const long long n, const long long key, const long
 // is never stored. x and out may alias (the backward works in place).
 template <typename T>
 __global__ void dropout_apply(const long long n, const long long key, const long long call,
+                              const long long* __restrict__ call_at,
                               const long long thr, const T scale, const T* x, T* out) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
+    const long long cl = call_at != 0 ? call_at[0] : call;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        out[k] = gl_store<T>(gl_rand_event(key, call, k, thr) ? gl_load(x[k]) * gl_load(scale) : A(0));
+        out[k] = gl_store<T>(gl_rand_event(key, cl, k, thr) ? gl_load(x[k]) * gl_load(scale) : A(0));
     }
 }
 

@@ -127,9 +127,10 @@ class LSTM:
         (the GPU reference); 'plan' replays operations prepared once per shape (every pointer and
         argument computed once); 'graph' (GPU only) captures each plan into CUDA graphs, so a call
         is one input copy and one graph launch whatever T is. 'auto' picks 'graph' on the GPU and
-        'plan' elsewhere. Calls a plan does not cover run eagerly: T = 0 or B = 0,
-        ``track_gradient_flow``, and training with dropout or zoneout (the masks' call counter
-        changes every call, and a captured graph's kernel arguments cannot). 'persistent' (GPU, or
+        'plan' elsewhere. Calls a plan does not cover run eagerly: T = 0 or B = 0 and
+        ``track_gradient_flow`` (training with dropout or zoneout runs through plans and graphs: the
+        mask kernels read the call counter from a device scalar of the plan; docs/engine.md).
+        'persistent' (GPU, or
         'host' for tests) runs each direction's whole time loop as one cooperative kernel launch with
         R held on chip (docs/persistent.md); calls it cannot run (projection, zoneout, a hidden size
         beyond the chip's capacity) use what 'auto' picks, and ``algo_reason`` says why. 'auto'
@@ -202,7 +203,8 @@ class LSTM:
         self.algo = algo
         self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
         # Where the persistent kernels cannot run a call (options, capacity), what 'auto' would run.
-        self._persistent_fallback = _plan.resolve_algo("auto", self._be)[0] if self._algo == "persistent" else None
+        self._persistent_fallback = (_plan.resolve_algo("auto", self._be, use_env=False)[0]
+                                     if self._algo == "persistent" else None)
         self._plans = _plan.PlanCache()
         self.params = {}
         self._init_params(seed)

@@ -92,52 +92,71 @@ def events(key, call, offset, n, thr):
 
 
 class MaskSlice:
-    """Elements [offset, offset + n) of one mask stream in one call: what a kernel launch gets."""
+    """Elements [offset, offset + n) of one mask stream in one call: what a kernel launch gets.
 
-    __slots__ = ("key", "call", "offset", "thr")
+    ``counter``, if given, is a one-element int64 array (on the backend's device) that holds the call
+    counter and is read when the mask is computed, not when the slice is made: plans and CUDA graphs
+    bind their launches to it once and the host writes each forward's counter into it before the
+    replay (gpu_lstm/plan.py). ``call`` is then unused (0)."""
 
-    def __init__(self, key, call, offset, thr):
+    __slots__ = ("key", "call", "offset", "thr", "counter")
+
+    def __init__(self, key, call, offset, thr, counter=None):
         self.key, self.call, self.offset, self.thr = int(key), int(call), int(offset), int(thr)
+        self.counter = counter
+
+    def current_call(self):
+        """The call whose mask this is now: ``call``, or the value in ``counter``."""
+        return self.call if self.counter is None else int(self.counter[0])
 
     def events(self, n):
-        return events(self.key, self.call, self.offset, n, self.thr)
+        return events(self.key, self.current_call(), self.offset, n, self.thr)
+
+
+def _current(call, counter):
+    return call if counter is None else int(counter[0])
 
 
 class ZoneoutMask:
     """The zoneout mask d (T, B, N) of one direction of one layer in one forward, never stored:
     ``mask[t]`` is the slice of step t that the kernels (or NumPy) recompute, in the forward and again
-    in the backward. ``array()`` materialises it (0/1 floats), for tests and inspection."""
+    in the backward. ``array()`` materialises it (0/1 floats), for tests and inspection. With
+    ``counter`` (see :class:`MaskSlice`) the call is read from that array when the mask is computed."""
 
-    def __init__(self, seed, layer, direction, purpose, call, z, shape):
+    def __init__(self, seed, layer, direction, purpose, call, z, shape, counter=None):
         self.key = stream_key(seed, layer, direction, purpose)
         self.call, self.z, self.shape = int(call), float(z), tuple(shape)
+        self.counter = counter
         self.thr = threshold(z)
         self.per_step = int(np.prod(self.shape[1:]))
 
     def __getitem__(self, t):
-        return MaskSlice(self.key, self.call, t * self.per_step, self.thr)
+        return MaskSlice(self.key, self.call, t * self.per_step, self.thr, self.counter)
 
     def array(self, dtype=np.float64):
         n = int(np.prod(self.shape))
-        return events(self.key, self.call, 0, n, self.thr).reshape(self.shape).astype(dtype)
+        call = _current(self.call, self.counter)
+        return events(self.key, call, 0, n, self.thr).reshape(self.shape).astype(dtype)
 
 
 class DropoutMask:
     """Inverted dropout on a layer's input (T, B, F): kept elements are scaled by 1 / (1 - p), the
     others are 0. Applied by ``backend.dropout(mask, x, out)`` in the forward and again, from the same
-    counter, to the gradient in the backward. ``array()`` materialises it (0 or 1/(1-p))."""
+    counter, to the gradient in the backward. ``array()`` materialises it (0 or 1/(1-p)). ``counter``
+    as for :class:`ZoneoutMask`."""
 
-    def __init__(self, seed, layer, call, p, shape, dtype):
+    def __init__(self, seed, layer, call, p, shape, dtype, counter=None):
         self.key = stream_key(seed, layer, 0, DROPOUT)
         self.call, self.p, self.shape = int(call), float(p), tuple(shape)
+        self.counter = counter
         self.thr = threshold(1.0 - p)
         self.scale = np.dtype(dtype).type(1.0 / (1.0 - p))
 
     @property
     def slice(self):
-        return MaskSlice(self.key, self.call, 0, self.thr)
+        return MaskSlice(self.key, self.call, 0, self.thr, self.counter)
 
     def array(self):
         n = int(np.prod(self.shape))
-        keep = events(self.key, self.call, 0, n, self.thr).reshape(self.shape)
+        keep = events(self.key, _current(self.call, self.counter), 0, n, self.thr).reshape(self.shape)
         return np.where(keep, self.scale, self.scale.dtype.type(0))

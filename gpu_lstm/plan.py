@@ -17,16 +17,25 @@ callables: no slicing, no shape arithmetic, no argument conversion per step.
 * GPU, ``algo="graph"``: the first call runs the plan and then captures it into a CUDA graph on a
   private stream (cupy.cuda.Stream.begin_capture/end_capture); later calls do one input copy and one
   graph launch on the current stream, whatever T is.
+* GPU, bidirectional layers: the reverse direction's operations are lane 1, between a fork and a join
+  (:class:`Sync`): a second stream, forked and joined by events, also inside a capture, with its own
+  cuBLAS handle and backward scratch, so the two directions run concurrently. NumPy replays the list
+  in order.
 
-What a plan does not cover falls back to the eager loop for that call, with today's semantics:
-T == 0 or B == 0, ``track_gradient_flow``, and training with dropout or zoneout (their masks are drawn
-by the host-side generator, which cannot run inside a graph; in-kernel Philox masks will remove this
-fallback).
+Training with dropout or zoneout: the mask kernels read the Philox call counter from a one-element
+device array the plan owns (``call_at``, cuda/lstm_kernels.cu), written before each forward replay
+(``backend.set_counter``: in place on NumPy, an async copy from pinned memory on the GPU, no host
+sync); the backward reads the same array, so it recomputes its own forward's masks.
 
-Bindings: a plan is bound to the model's parameter and gradient arrays. Every replay checks (by
-identity) that they are still the model's; if one was replaced, the plan's operations are built again
-for the new arrays and its graphs dropped, so a graph never reads an array the model no longer owns
-(the plan also holds a reference to every array it is bound to, so none is freed under it).
+What a plan does not cover falls back to the eager loop for that call: T == 0 or B == 0, and
+``track_gradient_flow`` (docs/engine.md).
+
+Bindings: a plan's forward is bound to the model's parameter arrays, its backward also to the
+gradient arrays, by memory: (address, shape, strides, dtype) of each. Every replay compares them; if
+one now lies elsewhere, the operations that read it are built again and their graphs dropped, so a
+graph never reads memory the model no longer uses (the plan also holds a reference to every array it
+is bound to, so none is freed, and its address reused, under it). Fresh views of the same memory
+rebuild nothing: ``gpu_lstm.torch`` hands the core new views of the same Parameters every call.
 :meth:`LSTM.set_params`, checkpoint loading and ``load_torch_state_dict`` copy in place and need no
 rebuild.
 
@@ -45,6 +54,8 @@ import weakref
 
 import numpy as np
 
+from . import _direction as dirn
+from . import philox
 from .gates import PEEPHOLE_ORDER, gate_slice
 
 ALGOS = ("auto", "graph", "plan", "eager", "persistent")
@@ -52,8 +63,25 @@ ALGO_ENV = "GPU_LSTM_ALGO"
 MAX_FREE_PLANS = 4      # free (not handed out) plans kept per model, beyond the one in use
 
 
+class Sync:
+    """A fork or join marker in a list of prepared operations: where the second lane (a second CUDA
+    stream) starts after everything before it on the first, and where the first waits for the second.
+    A no-op when called: a backend without lanes (NumPy) replays the list in order."""
+
+    def __init__(self, kind):
+        self.kind = self.label = kind
+        self.lane = 0
+
+    def __call__(self):
+        pass
+
+
 class _Ops(list):
-    """Prepared operations: zero-argument callables, each with a ``label`` for error messages."""
+    """Prepared operations: zero-argument callables, each with a ``label`` for error messages and a
+    ``lane``: 0, or 1 between a fork and a join (the reverse direction of a bidirectional layer, which
+    a GPU backend runs on a second stream)."""
+
+    lane = 0
 
     def add(self, op, label):
         if op is None:
@@ -63,7 +91,18 @@ class _Ops(list):
         except AttributeError:
             op = functools.partial(op)
             op.label = label
+        op.lane = self.lane
         self.append(op)
+
+    def gemm(self, be, *args, **kw):
+        """be.prepare_gemm on this lane (a GPU backend binds each lane's GEMMs to its own cuBLAS handle)."""
+        return be.prepare_gemm(*args, lane=self.lane, **kw)
+
+    def fork(self):
+        self.append(Sync("fork"))
+
+    def join(self):
+        self.append(Sync("join"))
 
 
 def replay(ops):
@@ -76,19 +115,33 @@ def replay(ops):
         raise RuntimeError(f"plan step {label} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _bound(m):
-    """The arrays a plan of model m is bound to (identity matters, see the module docstring)."""
-    return tuple(m.params.values()) + tuple(m.grads.values())
+def _memory(a):
+    """Where an array's elements are: (address, shape, strides, dtype). Two arrays with the same key
+    are the same elements (a plan holds the arrays it was built for, so their memory cannot be freed
+    and handed to another array while it is bound)."""
+    ptr = a.__array_interface__["data"][0] if type(a) is np.ndarray else a.data.ptr   # NumPy / CuPy
+    return ptr, a.shape, a.strides, a.dtype.str
+
+
+def _binding(arrays):
+    """(memory keys, the arrays themselves) of a name -> array dict, in name order."""
+    names = sorted(arrays)
+    return tuple((n, _memory(arrays[n])) for n in names), tuple(arrays[n] for n in names)
 
 
 class Plan:
     def __init__(self, m, key):
         from .lstm import Tape
-        T, B, has_len, has_hc, learned, cells = key
+        T, B, has_len, has_hc, learned, cells, mask_seed = key
         be, xp = m._be, m._be.xp
         L, D, H, P = m.num_layers, m.num_directions, m.hidden_size, m.output_size
         self.key, self.T, self.B = key, T, B
         self.has_len, self.has_hc, self.learned, self.want_cells = has_len, has_hc, learned, cells
+        # Training with dropout or zoneout: every mask launch reads the call counter from this device
+        # scalar (cuda/lstm_kernels.cu, call_at), written before each forward replay; the backward
+        # reads the same scalar, so it recomputes its own forward's masks (the plan, handed out with its
+        # tape, runs no other forward in between).
+        self.counter = be.counter() if mask_seed is not None else None
         LD, TB = L * D, T * B
         self.template = t = Tape(m, T, B)
         # Static inputs: copied into before each replay.
@@ -108,9 +161,22 @@ class Plan:
         t.learned_state = learned
         t.masks = [None] * L
         t.inputs = [t.x if k == 0 else t.out[k - 1] for k in range(L)]
-        zo = (m.zoneout_h, m.zoneout_c) if m.zoneout else None   # evaluation: the constants
+        train = self.counter is not None
         for k in range(L):
+            if train and k > 0 and m.dropout:     # as LSTM._forward: dropout on the layer's input
+                t.masks[k] = philox.DropoutMask(mask_seed, k, 0, m.dropout, (T, B, m._layer_input_size(k)),
+                                                m.dtype, counter=self.counter)
+                t.inputs[k] = t.dropped[k]
             for d in range(D):
+                if not m.zoneout:
+                    zo = None
+                elif not train:                  # evaluation: the constants
+                    zo = (m.zoneout_h, m.zoneout_c)
+                else:                            # as LSTM._zoneout_masks, bound to the counter
+                    zo = (philox.ZoneoutMask(mask_seed, k, d, philox.ZONEOUT_H, 0, m.zoneout_h, (T, B, P),
+                                             counter=self.counter),
+                          philox.ZoneoutMask(mask_seed, k, d, philox.ZONEOUT_C, 0, m.zoneout_c, (T, B, H),
+                                             counter=self.counter))
                 t.dirs[k][d].zoneout = zo
         # Static outputs.
         self.hn, self.cn = be.empty((LD, B, P)), be.empty((LD, B, H))
@@ -121,21 +187,42 @@ class Plan:
         self.dhn, self.dcn = be.empty((LD, B, P)), be.empty((LD, B, H))
         self.dh0, self.dc0 = be.empty((LD, B, P)), be.empty((LD, B, H))
         self.scratch = None
+        # GPU: the two directions of a bidirectional layer run concurrently on two streams (lanes).
+        self.lanes = D == 2 and getattr(be, "lanes", 1) == 2
         self.part = be.empty((T, B, P)) if has_len else None
         self.itmp = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)] if D == 2 else None
         self.rebind(m)
 
     # ---- building ----------------------------------------------------------------------------
     def rebind(self, m):
-        """(Re)build every prepared operation for the model's current parameter and gradient arrays."""
+        """(Re)build the forward's prepared operations for the model's current parameter arrays; the
+        backward's are built again on first use."""
         from .lstm import _Scratch
         if self.scratch is None:
             self.scratch = _Scratch(m, self.T, self.B)
-        self.bound = _bound(m)
+            # Two lanes: the reverse direction's backward gets its own scratch (dh, dc, dgates, dx, ...),
+            # so the two directions never share a buffer while they run concurrently.
+            self.rscratch = _Scratch(m, self.T, self.B) if self.lanes else None
+        self.params_key, self.params_held = _binding(m.params)
         self.fwd = self._build_forward(m)
+        self.grads_key = self.grads_held = None
         self.bwd = {}            # (dy given, dhc given) -> _Ops, built on first use
         self.graphs = {}         # "fwd" / ("bwd", dy given, dhc given) -> captured graph
         return self
+
+    def bind(self, m, backward):
+        """Before a replay: rebuild what reads an array whose memory changed (compared by address,
+        shape, strides and dtype, so fresh views of the same memory, as gpu_lstm.torch makes every
+        call, rebuild nothing). The forward reads the parameters; the backward also the gradients."""
+        key, held = _binding(m.params)
+        if key != self.params_key:
+            self.rebind(m)                       # a parameter array was replaced
+        if backward:
+            key, held = _binding(m.grads)
+            if key != self.grads_key:            # a gradient array was replaced: backward ops only
+                self.grads_key, self.grads_held = key, held
+                self.bwd = {}
+                self.graphs = {k: g for k, g in self.graphs.items() if k == "fwd"}
 
     def _build_forward(self, m):
         be, xp = m._be, m._be.xp
@@ -146,11 +233,16 @@ class Plan:
         for k in range(L):
             layer_in = t.inputs[k]
             I = layer_in.shape[-1]
+            if t.masks[k] is not None:
+                ops.add(be.prepare("dropout", t.masks[k], t.out[k - 1], layer_in), f"l{k} dropout")
+            if self.lanes:
+                ops.fork()
             for d in range(D):
                 i = k * D + d
                 dws = t.dirs[k][d]
                 prm = m._direction_params(k, d)
                 tag = f"l{k}{'r' if d else ''}"
+                ops.lane = d if self.lanes else 0
                 if d == 1:
                     if self.has_len:
                         ops.add(functools.partial(xp.take, layer_in.reshape(TB, I), self.rev, axis=0,
@@ -191,6 +283,9 @@ class Plan:
                             ops.add(functools.partial(xp.copyto, dst, gather), f"{tag} out")
                         else:
                             ops.add(functools.partial(xp.copyto, dst, src[1:][::-1]), f"{tag} out")
+            if self.lanes:
+                ops.lane = 0
+                ops.join()
             if self.has_len:
                 ops.add(functools.partial(xp.multiply, t.out[k], self.valid, out=t.out[k]), f"l{k} mask out")
         for k in range(L):
@@ -208,10 +303,10 @@ class Plan:
         H = ws.c.shape[-1]
         gates, h, c, m, ct, zo = ws.gates, ws.h, ws.c, ws.m, ws.ct, ws.zoneout
         lengths = self.lengths
-        ops.add(be.prepare_gemm(x.reshape(T * B, x.shape[-1]), prm.W, gates.reshape(T * B, 4 * H), trans_b=True),
+        ops.add(ops.gemm(be, x.reshape(T * B, x.shape[-1]), prm.W, gates.reshape(T * B, 4 * H), trans_b=True),
                 f"{tag} gemm x W^T")
         for t in range(T):
-            ops.add(be.prepare_gemm(h[t], prm.R, gates[t], trans_b=True, beta=1.0), f"{tag} t={t} gemm h R^T")
+            ops.add(ops.gemm(be, h[t], prm.R, gates[t], trans_b=True, beta=1.0), f"{tag} t={t} gemm h R^T")
             c_new = c[t + 1] if zo is None else ct[t]
             if m is None:
                 ops.add(be.prepare("cell_forward", gates[t], prm.b, prm.peep, c[t], c_new, h[t + 1]),
@@ -219,10 +314,11 @@ class Plan:
             else:
                 ops.add(be.prepare("cell_forward", gates[t], prm.b, prm.peep, c[t], c_new, m[t]),
                         f"{tag} t={t} cell_forward")
-                ops.add(be.prepare_gemm(m[t], prm.Whr, h[t + 1], trans_b=True), f"{tag} t={t} gemm m Whr^T")
+                ops.add(ops.gemm(be, m[t], prm.Whr, h[t + 1], trans_b=True), f"{tag} t={t} gemm m Whr^T")
             if zo is not None:
-                ops.add(be.prepare("zoneout_mix", None, float(zo[1]), c[t], ct[t], c[t + 1]), f"{tag} t={t} zoneout c")
-                ops.add(be.prepare("zoneout_mix", None, float(zo[0]), h[t], h[t + 1], h[t + 1]), f"{tag} t={t} zoneout h")
+                mh, zh, mc, zc = dirn._masks(zo, t)
+                ops.add(be.prepare("zoneout_mix", mc, zc, c[t], ct[t], c[t + 1]), f"{tag} t={t} zoneout c")
+                ops.add(be.prepare("zoneout_mix", mh, zh, h[t], h[t + 1], h[t + 1]), f"{tag} t={t} zoneout h")
             if lengths is not None:
                 ops.add(be.prepare("seq_carry", lengths, t, c[t], c[t + 1], False), f"{tag} t={t} carry c")
                 ops.add(be.prepare("seq_carry", lengths, t, h[t], h[t + 1], False), f"{tag} t={t} carry h")
@@ -243,13 +339,17 @@ class Plan:
         for k in reversed(range(L)):
             din = s.din[k]
             I = din.shape[-1]
+            if self.lanes:
+                ops.fork()
             for d in range(D):
                 i = k * D + d
                 dws = t.dirs[k][d]
                 prm = m._direction_params(k, d)
                 prefix = m._prefix(k, d)
                 tag = f"l{k}{'r' if d else ''}"
-                dh = s.dh
+                ops.lane = d if self.lanes else 0
+                sd = self.rscratch if self.lanes and d == 1 else s   # the reverse lane's own scratch
+                dh = sd.dh
                 if dout is None:
                     ops.add(functools.partial(dh.fill, 0), f"{tag} dh")
                 else:
@@ -263,20 +363,26 @@ class Plan:
                     else:
                         ops.add(functools.partial(xp.copyto, dh, part if d == 0 else part[::-1]), f"{tag} dh")
                 x = t.inputs[k] if d == 0 else dws.x
-                self._direction_backward(be, xp, ops, tag, prm, m.grads, prefix, dws, s, x, dh,
+                self._direction_backward(be, xp, ops, tag, prm, m.grads, prefix, dws, sd, x, dh,
                                          self.dhn[i] if dhc_given else None, self.dcn[i] if dhc_given else None,
-                                         self.dh0[i], self.dc0[i], s.dx[k])
+                                         self.dh0[i], self.dc0[i], sd.dx[k])
                 if self.learned:
                     ops.add(be.prepare("sum_rows", self.dh0[i], m.grads[f"{prefix}.h0"]), f"{tag} d h0")
                     ops.add(be.prepare("sum_rows", self.dc0[i], m.grads[f"{prefix}.c0"]), f"{tag} d c0")
                 if d == 0:
-                    ops.add(functools.partial(xp.copyto, din, s.dx[k]), f"{tag} din")
-                elif self.has_len:
-                    ops.add(functools.partial(xp.take, s.dx[k].reshape(TB, I), self.rev, axis=0,
+                    ops.add(functools.partial(xp.copyto, din, sd.dx[k]), f"{tag} din")
+                    continue
+                if self.lanes:                   # din needs both directions: back on the first lane
+                    ops.lane = 0
+                    ops.join()
+                if self.has_len:
+                    ops.add(functools.partial(xp.take, sd.dx[k].reshape(TB, I), self.rev, axis=0,
                                               out=self.itmp[k].reshape(TB, I)), f"{tag} reverse dx")
                     ops.add(functools.partial(xp.add, din, self.itmp[k], out=din), f"{tag} din")
                 else:
-                    ops.add(functools.partial(xp.add, din, s.dx[k][::-1], out=din), f"{tag} din")
+                    ops.add(functools.partial(xp.add, din, sd.dx[k][::-1], out=din), f"{tag} din")
+            if t.masks[k] is not None:           # dropout on this layer's input, the forward's mask
+                ops.add(be.prepare("dropout", t.masks[k], din, din), f"l{k} dropout")
             dout = din
         return ops
 
@@ -297,28 +403,28 @@ class Plan:
             if lengths is not None and t > 0:
                 ops.add(be.prepare("seq_carry", lengths, t, dh[t], dh[t - 1], True), f"{tag} t={t} carry dh")
             if zo is not None:
-                ops.add(be.prepare("zoneout_split", None, float(zo[0]), dh[t], dh[t - 1] if t > 0 else dh0, t > 0),
+                mh, zh, mc, zc = dirn._masks(zo, t)
+                ops.add(be.prepare("zoneout_split", mh, zh, dh[t], dh[t - 1] if t > 0 else dh0, t > 0),
                         f"{tag} t={t} zoneout dh")
-                ops.add(be.prepare("zoneout_split", None, float(zo[1]), dc, shared.keep, False),
-                        f"{tag} t={t} zoneout dc")
+                ops.add(be.prepare("zoneout_split", mc, zc, dc, shared.keep, False), f"{tag} t={t} zoneout dc")
             if m is None:
                 dht = dh[t]
             else:
-                ops.add(be.prepare_gemm(dh[t], prm.Whr, dm), f"{tag} t={t} gemm dh Whr")
+                ops.add(ops.gemm(be, dh[t], prm.Whr, dm), f"{tag} t={t} gemm dh Whr")
                 dht = dm
             ops.add(be.prepare("cell_backward", gates[t], prm.peep, c[t + 1] if ct is None else ct[t], c[t], dht,
                                dc, dgates[t], None, lengths, t), f"{tag} t={t} cell_backward")
             if zo is not None:
                 ops.add(functools.partial(xp.add, dc, shared.keep, out=dc), f"{tag} t={t} dc keep")
             first = t == 0 and zo is None
-            ops.add(be.prepare_gemm(dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0),
+            ops.add(ops.gemm(be, dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0),
                     f"{tag} t={t} gemm dgates R")
         ops.add(functools.partial(xp.copyto, dc0, dc), f"{tag} dc0")
         TB = T * B
         dg = dgates.reshape(TB, 4 * H)
-        ops.add(be.prepare_gemm(dg, x.reshape(TB, x.shape[-1]), grads[f"{prefix}.W"], trans_a=True, beta=1.0),
+        ops.add(ops.gemm(be, dg, x.reshape(TB, x.shape[-1]), grads[f"{prefix}.W"], trans_a=True, beta=1.0),
                 f"{tag} dW")
-        ops.add(be.prepare_gemm(dg, h[:T].reshape(TB, h.shape[-1]), grads[f"{prefix}.R"], trans_a=True, beta=1.0),
+        ops.add(ops.gemm(be, dg, h[:T].reshape(TB, h.shape[-1]), grads[f"{prefix}.R"], trans_a=True, beta=1.0),
                 f"{tag} dR")
         if prm.b is not None:
             ops.add(be.prepare("sum_rows", dg, grads[f"{prefix}.b"]), f"{tag} db")
@@ -329,9 +435,9 @@ class Plan:
                 ops.add(be.prepare("sum_rows_prod", dg, gate_slice(gate, H).start, looks_at[gate].reshape(TB, H),
                                    dP[row]), f"{tag} dP {gate}")
         if m is not None:
-            ops.add(be.prepare_gemm(dh.reshape(TB, dh.shape[-1]), m.reshape(TB, H), grads[f"{prefix}.Whr"],
+            ops.add(ops.gemm(be, dh.reshape(TB, dh.shape[-1]), m.reshape(TB, H), grads[f"{prefix}.Whr"],
                                     trans_a=True, beta=1.0), f"{tag} dWhr")
-        ops.add(be.prepare_gemm(dg, prm.W, dx.reshape(TB, dx.shape[-1])), f"{tag} dx")
+        ops.add(ops.gemm(be, dg, prm.W, dx.reshape(TB, dx.shape[-1])), f"{tag} dx")
 
 
     # ---- running -------------------------------------------------------------------------------
@@ -353,10 +459,6 @@ class Plan:
             be.launch_graph(graph)
 
 
-def _same(a, b):
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
-
-
 def _upload(xp, dst, host):
     if xp is np:
         dst[...] = host
@@ -369,16 +471,16 @@ def forward(m, x, h0, c0, host_lengths, return_cells, algo):
     'graph' (what :func:`engine` chose for this call)."""
     be, xp = m._be, m._be.xp
     T, B = int(x.shape[0]), int(x.shape[1])
+    train = m.training and m.stochastic
     key = (T, B, host_lengths is not None, h0 is not None, h0 is None and m.learn_initial_state,
-           bool(return_cells))
+           bool(return_cells), m._dropout_seed if train else None)
     ws = m._saved
     plan = ws.plan if ws is not None else None
     if plan is None or plan.key != key:
         m._plans.give_back(plan)
         plan = m._plans.take(m, key)
         ws = plan.shell()
-    if not _same(plan.bound, _bound(m)):
-        plan.rebind(m)                        # a parameter or gradient array was replaced
+    plan.bind(m, backward=False)              # rebuilt only if a parameter's memory changed
     t = plan.template
     t.x[...] = x                              # own copy, as in the eager path
     if h0 is not None:
@@ -394,6 +496,10 @@ def forward(m, x, h0, c0, host_lengths, return_cells, algo):
         _upload(xp, plan.rev_t, rev)
         _upload(xp, plan.rev, (rev * B + np.arange(B)[None, :]).reshape(-1))
         plan.host_lengths = host_lengths.copy()
+    ws.mask_call = m._mask_calls
+    if train:                                 # as the eager path: every training forward draws fresh masks
+        m._mask_calls += 1
+        be.set_counter(plan.counter, ws.mask_call)   # ordered before the replay, no host sync
     plan.use_graph = algo == "graph"          # the backward of this forward replays the same way
     plan.run(be, "fwd", plan.fwd, plan.use_graph)
     m._saved = ws
@@ -410,8 +516,7 @@ def backward(m, ws, dy, dh_n, dc_n):
     """LSTM._backward through the plan of the tape ws (arguments checked; dy time-major or None)."""
     be, xp = m._be, m._be.xp
     plan = ws.plan
-    if not _same(plan.bound, _bound(m)):
-        plan.rebind(m)
+    plan.bind(m, backward=True)
     if dy is not None:
         plan.dy[...] = dy
     if dh_n is not None:
@@ -427,7 +532,7 @@ def backward(m, ws, dy, dh_n, dc_n):
 
 def plan_ok(m, T, B):
     """Whether this forward can run from a plan (else the eager loop, see the module docstring)."""
-    return T > 0 and B > 0 and not m.track_gradient_flow and not (m.training and m.stochastic)
+    return T > 0 and B > 0 and not m.track_gradient_flow
 
 
 def engine(m, T, B):
@@ -449,18 +554,20 @@ def engine(m, T, B):
     return "eager"
 
 
-def resolve_algo(algo, be):
+def resolve_algo(algo, be, use_env=True):
     """The algorithm a model runs: 'graph' and 'plan' as asked (graph needs the GPU), 'auto' picks
     graphs on the GPU (eager if the capture-capable cuBLAS binding cannot be loaded) and plans
-    elsewhere. The environment variable GPU_LSTM_ALGO ('graph', 'plan' or 'eager') sets what 'auto'
-    means on the GPU (A/B runs, the GPU test module). Returns (algo, reason)."""
+    elsewhere. The environment variable GPU_LSTM_ALGO (one of ALGOS; 'auto' or unset: no override)
+    sets what 'auto' means on the GPU (A/B runs, the GPU test module); it is checked on every device,
+    and ignored with ``use_env=False`` (the persistent engine's fallback: what plain 'auto' runs).
+    Returns (algo, reason)."""
     if not isinstance(algo, str) or algo not in ALGOS:
         raise ValueError(f"algo: expected one of {ALGOS}, got {algo!r}")
     graphs = getattr(be, "graph_support", None)
-    forced = os.environ.get(ALGO_ENV, "").strip().lower()
+    forced = os.environ.get(ALGO_ENV, "").strip().lower() if use_env else ""
+    if forced and forced not in ALGOS:
+        raise ValueError(f"{ALGO_ENV}: expected one of {ALGOS} (or unset), got {forced!r}")
     if algo == "auto" and forced and graphs is not None:
-        if forced not in ALGOS[1:]:
-            raise ValueError(f"{ALGO_ENV}: expected 'graph', 'plan' or 'eager', got {forced!r}")
         algo = forced
     if algo == "eager":
         return "eager", "requested"

@@ -371,9 +371,22 @@ def install():
 # CaptureError for: allocation (cupy.empty/zeros/..., any operation without ``out=``, copy/astype),
 # host synchronisation (get, asnumpy, synchronize), synchronous host<->device copies (asarray of host
 # data, ndarray.set), CuPy's cuBLAS wrapper (cublas.pyx setStream raises NotImplementedError), cuRAND
-# (cupy.random), work on a stream other than the capturing one, and a GEMM of the capture binding whose
-# handle has no user workspace (cuBLAS would allocate one). Recorded: kernel launches, GEMMs of the
-# binding, ufuncs with ``out=``, copyto, take with ``out=``, fill.
+# (cupy.random), work on a stream that is not part of the capture, waiting on an event recorded outside
+# the capture (cudaErrorStreamCaptureIsolation), ending a capture while a forked stream has not joined
+# back (cudaErrorStreamCaptureUnjoined), an async copy from pageable host memory, and a GEMM of the
+# capture binding whose handle has no user workspace (cuBLAS would allocate one). Recorded: kernel
+# launches, GEMMs of the binding, ufuncs with ``out=``, copyto, take with ``out=``, fill, async copies
+# from pinned memory.
+#
+# Several streams (fork/join with events): a stream joins a capture by waiting on an event recorded on
+# a stream of that capture, and the capture may only end once every op recorded on any of its streams
+# happens-before the end of the capturing stream (joined back by events). Outside capture, a fork (a
+# stream waiting on an event recorded on another stream) opens a tracked region that closes when the
+# forking stream has joined everything back. In both, every op is a node with its happens-before set
+# (stream order, event waits, host synchronisation) and its memory footprint (4-byte words read and
+# written; a GEMM also writes its handle's workspace), and the fake raises CaptureError for any two
+# ops on different streams that touch the same word, at least one writing, with no order between
+# them: a data race that the fake's sequential execution would hide and a GPU would not.
 import functools  # noqa: E402
 
 
@@ -384,28 +397,154 @@ class CaptureError(RuntimeError):
 class _CaptureState:
     def __init__(self):
         self.current = []          # stack of streams made current with ``with stream:``
-        self.capturing = None      # the stream being captured
+        self.capturing = None      # the stream whose capture is open (the origin)
         self.record = None
+        self.tracker = None        # the _Tracker of the open capture or of a fork outside capture
         self.graphs = 0
         self.launched = 0
+        self.forks = 0             # fork/join regions checked (captured or not)
+        self.checked_pairs = 0     # cross-stream conflicting accesses proven ordered
 
 
 _cap = _CaptureState()
 
 
+# ---- happens-before and footprints ---------------------------------------------------------------
+def _words(a):
+    """The 4-byte words an array view touches (int64 addresses)."""
+    a = a.view(np.ndarray) if isinstance(a, np.ndarray) else np.asarray(a)
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    out = np.array([a.ctypes.data], dtype=np.int64)
+    for n, st in zip(a.shape, a.strides):
+        out = (out[:, None] + np.arange(n, dtype=np.int64) * st).ravel()
+    return _widen(out, a.itemsize)
+
+
+def _widen(starts, itemsize):
+    return (starts[:, None] + np.arange(0, max(itemsize, 4), 4, dtype=np.int64)).ravel()
+
+
+def _raw_words(ptr, rows, cols, ld, itemsize):
+    """Words of a column-major (rows, cols) matrix with leading dimension ld at a raw pointer."""
+    starts = ptr + (np.arange(rows, dtype=np.int64)[:, None] + ld * np.arange(cols, dtype=np.int64)) * itemsize
+    return _widen(starts.ravel(), itemsize)
+
+
+class _Tracker:
+    """Nodes of one fork/join region or capture: stream, happens-before bitset, footprint thunk."""
+
+    def __init__(self, origin):
+        self.origin = origin
+        self.nodes = []            # (stream, ancestors bitset, footprint thunk, label)
+        self.known = {origin: 0}   # stream -> bitset of the nodes its next op is ordered after
+        self.host = 0              # nodes the host has waited for (synchronize, get)
+
+    def node(self, stream, label, footprint):
+        i = len(self.nodes)
+        anc = self.known.get(stream, 0) | self.host
+        self.nodes.append((stream, anc, footprint, label))
+        self.known[stream] = anc | (1 << i)
+
+    def joined(self):
+        return self.known[self.origin] | self.host == (1 << len(self.nodes)) - 1
+
+    def unjoined(self):
+        missing = ~(self.known[self.origin] | self.host)
+        return [label for i, (_, _, _, label) in enumerate(self.nodes) if (missing >> i) & 1]
+
+    def check(self):
+        """Raise CaptureError for two unordered ops on different streams touching a word, one writing."""
+        _cap.forks += 1
+        streams = {id(s) for s, _, _, _ in self.nodes}
+        if len(streams) < 2:
+            return
+        sid = {k: j for j, k in enumerate(sorted(streams))}
+        addr, node, write = [], [], []
+        for i, (stream, _, footprint, _) in enumerate(self.nodes):
+            reads, writes = footprint()
+            for arrs, w in ((reads, False), (writes, True)):
+                for a in arrs:
+                    addr.append(a)
+                    node.append(np.full(a.size, i, dtype=np.int64))
+                    write.append(np.full(a.size, w))
+        if not addr:
+            return
+        addr, node, write = np.concatenate(addr), np.concatenate(node), np.concatenate(write)
+        st = np.array([sid[id(self.nodes[i][0])] for i in range(len(self.nodes))], dtype=np.int64)[node]
+        order = np.lexsort((node, addr))
+        addr, node, write, st = addr[order], node[order], write[order], st[order]
+        starts = np.flatnonzero(np.r_[True, addr[1:] != addr[:-1]])
+        any_w = np.maximum.reduceat(write.astype(np.int8), starts) > 0
+        multi = np.maximum.reduceat(st, starts) != np.minimum.reduceat(st, starts)
+        ends = np.r_[starts[1:], addr.size]
+        seen = set()
+        for g in np.flatnonzero(any_w & multi):
+            acc = sorted({(int(n), bool(w)) for n, w in zip(node[starts[g]:ends[g]], write[starts[g]:ends[g]])})
+            for x in range(len(acc)):
+                for y in range(x + 1, len(acc)):
+                    (a, wa), (b, wb) = acc[x], acc[y]
+                    if not (wa or wb) or self.nodes[a][0] is self.nodes[b][0] or (a, b) in seen:
+                        continue
+                    seen.add((a, b))
+                    if not ((self.nodes[b][1] >> a) & 1 or (self.nodes[a][1] >> b) & 1):
+                        raise CaptureError(f"data race: {self.nodes[a][3]!r} and {self.nodes[b][3]!r} run on "
+                                           f"different streams with no event ordering them and touch the same "
+                                           f"memory (address {int(addr[starts[g]]):#x}), at least one writing")
+                    _cap.checked_pairs += 1
+
+
+def _issue(what, fn, footprint, stream=None):
+    """Run ``fn`` now, or record it when its stream is capturing; track it in an open region. Raises
+    when a capture is open and the stream is not part of it."""
+    stream = _current_stream() if stream is None else stream
+    tr = _cap.tracker
+    if _cap.capturing is not None:
+        if stream not in tr.known:
+            raise CaptureError(f"{what}: issued to a stream that is not part of the capture (fork it from the "
+                               "capturing stream with an event first)")
+        tr.node(stream, what, footprint)
+        _cap.record.append(fn)
+        return True
+    if tr is not None:
+        tr.node(stream, what, footprint)
+    fn()
+    return False
+
+
+def _host_waits(stream=None):
+    """The host waited for ``stream`` (None: every stream): later ops are ordered after its nodes."""
+    tr = _cap.tracker
+    if tr is None or _cap.capturing is not None:
+        return
+    for s, known in tr.known.items():
+        if stream is None or s is stream:
+            tr.host |= known
+
+
+def _fp(reads=(), writes=()):
+    """A footprint thunk over arrays (only evaluated when a region with several streams is checked)."""
+    reads = tuple(_plain(a) for a in reads if isinstance(a, np.ndarray))
+    writes = tuple(_plain(a) for a in writes if isinstance(a, np.ndarray))
+    return lambda: ([_words(a) for a in reads], [_words(a) for a in writes])
+
+
 def _capturing(what):
-    """None when nothing captures; else the record list when the current stream is the capturing one
-    (and ``what`` may be recorded), else raise."""
+    """None when nothing captures; else the record list when the current stream is part of the
+    capture, else raise (kept for callers that only ask)."""
     if _cap.capturing is None:
         return None
-    if _current_stream() is not _cap.capturing:
-        raise CaptureError(f"{what}: issued to a stream other than the capturing one during capture")
+    if _current_stream() not in _cap.tracker.known:
+        raise CaptureError(f"{what}: issued to a stream that is not part of the capture")
     return _cap.record
 
 
 def _refuse(what):
     if _cap.capturing is not None:
         raise CaptureError(f"{what} is not permitted while a stream is capturing")
+
+
+_streams_by_ptr = {}
 
 
 class Stream:
@@ -418,6 +557,7 @@ class Stream:
         else:
             Stream._next_ptr += 0x10
             self.ptr = Stream._next_ptr
+        _streams_by_ptr[self.ptr] = self
 
     def __enter__(self):
         _cap.current.append(self)
@@ -432,20 +572,50 @@ class Stream:
             raise CaptureError("the legacy default stream cannot be captured")
         if _cap.capturing is not None:
             raise CaptureError("another stream is already capturing")
-        _cap.capturing, _cap.record = self, []
+        if _cap.tracker is not None:
+            raise CaptureError("begin_capture while forked work outside capture has not joined back")
+        _cap.capturing, _cap.record, _cap.tracker = self, [], _Tracker(self)
 
     def end_capture(self):
         if _cap.capturing is not self:
             raise CaptureError("end_capture on a stream that is not capturing")
-        ops, _cap.capturing, _cap.record = _cap.record, None, None
+        tr, ops = _cap.tracker, _cap.record
+        _cap.capturing, _cap.record, _cap.tracker = None, None, None
+        if not tr.joined():
+            raise CaptureError(f"capture ended with forked work not joined back into the capturing stream "
+                               f"(cudaErrorStreamCaptureUnjoined): {tr.unjoined()[:3]}")
+        tr.check()
         _cap.graphs += 1
         return Graph(ops)
 
     def is_capturing(self):
-        return _cap.capturing is self
+        return _cap.capturing is not None and self in _cap.tracker.known
+
+    def wait_event(self, event):
+        """cudaStreamWaitEvent: what this stream issues next runs after the event's recorded work."""
+        tr = _cap.tracker
+        if _cap.capturing is not None:
+            if event.capture is not tr:
+                if self in tr.known:
+                    raise CaptureError("a capturing stream waits on an event recorded outside the capture "
+                                       "(cudaErrorStreamCaptureIsolation)")
+                return
+            tr.known[self] = tr.known.get(self, 0) | event.known   # joins the capture if it was not in it
+            return
+        if event.capture is not None:
+            raise CaptureError("waiting on an event recorded inside a capture that has ended")
+        if event.stream is None or event.stream is self:
+            return
+        if tr is None:                       # a fork outside capture: track until it is joined back
+            tr = _cap.tracker = _Tracker(event.stream)
+        tr.known[self] = tr.known.get(self, 0) | event.known
+        if self is tr.origin and tr.joined():
+            _cap.tracker = None
+            tr.check()
 
     def synchronize(self):
         _refuse("Stream.synchronize")
+        _host_waits(self)
 
 
 _NULL_STREAM = Stream(null=True)
@@ -453,6 +623,31 @@ _NULL_STREAM = Stream(null=True)
 
 def _current_stream():
     return _cap.current[-1] if _cap.current else _NULL_STREAM
+
+
+class CaptureEvent:
+    """cupy.cuda.Event: record on a stream (capture-aware), wait on it from another, query, time."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.stream, self.capture, self.known, self.t = None, None, 0, None
+
+    def record(self, stream=None):
+        stream = _current_stream() if stream is None else stream
+        tr = _cap.tracker
+        self.stream, self.t = stream, time.perf_counter()
+        self.capture = tr if _cap.capturing is not None and stream in tr.known else None
+        self.known = tr.known.get(stream, 0) if tr is not None and stream in tr.known else 0
+
+    @property
+    def done(self):
+        if self.capture is not None and _cap.capturing is not None:
+            raise CaptureError("querying an event recorded in an open capture")
+        return True
+
+    def synchronize(self):
+        _refuse("Event.synchronize")
+        if self.stream is not None:
+            _host_waits(self.stream)
 
 
 class Graph:
@@ -479,35 +674,37 @@ _strict_array_ufunc = ndarray.__array_ufunc__   # outside capture: CuPy's rules 
 
 
 def _array_ufunc(self, ufunc, method, *inputs, **kwargs):
-    if _cap.capturing is None:
-        return _strict_array_ufunc(self, ufunc, method, *inputs, **kwargs)
     what = f"{ufunc.__name__}.{method}"
-    record = _capturing(what)
     out = kwargs.get("out")
+    if _cap.capturing is None:
+        if _cap.tracker is None:
+            return _strict_array_ufunc(self, ufunc, method, *inputs, **kwargs)
+        res = []
+        _issue(what, lambda: res.append(_strict_array_ufunc(self, ufunc, method, *inputs, **kwargs)),
+               _fp(inputs, out or ()))
+        return res[0]
     if method != "__call__" or not out or not all(isinstance(o, ndarray) for o in out):
         raise CaptureError(f"{what} without out= allocates: not permitted while a stream is capturing")
     for a in inputs:
         _check_device_operand(what, a)
     kw = dict(kwargs, out=tuple(_plain(o) for o in out))
-    record.append(functools.partial(ufunc, *[_plain(a) for a in inputs], **kw))
+    _issue(what, functools.partial(ufunc, *[_plain(a) for a in inputs], **kw), _fp(inputs, out))
     return out[0] if len(out) == 1 else out
 
 
 def _cap_copyto(dst, src, **kw):
-    record = _capturing("copyto")
-    if record is None:
-        return np.copyto(dst, src, **kw)
-    _check_device_operand("copyto", src)
-    record.append(functools.partial(np.copyto, _plain(dst), _plain(src), **kw))
+    if _cap.capturing is not None:
+        _check_device_operand("copyto", src)
+    _issue("copyto", functools.partial(np.copyto, _plain(dst), _plain(src), **kw), _fp((src,), (dst,)))
 
 
 def _cap_take(a, indices, axis=None, out=None):
-    record = _capturing("take")
-    if record is None:
-        return _fake(np.take(a, indices, axis=axis, out=out))
+    if _cap.capturing is None and out is None:
+        return _fake(np.take(a, indices, axis=axis))
     if out is None:
         raise CaptureError("take without out= allocates: not permitted while a stream is capturing")
-    record.append(functools.partial(np.take, _plain(a), _plain(indices), axis=axis, out=_plain(out)))
+    _issue("take", functools.partial(np.take, _plain(a), _plain(indices), axis=axis, out=_plain(out)),
+           _fp((a, indices), (out,)))
     return out
 
 
@@ -515,10 +712,7 @@ _np_fill = np.ndarray.fill
 
 
 def _cap_fill(self, value):
-    record = _capturing("fill")
-    if record is None:
-        return _np_fill(self, value)
-    record.append(functools.partial(_np_fill, _plain(self), value))
+    _issue("fill", functools.partial(_np_fill, _plain(self), value), _fp((), (self,)))
 
 
 def _set(self, host):
@@ -527,7 +721,7 @@ def _set(self, host):
     host = np.asarray(host)
     if host.shape != self.shape or host.dtype != self.dtype:
         raise ValueError(f"set: shape/dtype {host.shape} {host.dtype} differ from {self.shape} {self.dtype}")
-    np.copyto(self.view(np.ndarray), host)
+    _issue("ndarray.set", functools.partial(np.copyto, self.view(np.ndarray), host), _fp((), (self,)))
 
 
 def _refusing(name, fn):
@@ -538,29 +732,102 @@ def _refusing(name, fn):
     return wrapped
 
 
+def _tracked(name, fn, writes_self=False, syncs=False):
+    """An ndarray method refused under capture, and inside a fork/join region a node on the current
+    stream that reads (or writes) the array; ``syncs``: the host then waits for that stream."""
+    @functools.wraps(fn)
+    def wrapped(self, *args, **kwargs):
+        _refuse(name)
+        if _cap.tracker is None:
+            return fn(self, *args, **kwargs)
+        res = []
+        _issue(name, lambda: res.append(fn(self, *args, **kwargs)),
+               _fp((self,) + tuple(args), (self,) if writes_self else ()))
+        if syncs:
+            _host_waits(_current_stream())
+        return res[0]
+    return wrapped
+
+
 ndarray.__array_ufunc__ = _array_ufunc
 ndarray.fill = _cap_fill
 ndarray.set = _set
-for _name in ("copy", "astype", "get", "__setitem__"):
-    setattr(ndarray, _name, _refusing(f"ndarray.{_name}", getattr(ndarray, _name)))
+for _name, _w, _s in (("copy", False, False), ("astype", False, False), ("get", False, True),
+                      ("__setitem__", True, False)):
+    setattr(ndarray, _name, _tracked(f"ndarray.{_name}", getattr(ndarray, _name), _w, _s))
 
 _kernel_call = _Kernel.__call__
+_const_params = {}
+
+
+def _kernel_consts(name):
+    """Per parameter of a kernel of cuda/lstm_kernels.cu: True where it is a pointer to const (read
+    only); other pointers count as written."""
+    if not _const_params:
+        from gpu_lstm.backend import kernels
+        for kname, params in re.findall(r"__global__ void (\w+)\(([^)]*)\)", kernels.kernel_source()):
+            _const_params[kname] = ["const" in p and "*" in p for p in params.split(",")]
+    return _const_params.get(name)
 
 
 def _kernel_call_or_record(self, grid, block, args):
-    record = _capturing(f"kernel {self.name}")
-    if record is None:
-        return _kernel_call(self, grid, block, args)
+    consts = _kernel_consts(self.name) or [False] * len(args)
+    arrays = [(a, c) for a, c in zip(args, consts) if isinstance(a, ndarray)]
+    fp = _fp([a for a, _ in arrays], [a for a, c in arrays if not c])
+    if _cap.capturing is None:
+        _issue(f"kernel {self.name}", lambda: _kernel_call(self, grid, block, args), fp)
+        return
     fn, seen = self.fn, []
     self.fn = lambda *conv: seen.append(conv)    # run every argument check, keep the converted args
     try:
         _kernel_call(self, grid, block, args)
     finally:
         self.fn = fn
-    record.append(functools.partial(fn, *seen[0]))
+    _issue(f"kernel {self.name}", functools.partial(fn, *seen[0]), fp)
 
 
 _Kernel.__call__ = _kernel_call_or_record
+
+
+# ---- pinned host memory and asynchronous copies ----------------------------------------------------
+_pinned = []   # (ptr, nbytes) of every pinned allocation
+
+
+class PinnedMemory(bytearray):
+    """cupy.cuda.alloc_pinned_memory: page-locked host memory (a buffer NumPy can view)."""
+
+    @property
+    def ptr(self):
+        return ctypes.addressof((ctypes.c_char * len(self)).from_buffer(self))
+
+
+def alloc_pinned_memory(nbytes):
+    _refuse("cupy.cuda.alloc_pinned_memory")
+    mem = PinnedMemory(int(nbytes))
+    _pinned.append((mem.ptr, len(mem), mem))
+    return mem
+
+
+MEMCPY_HOST_TO_DEVICE = 1
+memcpy_calls = []
+
+
+def memcpy_async(dst, src, size, kind, stream):
+    """cudaMemcpyAsync: host-to-device from pinned memory only (from pageable memory it could not be
+    captured, and is not asynchronous), ordered on ``stream``; captured as a node when it captures."""
+    for name, v in (("dst", dst), ("src", src), ("size", size), ("kind", kind), ("stream", stream)):
+        if not isinstance(v, int):
+            raise TypeError(f"memcpyAsync {name}: expected an int, got {type(v).__name__}")
+    if kind != MEMCPY_HOST_TO_DEVICE:
+        raise NotImplementedError("fake memcpyAsync: host-to-device only")
+    if not any(p <= src and src + size <= p + n for p, n, _ in _pinned):
+        raise CaptureError("memcpyAsync from pageable host memory: not asynchronous, and not capturable")
+    target = _streams_by_ptr.get(stream)
+    if target is None:
+        raise RuntimeError(f"memcpyAsync: unknown stream {stream:#x}")
+    memcpy_calls.append((dst, src, size, stream))
+    _issue("memcpyAsync", functools.partial(ctypes.memmove, dst, src, size),
+           lambda: ([], [_widen(dst + np.arange(0, size, 4, dtype=np.int64), 4)]), stream=target)
 
 
 class FakeLibcublas:
@@ -643,25 +910,34 @@ class FakeLibcublas:
             return 1
         if st["pointer_mode"] != 0:
             raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
+        stream = _streams_by_ptr.get(st["stream"])
+        # alpha/beta are read when the GEMM is issued (host pointer mode), also when it is captured.
+        a = ctypes.cast(alpha, ctypes.POINTER(ctype)).contents.value
+        b = ctypes.cast(beta, ctypes.POINTER(ctype)).contents.value
+        item = ctypes.sizeof(ctype)
+        ws = st["workspace"]
+
+        def footprint():   # A and B read; C written; the workspace written (shared = a race)
+            ra, ca = (k, m) if transa == 1 else (m, k)
+            rb, cb = (n, k) if transb == 1 else (k, n)
+            writes = [_raw_words(C, m, n, ldc, item)]
+            if ws is not None:
+                writes.append(np.array([ws[0]], dtype=np.int64))
+            return [_raw_words(A, ra, ca, lda, item), _raw_words(B, rb, cb, ldb, item)], writes
+        fn = functools.partial(_gemm_values, ctype, transa, transb, m, n, k, a, A, lda, B, ldb, b, C, ldc)
         if _cap.capturing is not None:
-            if st["stream"] != _cap.capturing.ptr:
-                raise CaptureError("GEMM on a handle whose stream is not the capturing stream")
-            if st["workspace"] is None:
+            if stream is None or stream not in _cap.tracker.known:
+                raise CaptureError("GEMM on a handle whose stream is not part of the capture")
+            if ws is None:
                 raise CaptureError("GEMM during capture with cuBLAS's default workspace (it would allocate):"
                                    " cublasSetWorkspace after cublasSetStream")
-            # alpha/beta are read when the GEMM is captured (host pointer mode), not at replay.
-            a = ctypes.cast(alpha, ctypes.POINTER(ctype)).contents.value
-            b = ctypes.cast(beta, ctypes.POINTER(ctype)).contents.value
-            _cap.record.append(functools.partial(_gemm_values, ctype, transa, transb, m, n, k, a, A, lda, B,
-                                                 ldb, b, C, ldc))
+            _issue("GEMM", fn, footprint, stream=stream)
             self.calls["recorded"] += 1
             return 0
         if st["stream"] != _current_stream().ptr:
             raise RuntimeError("fake cuBLAS: handle's stream differs from the current stream (GEMM would be "
                                "unordered with the kernels)")
-        a = ctypes.cast(alpha, ctypes.POINTER(ctype)).contents.value
-        b = ctypes.cast(beta, ctypes.POINTER(ctype)).contents.value
-        _gemm_values(ctype, transa, transb, m, n, k, a, A, lda, B, ldb, b, C, ldc)
+        _issue("GEMM", fn, footprint, stream=stream)
         self.calls["gemm"] += 1
         return 0
 
@@ -687,8 +963,12 @@ def _install_capture(cupy, cuda, cublas_mod):
     the fake libcublas for gpu_lstm.backend.cublas_capture."""
     global fake_libcublas
     cuda.Stream = Stream
+    cuda.Event = CaptureEvent
     cuda.get_current_stream = _current_stream
     cuda.capture_state = _cap
+    cuda.alloc_pinned_memory = alloc_pinned_memory
+    cuda.runtime.memcpyAsync = memcpy_async
+    cuda.runtime.memcpyHostToDevice = MEMCPY_HOST_TO_DEVICE
     cupy.copyto = _cap_copyto
     cupy.take = _cap_take
     getattr_np = cupy.__getattr__
@@ -710,7 +990,10 @@ def _install_capture(cupy, cuda, cublas_mod):
     for name in ("sgemm", "dgemm"):
         setattr(cublas_mod, name, _refusing(f"CuPy's cublas.{name}", getattr(cublas_mod, name)))
     RandomState.random_sample = _refusing("cuRAND (cupy.random)", RandomState.random_sample)
-    Device.synchronize = _refusing("Device.synchronize", Device.synchronize)
+    def device_synchronize(self):
+        _refuse("Device.synchronize")
+        _host_waits()
+    Device.synchronize = device_synchronize
     fake_libcublas = FakeLibcublas()
     from gpu_lstm.backend import cublas_capture
     cublas_capture._library_override = fake_libcublas

@@ -359,3 +359,161 @@ def test_the_kernels_own_refusal_reaches_the_runner():
     runner._sync.fill(0)
     runner._launch("persistent_lstm_forward", cfg, _forward_args(runner, T=5)[1])
     assert [int(v) for v in gl.to_numpy(runner._sync)] == [0, 0, 4]   # counter 0, error 0, 4 barriers
+
+
+# ---- masks from the plan's device counter; two streams per bidirectional layer -----------------------
+def test_graph_mode_training_draws_new_masks_per_call_without_python_launches():
+    """Dropout and zoneout in training through graphs: after the first calls (run + capture), a
+    training step is one async counter copy (pinned) and one graph launch per forward and backward, no
+    kernel launch or GEMM from Python, and every call's masks are the NumPy eager path's."""
+    import fake_cupy
+    kw = dict(dtype="float64", seed=3, bidirectional=True, dropout=0.4, zoneout_h=0.2, zoneout_c=0.3)
+    m = gl.LSTM(4, 8, 2, device="gpu", algo="graph", **kw)
+    ref = gl.LSTM(4, 8, 2, device="cpu", algo="eager", **kw)
+    x = np.random.default_rng(0).standard_normal((6, 3, 4))
+    dy = np.random.default_rng(1).standard_normal((6, 3, 16))
+    for model in (m, ref):
+        for _ in range(2):
+            model(x)
+            model.backward(dy)
+    be, cap, lib = m._be, fake_cupy._cap, fake_cupy.fake_libcublas
+    ys = []
+    for _ in range(3):
+        before = (_kernel_launches(be), lib.calls["gemm"], lib.calls["recorded"], cap.graphs, cap.launched,
+                  len(fake_cupy.memcpy_calls))
+        y, _ = m(x)
+        dx, _ = m.backward(dy)
+        after = (_kernel_launches(be), lib.calls["gemm"], lib.calls["recorded"], cap.graphs, cap.launched,
+                 len(fake_cupy.memcpy_calls))
+        assert after[:4] == before[:4] and after[4] == before[4] + 2 and after[5] == before[5] + 1
+        y_ref, _ = ref(x)
+        dx_ref, _ = ref.backward(dy)
+        np.testing.assert_allclose(gl.to_numpy(y), y_ref, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(gl.to_numpy(dx), dx_ref, rtol=0, atol=1e-12)
+        ys.append(gl.to_numpy(y))
+    assert not np.array_equal(ys[0], ys[1]) and not np.array_equal(ys[1], ys[2])
+    assert int(m._saved.plan.counter.get()[0]) == m.rng_state()["calls"] - 1 == 4
+
+
+def test_bidirectional_plans_fork_and_join_two_streams():
+    """A bidirectional layer's two directions are captured on two streams (fork and join by events,
+    two cuBLAS handles): the fake checks every cross-stream access pair is ordered, and the result is
+    the NumPy path's. Plan mode (no graph) replays the same fork/join on a private second stream."""
+    import fake_cupy
+    from gpu_lstm.backend import cublas_capture
+    cap = fake_cupy._cap
+    for algo in ("graph", "plan"):
+        m = gl.LSTM(5, 6, 2, device="gpu", dtype="float64", seed=2, algo=algo, bidirectional=True,
+                    proj_size=3)
+        ref = gl.LSTM(5, 6, 2, device="cpu", dtype="float64", seed=2, bidirectional=True, proj_size=3)
+        x = np.random.default_rng(2).standard_normal((4, 3, 5))
+        lengths = np.array([4, 1, 3])
+        forks, pairs = cap.forks, cap.checked_pairs
+        ys = []
+        for model in (m, ref):
+            y, _ = model(x, lengths=lengths)
+            model.backward(np.ones(y.shape))
+            ys.append(gl.to_numpy(y))
+        np.testing.assert_allclose(ys[0], ys[1], rtol=0, atol=1e-12)
+        for k in ref.grads:
+            np.testing.assert_allclose(gl.to_numpy(m.grads[k]), ref.grads[k], rtol=0, atol=1e-12)
+        # 2 layers x (forward, backward) fork/join regions; in a capture the cross-stream accesses
+        # after the join (the layer output, din) are checked as ordered too.
+        assert cap.forks >= forks + (2 if algo == "graph" else 4)
+        assert cap.checked_pairs > pairs or algo == "plan"
+        assert m._saved.plan.lanes
+    handles = {key[3]: h for key, h in cublas_capture._handles.items() if key[2] == id(fake_cupy.fake_libcublas)}
+    assert set(handles) >= {0, 1} and handles[0].workspace_ptr != handles[1].workspace_ptr
+
+
+def _fork(main, side):
+    import cupy
+    ev = cupy.cuda.Event()
+    ev.record(main)
+    side.wait_event(ev)
+
+
+def _join(main, side):
+    import cupy
+    ev = cupy.cuda.Event()
+    ev.record(side)
+    main.wait_event(ev)
+
+
+def test_the_fake_checks_ordering_across_streams():
+    import cupy
+    import fake_cupy
+    a, b = cupy.zeros((4,)), cupy.zeros((4,))
+    main, side = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
+
+    def captured(body):
+        with main:
+            main.begin_capture()
+            try:
+                body()
+            finally:
+                graph = main.end_capture()        # raises for what CUDA refuses at the end
+            return graph
+
+    def no_fork():
+        with side:
+            a.fill(1)
+    with pytest.raises(fake_cupy.CaptureError, match="not part of the capture"):
+        captured(no_fork)
+
+    def no_join():
+        _fork(main, side)
+        with side:
+            a.fill(1)
+    with pytest.raises(fake_cupy.CaptureError, match="not joined back"):
+        captured(no_join)
+
+    def read_before_join():
+        _fork(main, side)
+        with side:
+            a.fill(1)
+        cupy.multiply(a, 2.0, out=b)             # on main: reads what side writes, no event between
+        _join(main, side)
+    with pytest.raises(fake_cupy.CaptureError, match="data race"):
+        captured(read_before_join)
+
+    def write_before_fork_read_after():           # ordered: main's write happens before the fork
+        a.fill(3)
+        _fork(main, side)
+        with side:
+            cupy.multiply(a, 2.0, out=b)
+        _join(main, side)
+        cupy.multiply(b, 2.0, out=a)
+    g = captured(write_before_fork_read_after)
+    g.launch()
+    assert float(a.get()[0]) == 12.0
+
+    with pytest.raises(fake_cupy.CaptureError, match="data race"):   # outside capture: the same check
+        with main:
+            _fork(main, side)
+            with side:
+                a.fill(1)
+            cupy.multiply(a, 2.0, out=b)
+            _join(main, side)
+    assert fake_cupy._cap.tracker is None
+
+
+def test_the_fake_catches_two_streams_sharing_a_cublas_workspace():
+    import cupy
+    import fake_cupy
+    be = gl.LSTM(3, 4, device="gpu", dtype="float64", algo="plan")._be
+    a, b, c, d = (cupy.ones((4, 4)) for _ in range(4))
+    main, side = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
+    h = be._capture_handle(0)
+    ops = [h.gemm_call(0, 0, 4, 4, 4, a.data.ptr, 4, b.data.ptr, 4, 0.0, c.data.ptr, 4),
+           h.gemm_call(0, 0, 4, 4, 4, a.data.ptr, 4, b.data.ptr, 4, 0.0, d.data.ptr, 4)]
+    with main:
+        with pytest.raises(fake_cupy.CaptureError, match="data race"):
+            _fork(main, side)
+            h.set_stream(main.ptr)
+            ops[0]()
+            with side:
+                h.set_stream(side.ptr)           # one handle on both streams: one workspace
+                ops[1]()
+            _join(main, side)
+    h.set_stream(0)

@@ -60,3 +60,17 @@ def test_persistent_needs_a_gpu_or_the_host_build():
 def test_auto_never_picks_persistent():
     m = gl.LSTM(4, 7, device="host", algo="auto")
     assert m._algo != "persistent"
+
+
+def test_algo_environment_variable_is_checked_everywhere_and_never_the_fallback(monkeypatch):
+    monkeypatch.setenv("GPU_LSTM_ALGO", "bogus")
+    with pytest.raises(ValueError, match="GPU_LSTM_ALGO: expected one of .* got 'bogus'"):
+        gl.LSTM(4, 7, device="cpu")                      # checked on the CPU too, not ignored
+    monkeypatch.setenv("GPU_LSTM_ALGO", "auto")
+    assert gl.LSTM(4, 7, device="host")._algo == "plan"
+    # Under GPU_LSTM_ALGO=persistent the fallback is still what plain 'auto' runs, never 'persistent'.
+    monkeypatch.setenv("GPU_LSTM_ALGO", "persistent")
+    m = gl.LSTM(4, 7, device="host", algo="persistent", proj_size=3, dtype="float64")
+    x = np.random.default_rng(2).standard_normal((3, 2, 4))
+    m(x)
+    assert m._persistent_fallback == "plan" and "ran 'plan'" in m.algo_reason and m._saved.plan is not None

@@ -272,17 +272,29 @@ def test_replaced_parameters_are_used(algo):
         _close(gpu.grads[k], cpu.grads[k], "float64")
 
 
-def test_dropout_training_falls_back_to_eager(algo):
-    m = gl.LSTM(4, 8, 2, dropout=0.3, device="gpu", seed=1)
-    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
-    m(x)
-    assert m._saved.plan is None                 # masks are drawn outside any graph: eager
-    m.eval()
-    m(x)
-    if algo == "persistent":     # no masks in evaluation: the persistent kernels run the call, no plan
-        assert m._saved.plan is None and m._saved.persistent
-    else:
-        assert (m._saved.plan is not None) == (algo == "graph")
+def test_training_with_dropout_and_zoneout_runs_through_plans(algo):
+    """The mask kernels read the call counter from the plan's device scalar, written before each
+    replay: graph mode draws new masks every call, the NumPy path's (bitwise the same masks), with no
+    eager fallback; the backward recomputes its own forward's masks."""
+    gpu, cpu = _pair("float64", bidirectional=True, dropout=0.3, zoneout_h=0.2, zoneout_c=0.3)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 3, 5))
+    ys = []
+    for lengths in (None, None, np.array([5, 2, 4]), None):
+        outs = [m(x, lengths=lengths) for m in (gpu, cpu)]
+        dy = rng.standard_normal(outs[1][0].shape)
+        backs = [m.backward(dy) for m in (gpu, cpu)]
+        for a, b in zip((outs[0][0], *outs[0][1], backs[0][0], *backs[0][1]),
+                        (outs[1][0], *outs[1][1], backs[1][0], *backs[1][1])):
+            _close(a, b, "float64")
+        assert (gpu._saved.plan is not None) == (algo != "eager")   # persistent: zoneout -> 'graph'
+        ys.append(gl.to_numpy(outs[0][0]))
+    assert not np.array_equal(ys[0], ys[1])       # same input, new masks
+    for k in cpu.grads:
+        _close(gpu.grads[k], cpu.grads[k], "float64")
+    assert gpu.rng_state() == cpu.rng_state()
+    if algo == "graph":
+        assert gpu._saved.plan.graphs
 
 
 def test_losses_accept_host_targets_and_masks():

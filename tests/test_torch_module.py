@@ -385,3 +385,43 @@ def test_compile_inductor_fullgraph_training_step():
     _close(out.detach(), eager.detach(), 1e-13)
     for n, p in m.named_parameters():
         _close(p.grad, g_eager[n], 1e-13, n)
+
+
+@pytest.mark.parametrize("kw", [dict(L=2, bidirectional=True), dict(L=2, proj_size=3, batch_first=True),
+                                dict(L=1, bias=False)])
+def test_steady_state_calls_rebuild_no_plan(monkeypatch, kw):
+    """The core's plans are bound to memory, not to Python objects: the fresh views of the Parameters,
+    the bias sum and the gradient buffers are the same memory every call, so after the first call no
+    plan is rebuilt (on a GPU: no graph recaptured), through optimizer steps, and results stay equal
+    to torch.nn.LSTM."""
+    from gpu_lstm import plan
+    counts = {"forward": 0, "backward": 0}
+    for name, what in (("rebind", "forward"), ("_build_backward", "backward")):
+        orig = getattr(plan.Plan, name)
+
+        def counted(self, *a, _orig=orig, _what=what, **k):
+            counts[_what] += 1
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(plan.Plan, name, counted)
+    kw = dict(kw)
+    ref, m = _pair(**kw)
+    L, D = kw.pop("L"), 2 if kw.get("bidirectional") else 1
+    T, B = 5, 3
+    g = torch.Generator().manual_seed(7)
+    opts = [torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) for model in (ref, m)]
+    for step in range(6):
+        x = torch.randn((B, T, 3) if kw.get("batch_first") else (T, B, 3), dtype=F64, generator=g,
+                        requires_grad=True)
+        w = [torch.randn(1000, dtype=F64, generator=g) for _ in range(3)]
+        a, b = _run(ref, x, None, w), _run(m, x, None, w)
+        for u, v in zip(a[:3], b[:3]):
+            _close(v, u, 1e-12)
+        for name in a[3]:
+            _close(b[3][name], a[3][name], 1e-11, name)
+        for opt in opts:
+            opt.step()
+        if step == 0:
+            assert counts == {"forward": 1, "backward": 1}   # the first call builds, once
+    assert counts == {"forward": 1, "backward": 1}
+    core = next(iter(m._engine.cores.values()))
+    assert core._saved is None and core._algo == "plan"

@@ -24,7 +24,8 @@ enums are ``int``)::
     (cublasDgemm_v2: the same with double)
 
 cuBLAS rules this module follows (cuBLAS documentation, "CUDA Graphs support" and cublasSetStream):
-one handle per device; ``cublasSetStream`` resets the workspace to the default pool, so the user
+one handle per device and stream (plans issue to two streams: two handles, two workspaces);
+``cublasSetStream`` resets the workspace to the default pool, so the user
 workspace is set again after every stream change; with a user workspace set nothing is allocated
 while capturing.
 """
@@ -191,8 +192,10 @@ def _call_checked(fn, name, args):
         raise CublasError(f"{name}(m={args[3]}, n={args[4]}, k={args[5]}) failed: cublasStatus_t {status}")
 
 
-def handle_for(device_id, dtype, workspace_alloc):
-    key = (device_id, np.dtype(dtype).name, id(_library_override))
+def handle_for(device_id, dtype, workspace_alloc, lane=0):
+    """The handle of one lane (a stream a plan issues to: gpu_lstm/backend/cupy_backend.py): a handle
+    per stream, each with its own workspace, as cuBLAS requires of GEMMs that may run concurrently."""
+    key = (device_id, np.dtype(dtype).name, id(_library_override), lane)
     if key not in _handles:
         _handles[key] = Handle(device_id, dtype, workspace_alloc)
     return _handles[key]

@@ -50,6 +50,57 @@ def _run_all(ops):
         op()
 
 
+def _segments(ops):
+    """ops split into runs of one lane, with the fork/join markers on their own: [(lane, list or
+    Sync)], computed once per list of prepared operations and kept on it."""
+    segs = getattr(ops, "segments", None)
+    if segs is None:
+        from ..plan import Sync
+        segs = []
+        for op in ops:
+            if isinstance(op, Sync):
+                segs.append((0, op))
+            elif segs and not isinstance(segs[-1][1], Sync) and segs[-1][0] == op.lane:
+                segs[-1][1].append(op)
+            else:
+                segs.append((op.lane, [op]))
+        try:
+            ops.segments = segs
+        except AttributeError:
+            pass
+    return segs
+
+
+class _PinnedScalars:
+    """Host-to-device copies of int64 scalars, asynchronous and ordered on a stream.
+
+    cudaMemcpyAsync from pinned memory reads the host slot when the copy runs on the GPU, not when it
+    is issued: a slot must not be written again before its copy has run. The slots are used in turn
+    and each has an event recorded after its copy; a slot is rewritten only once its event is done,
+    so the host waits only when the GPU is SLOTS copies behind (never in steady state)."""
+
+    SLOTS = 64
+
+    def __init__(self):
+        self.mem = cp.cuda.alloc_pinned_memory(8 * self.SLOTS)
+        self.host = np.frombuffer(self.mem, dtype=np.int64, count=self.SLOTS)
+        self.events = [None] * self.SLOTS
+        self.next = 0
+
+    def copy(self, dst, value, stream):
+        i = self.next
+        self.next = (i + 1) % self.SLOTS
+        event = self.events[i]
+        if event is None:
+            event = self.events[i] = cp.cuda.Event(disable_timing=True)
+        elif not event.done:
+            event.synchronize()
+        self.host[i] = value
+        cp.cuda.runtime.memcpyAsync(dst.data.ptr, self.host.ctypes.data + 8 * i, 8,
+                                    cp.cuda.runtime.memcpyHostToDevice, stream.ptr)
+        event.record(stream)
+
+
 class CupyBackend:
     name = "gpu"
     xp = cp
@@ -116,23 +167,29 @@ class CupyBackend:
             return False, f"capture-capable cuBLAS binding unavailable ({type(exc).__name__}: {exc})"
         return True, "cuBLAS through gpu_lstm.backend.cublas_capture"
 
-    def _capture_handle(self):
+    def _capture_handle(self, lane=0):
         def alloc(nbytes):
             with self.activate():
                 return cp.empty((nbytes,), dtype=cp.uint8)
-        return cublas_capture.handle_for(self.device_id, self.dtype, alloc)
+        return cublas_capture.handle_for(self.device_id, self.dtype, alloc, lane)
 
-    def prepare_gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
+    # A plan's ops come in two lanes (gpu_lstm/plan.py): the reverse direction of a bidirectional
+    # layer is lane 1, run on a second stream between a fork and a join. Each lane has its own cuBLAS
+    # handle (own stream, own workspace: two GEMMs running at once must not share a workspace).
+    lanes = 2
+
+    def prepare_gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0, lane=0):
         """This GEMM as a zero-argument callable through the capture-capable binding: shapes,
-        leading dimensions and pointers computed once. None when there is nothing to do."""
+        leading dimensions and pointers computed once, issued by ``lane``'s handle. None when there is
+        nothing to do."""
         args = self._gemm_args(a, b, out, trans_a, trans_b)
         if args is None:
             return None
         if args == "fill":
             return functools.partial(out.fill, 0) if beta == 0.0 else None
         ta, tb, m, n, k, ld1, ld2, ldc = args
-        return self._capture_handle().gemm_call(ta, tb, m, n, k, b.data.ptr, ld1, a.data.ptr, ld2, beta,
-                                                out.data.ptr, ldc)
+        return self._capture_handle(lane).gemm_call(ta, tb, m, n, k, b.data.ptr, ld1, a.data.ptr, ld2, beta,
+                                                    out.data.ptr, ldc)
 
     def prepare(self, name, *args):
         """The kernel launch(es) of ``name(*args)`` with grid, block and argument tuple built once."""
@@ -153,26 +210,61 @@ class CupyBackend:
         # allocated above, once, and lives in their argument tuples.
         return ops[0] if len(ops) == 1 else functools.partial(_run_all, tuple(ops))
 
+    def _streams(self, attr):
+        stream = getattr(self, attr, None)
+        if stream is None:
+            with self.activate():
+                stream = cp.cuda.Stream(non_blocking=True)
+            setattr(self, attr, stream)
+        return stream
+
+    def _replay_lanes(self, ops, main, side):
+        """Replay ops issued to ``main`` (lane 0) and ``side`` (lane 1): at a fork the side stream
+        waits for an event recorded on main (everything issued before it), at a join main waits for
+        one recorded on side. Used as is inside a capture: CUDA records the fork and join as graph
+        edges, and the side stream joins the capture through the fork's event."""
+        from ..plan import Sync, replay
+        fork_ev, join_ev = self._events
+        for lane, group in _segments(ops):
+            if isinstance(group, Sync):
+                if group.kind == "fork":
+                    fork_ev.record(main)
+                    side.wait_event(fork_ev)
+                else:
+                    join_ev.record(side)
+                    main.wait_event(join_ev)
+            elif lane:
+                with side:
+                    replay(group)
+            else:
+                replay(group)
+
+    def _lane_streams(self, main, side):
+        """Point each lane's cuBLAS handle at its stream (outside any capture: cublasSetStream and
+        cublasSetWorkspace are handle calls, not stream work) and make the fork/join events."""
+        if getattr(self, "_events", None) is None:
+            self._events = (cp.cuda.Event(disable_timing=True), cp.cuda.Event(disable_timing=True))
+        self._capture_handle(0).set_stream(main.ptr)
+        self._capture_handle(1).set_stream(side.ptr)
+
     def run_prepared(self, ops):
-        """Replay prepared operations on the current stream."""
-        from ..plan import replay
-        self._capture_handle().set_stream(cp.cuda.get_current_stream().ptr)
-        replay(ops)
+        """Replay prepared operations on the current stream (lane 1 on a private second stream)."""
+        with self.activate():
+            main, side = cp.cuda.get_current_stream(), self._streams("_side_stream")
+            self._lane_streams(main, side)
+            self._replay_lanes(ops, main, side)
 
     def capture(self, ops):
         """Capture prepared operations into a CUDA graph, on a private non-blocking stream (the
-        legacy default stream cannot be captured). Nothing is allocated or synchronised inside."""
-        from ..plan import replay
+        legacy default stream cannot be captured), lane 1 on a second private stream forked from it.
+        Nothing is allocated or synchronised inside."""
         with self.activate():
-            if getattr(self, "_capture_stream", None) is None:
-                self._capture_stream = cp.cuda.Stream(non_blocking=True)
-            stream = self._capture_stream
-            handle = self._capture_handle()
-            handle.set_stream(stream.ptr)
+            stream, side = self._streams("_capture_stream"), self._streams("_capture_side_stream")
+            self._lane_streams(stream, side)
             with stream:
                 stream.begin_capture()
                 try:
-                    replay(ops)
+                    self._replay_lanes(ops, stream, side)
                 finally:
                     graph = stream.end_capture()
             return graph
@@ -180,6 +272,19 @@ class CupyBackend:
     def launch_graph(self, graph):
         """One graph launch, ordered on the current stream (a graph may launch into any stream)."""
         graph.launch(stream=cp.cuda.get_current_stream())
+
+    def counter(self):
+        """A plan's mask call counter: one int64 in device memory, read by the mask kernels (call_at)."""
+        with self.activate():
+            return cp.zeros((1,), dtype=cp.int64)
+
+    def set_counter(self, counter, value):
+        """counter[0] = value, ordered on the current stream before what is issued next (the graph
+        launch), without a host sync: an asynchronous copy from a pinned host slot."""
+        if getattr(self, "_uploads", None) is None:
+            with self.activate():
+                self._uploads = _PinnedScalars()
+        self._uploads.copy(counter, value, cp.cuda.get_current_stream())
 
     # ---- the seam -----------------------------------------------------------------------------
     def _gemm_args(self, a, b, out, trans_a, trans_b):
@@ -247,10 +352,13 @@ class CupyBackend:
 
     @staticmethod
     def _mask_args(mask):
-        """(key, call, offset, thr) of a gpu_lstm.philox.MaskSlice as kernel arguments; thr = -1 when
-        there is no mask (evaluation: the kernels use the constant z)."""
-        vals = (0, 0, 0, -1) if mask is None else (mask.key, mask.call, mask.offset, mask.thr)
-        return tuple(np.int64(v) for v in vals)
+        """(key, call, call_at, offset, thr) of a gpu_lstm.philox.MaskSlice as kernel arguments:
+        call_at is the slice's device counter (plans, graphs) or null (the call goes by value); thr =
+        -1 when there is no mask (evaluation: the kernels use the constant z)."""
+        if mask is None:
+            return np.int64(0), np.int64(0), np.uintp(0), np.int64(0), np.int64(-1)
+        at = np.uintp(0) if mask.counter is None else mask.counter
+        return np.int64(mask.key), np.int64(mask.call), at, np.int64(mask.offset), np.int64(mask.thr)
 
     def zoneout_mix(self, mask, z, prev, cur, out):
         self._launch("zoneout_mix", out.size, (np.int64(out.size), *self._mask_args(mask),
@@ -261,9 +369,9 @@ class CupyBackend:
                                                   self.dtype.type(z), grad, into, np.int32(1 if accumulate else 0)))
 
     def dropout(self, mask, x, out):
-        s = mask.slice
-        self._launch("dropout_apply", x.size, (np.int64(x.size), np.int64(s.key), np.int64(s.call),
-                                               np.int64(s.thr), self.dtype.type(mask.scale), x, out))
+        key, call, at, _, thr = self._mask_args(mask.slice)
+        self._launch("dropout_apply", x.size, (np.int64(x.size), key, call, at, thr,
+                                               self.dtype.type(mask.scale), x, out))
 
     def adam_step(self, p, g, m, v, c):
         """One fused Adam/AdamW launch for one parameter (cuda/optim_kernels.cuh); ``c`` from

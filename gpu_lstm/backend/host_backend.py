@@ -65,9 +65,9 @@ def load_library():
     lib = ctypes.CDLL(path)
     ll, vp = ctypes.c_longlong, ctypes.c_void_p
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
-        getattr(lib, f"gl_zoneout_mix_{suffix}").argtypes = [ll, ll, ll, ll, ll, real, vp, vp, vp]
-        getattr(lib, f"gl_zoneout_split_{suffix}").argtypes = [ll, ll, ll, ll, ll, real, vp, vp, ctypes.c_int]
-        getattr(lib, f"gl_dropout_apply_{suffix}").argtypes = [ll, ll, ll, ll, real, vp, vp]
+        getattr(lib, f"gl_zoneout_mix_{suffix}").argtypes = [ll, ll, ll, vp, ll, ll, real, vp, vp, vp]
+        getattr(lib, f"gl_zoneout_split_{suffix}").argtypes = [ll, ll, ll, vp, ll, ll, real, vp, vp, ctypes.c_int]
+        getattr(lib, f"gl_dropout_apply_{suffix}").argtypes = [ll, ll, ll, vp, ll, real, vp, vp]
         ci = ctypes.c_int
         getattr(lib, f"gl_adam_step_{suffix}").argtypes = [ll, vp, vp, vp, vp] + [real] * 8 + [ci, real, ci]
         getattr(lib, f"gl_sgd_step_{suffix}").argtypes = [ll, vp, vp, vp, real, real, real, ci]
@@ -96,9 +96,17 @@ def _ptr(name, a, dtype):
     return a.ctypes.data
 
 
+def _counter_ptr(mask):
+    """Pointer to the slice's call-counter array (plans), or None (the call goes by value)."""
+    return None if mask.counter is None else _ptr("call_at", mask.counter, np.dtype(np.int64))
+
+
 def _mask_args(mask):
-    """(key, call, offset, thr) of a gpu_lstm.philox.MaskSlice; thr = -1 (no mask: the constant z)."""
-    return (0, 0, 0, -1) if mask is None else (mask.key, mask.call, mask.offset, mask.thr)
+    """(key, call, call_at, offset, thr) of a gpu_lstm.philox.MaskSlice; thr = -1 (no mask: the
+    constant z)."""
+    if mask is None:
+        return (0, 0, None, 0, -1)
+    return (mask.key, mask.call, _counter_ptr(mask), mask.offset, mask.thr)
 
 
 class HostKernelBackend(NumpyBackend):
@@ -153,7 +161,8 @@ class HostKernelBackend(NumpyBackend):
 
     def dropout(self, mask, x, out):
         d, s = self.dtype, mask.slice
-        self._dropout(x.size, s.key, s.call, s.thr, float(mask.scale), _ptr("x", x, d), _ptr("out", out, d))
+        self._dropout(x.size, s.key, s.call, _counter_ptr(s), s.thr, float(mask.scale), _ptr("x", x, d),
+                      _ptr("out", out, d))
 
     def adam_step(self, p, g, m, v, c):
         """The fused Adam/AdamW kernel; ``c`` from gpu_lstm.optim.adam_constants (Python floats)."""

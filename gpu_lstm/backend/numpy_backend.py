@@ -50,12 +50,20 @@ class NumpyBackend:
         is looked up when called, so the plan runs whatever the backend's method is then."""
         return functools.partial(_call, self, name, args)
 
-    def prepare_gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
+    def prepare_gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0, lane=0):
+        """(``lane`` is for backends that run a plan on two streams; here every lane runs in order.)"""
         return functools.partial(_call, self, "gemm", (a, b, out, trans_a, trans_b, beta))
 
     def run_prepared(self, ops):
         from ..plan import replay
         replay(ops)
+
+    def counter(self):
+        """A plan's mask call counter: one int64 that the prepared mask operations read when they run."""
+        return np.zeros((1,), dtype=np.int64)
+
+    def set_counter(self, counter, value):
+        counter[0] = value
 
     # ---- the seam -----------------------------------------------------------------------------
     def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):

@@ -16,10 +16,18 @@ nothing requires a gradient) no tape is kept and the core reuses its buffers.
 
 Parameters: the core ``gpu_lstm.LSTM`` runs inside ``use_arrays`` with zero-copy views of the torch
 Parameters (NumPy views of CPU tensors, CuPy views through DLPack of CUDA tensors); its one bias is
-b = bias_ih + bias_hh, a (4H,) add per call (torch's two biases only ever appear summed). The backward
-rebuilds the same views from the saved Parameters (autograd's version counters reject an in-place
-change in between, as for any torch op) and runs with fresh zeroed gradient buffers, so each call
-returns its own gradients; db goes to both bias_ih and bias_hh (torch's semantics).
+b = bias_ih + bias_hh, a (4H,) add per call (torch's two biases only ever appear summed) written into
+a bias buffer the core keeps. The backward rebuilds the same views from the saved Parameters
+(autograd's version counters reject an in-place change in between, as for any torch op), zeroes the
+core's gradient buffers, runs into them and returns copies (clones), so each call returns its own
+gradients; db goes to both bias_ih and bias_hh (torch's semantics).
+
+Why buffers the core keeps (the bias, the gradients): the core's plans (and on a GPU their CUDA
+graphs) are bound to the memory of the arrays they read and write (gpu_lstm/plan.py). The views of
+the Parameters are new objects every call but the same memory, so they rebuild nothing; a bias or a
+gradient tensor allocated per call would be new memory every call, and the plan would be rebuilt
+(the graph recaptured) on every call. The price is one copy of the gradients per backward (the
+returned tensors are autograd's to keep and accumulate into, so they cannot be the buffers).
 
 GPU path (CUDA tensors): CuPy views through DLPack and the work queued on torch's current CUDA stream
 (a ``cupy.cuda.ExternalStream``). Not yet run on a GPU machine.
@@ -89,6 +97,7 @@ class _Engine:
             else:
                 raise ValueError(f"input: expected a CPU or CUDA tensor, got device {device}")
             core.params, core.grads = {}, {}
+            core.torch_buffers = {}          # "b" / "grads" -> {core name: torch tensor}, see above
             self.cores[key] = core
         return core
 
@@ -135,15 +144,29 @@ def _on_stream(device):
         yield
 
 
-def _core_params(names, weights):
+def _buffers(core, kind, shapes, like):
+    """The core's persistent torch buffers of one kind (made on first use, on ``like``'s device and
+    dtype); one set per core, i.e. per (device, dtype)."""
+    bufs = core.torch_buffers.get(kind)
+    if bufs is None:
+        bufs = core.torch_buffers[kind] = {n: torch.zeros(shape, dtype=like.dtype, device=like.device)
+                                           for n, shape in shapes.items()}
+    return bufs
+
+
+def _core_params(core, names, weights):
     params, b = {}, {}
     for (_, ours, kind), w in zip(names, weights):
         if kind == "w":
             params[ours] = _view(w)
         else:
             b.setdefault(ours, []).append(w)
-    for ours, (b_ih, b_hh) in b.items():
-        params[ours] = _view(torch.add(b_ih.detach(), b_hh.detach()))   # (4H,): b = bias_ih + bias_hh
+    if b:
+        shapes = core.param_shapes()
+        bias = _buffers(core, "b", {n: shapes[n] for n in b}, weights[0])
+        for ours, (b_ih, b_hh) in b.items():   # (4H,): b = bias_ih + bias_hh, into the same memory
+            torch.add(b_ih.detach(), b_hh.detach(), out=bias[ours])
+            params[ours] = _view(bias[ours])
     return params
 
 
@@ -174,7 +197,7 @@ def lstm(x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor]
     lens = None if lengths is None else lengths.detach().cpu().numpy()
     # Views in, results out, all inside the stream context: DLPack exchanges on CUDA are then
     # ordered on torch's current stream, the one the kernels ran on.
-    with _on_stream(x.device), core.use_arrays(_core_params(names, weights)):
+    with _on_stream(x.device), core.use_arrays(_core_params(core, names, weights)):
         hc = None if h0 is None else (_view(h0), _view(c0))
         y, (h_n, c_n) = core(_view(x), hc, lengths=lens)
         handle = _new_handle(core, core.detach_tape()) if need_tape else torch.zeros(1, dtype=torch.int64)
@@ -205,14 +228,16 @@ def lstm_backward(handle: torch.Tensor, dy: torch.Tensor, dh_n: torch.Tensor, dc
                            "without a tape: under no_grad, or with nothing requiring a gradient)")
     core, tape = entry
     with _on_stream(dy.device):
-        # Fresh zeroed torch tensors per call (the core ADDS into its grads), handed over as views.
-        shapes = core.param_shapes()
-        grads = {ours: torch.zeros(shapes[ours], dtype=dy.dtype, device=dy.device) for _, ours, _ in names}
-        with core.use_arrays(_core_params(names, weights), {k: _view(g) for k, g in grads.items()}):
+        # The core's gradient buffers, zeroed (the core ADDS into its grads), handed over as views;
+        # the results are copies: autograd keeps (and may accumulate into) what we return.
+        grads = _buffers(core, "grads", core.param_shapes(), dy)
+        for g in grads.values():
+            g.zero_()
+        with core.use_arrays(_core_params(core, names, weights), {k: _view(g) for k, g in grads.items()}):
             dx, (dh0, dc0) = core.backward(_view(dy), (_view(dh_n), _view(dc_n)), tape=tape)
         out = [_tensor(dx), _tensor(dh0), _tensor(dc0)]
         for _, ours, kind in names:
-            out.append(grads[ours].clone() if kind == "b_hh" else grads[ours])   # db to both biases
+            out.append(grads[ours].clone())   # db to both biases: two copies
         return out
 
 
