@@ -129,7 +129,7 @@ class LSTM:
         is one input copy and one graph launch whatever T is. 'auto' picks 'graph' on the GPU and
         'plan' elsewhere. Calls a plan does not cover run eagerly: T = 0 or B = 0 and
         ``track_gradient_flow`` (training with dropout or zoneout runs through plans and graphs: the
-        mask kernels read the call counter from a device scalar of the plan; docs/engine.md).
+        mask kernels read the call counter from a device scalar of the plan; docs/gpu-engine.md).
         'persistent' (GPU, or
         'host' for tests) runs each direction's whole time loop as one cooperative kernel launch with
         R held on chip (docs/persistent.md); calls it cannot run (projection, zoneout, a hidden size

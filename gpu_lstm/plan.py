@@ -28,7 +28,7 @@ device array the plan owns (``call_at``, cuda/lstm_kernels.cu), written before e
 sync); the backward reads the same array, so it recomputes its own forward's masks.
 
 What a plan does not cover falls back to the eager loop for that call: T == 0 or B == 0, and
-``track_gradient_flow`` (docs/engine.md).
+``track_gradient_flow`` (docs/gpu-engine.md).
 
 Bindings: a plan's forward is bound to the model's parameter arrays, its backward also to the
 gradient arrays, by memory: (address, shape, strides, dtype) of each. Every replay compares them; if
