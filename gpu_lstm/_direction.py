@@ -20,7 +20,18 @@ their gate gradients are zero, and delta-h passes straight through them to the l
 Equation numbers: shared/seeds/lstm-forward-backward-derivation.md (docs/math.md).
 """
 
+import numpy as np
+
 from .gates import PEEPHOLE_ORDER, gate_slice
+
+
+def length_indices(host_lengths, T):
+    """For per-sample lengths (B,): ``valid`` (T, B), True at a sample's real steps, and ``rev``
+    (T, B), the time index the reverse direction reads at each step: each sample reversed within its
+    own length, padding left in place (an involution, so it also maps back)."""
+    t = np.arange(T)[:, None]
+    valid = t < host_lengths[None, :]
+    return valid, np.where(valid, host_lengths[None, :] - 1 - t, t)
 
 
 class DirectionParams:

@@ -44,7 +44,6 @@ class Tape:
         be, H, P, D, L = m._be, m.hidden_size, m.output_size, m.num_directions, m.num_layers
         self.T, self.B = T, B
         self.owner = m                    # backward(tape=...) checks the tape is this model's
-        self.detached = False
         self.plan = None                  # the gpu_lstm.plan.Plan whose buffers these are, if any
         self.x = be.empty((T, B, m.input_size))                               # copy of the input
         self.out = [be.empty((T, B, D * P)) for _ in range(L)]               # layer outputs
@@ -217,7 +216,6 @@ class LSTM:
         self.training = True
         self._saved = None        # the Tape of the last forward (None once detached)
         self._scratch = None
-        self.forward_count = 0    # lets wrappers check that a backward belongs to the last forward
         self.track_gradient_flow = False
         self.gradient_flow = {}
 
@@ -325,7 +323,8 @@ class LSTM:
         ``grads``), e.g. zero-copy views of another framework's parameters (``gpu_lstm.torch``).
 
         Inside the ``with`` block ``self.params``/``self.grads`` are these dicts; the previous ones
-        come back on exit. Nothing is copied. A detached tape's backward must run with the same
+        come back on exit. Nothing is copied: the arrays must already be on this model's device (a
+        host array for a GPU model is refused, not copied) and C-contiguous. A detached tape's backward must run with the same
         parameter values as its forward (it reads them at backward time).
 
         Parameters
@@ -351,9 +350,12 @@ class LSTM:
                 raise KeyError(f"{what}: expected exactly the names {sorted(shapes)}, got {got}")
             out = {}
             for name, value in arrays.items():
-                arr = self._be.asarray(f"{what}[{name!r}]", value)
-                ck.check_dtype(f"{what}[{name!r}]", arr, self.dtype)
-                ck.check_shape(f"{what}[{name!r}]", arr, shapes[name])
+                label = f"{what}[{name!r}]"
+                arr = self._be.asarray(label, value, copy=False)   # the caller's memory, never a copy
+                ck.check_dtype(label, arr, self.dtype)
+                ck.check_shape(label, arr, shapes[name])
+                if not arr.flags.c_contiguous:   # kernels and plans address parameters as dense rows
+                    raise ValueError(f"{label}: expected a C-contiguous array, got strides {arr.strides}")
                 out[name] = arr
             checked.append(out)
         saved = self.params, self.grads
@@ -524,6 +526,7 @@ class LSTM:
     def _new_tape(self, T, B):
         """The last forward's tape when this model still owns it and the shape matches, else a new one."""
         tape = self._saved
+        self._saved = None         # until this forward has run (as in plan.forward): no stale tape
         if tape is not None and tape.plan is not None:   # a plan's tape: the plan goes back to its pool
             self._plans.give_back(tape.plan)
             tape = None
@@ -554,7 +557,6 @@ class LSTM:
         tape = self._saved
         if tape is None:
             raise BackwardBeforeForwardError("detach_tape: no forward to detach; run lstm(x) first")
-        tape.detached = True
         self._saved = None
         if tape.plan is not None:
             self._plans.lend(tape, tape.plan)
@@ -624,10 +626,8 @@ class LSTM:
         if self.training and self.stochastic:
             self._mask_calls += 1        # every training forward draws fresh masks
         if lengths is not None:
-            t = np.arange(T)[:, None]
-            valid = t < host_lengths[None, :]                                     # (T, B)
+            valid, rev = dirn.length_indices(host_lengths, T)                     # (T, B) each
             ws.valid = xp.asarray(valid.astype(self.dtype))[:, :, None]           # (T, B, 1)
-            rev = np.where(valid, host_lengths[None, :] - 1 - t, t)               # involution
             ws.rev_index = (xp.asarray(rev), xp.arange(B)[None, :])
         else:
             ws.valid = None
@@ -653,7 +653,6 @@ class LSTM:
                     ws.out[k] *= ws.valid          # outputs past each sample's length are zero
                 layer_in = ws.out[k]
         self._saved = ws
-        self.forward_count += 1
         y = ws.out[L - 1]
         # Copies, so the next forward (which reuses the workspace) cannot change what we returned.
         y = (y.transpose(1, 0, 2) if self.batch_first else y).copy()
@@ -746,7 +745,6 @@ class LSTM:
             raise BackwardBeforeForwardError("backward: called before forward (or its tape was detached); "
                                              "run lstm(x) first, or pass tape=")
         be, T, B, L, D = self._be, ws.T, ws.B, self.num_layers, self.num_directions
-        scratch = self._scratch_for(T, B)
         P, H = self.output_size, self.hidden_size
         y_shape = (B, T, D * P) if self.batch_first else (T, B, D * P)
         if dy is not None:
@@ -756,6 +754,7 @@ class LSTM:
         dh_n, dc_n = self._state_pair("dhc", dhc, B)
         if ws.plan is not None and not self.track_gradient_flow:
             return _plan.backward(self, ws, dy, dh_n, dc_n)
+        scratch = self._scratch_for(T, B)    # the eager loop's only (a plan has its own)
         dh0 = be.empty((L * D, B, P))
         dc0 = be.empty((L * D, B, H))
         if self.track_gradient_flow:

@@ -56,7 +56,6 @@ import numpy as np
 
 from . import _direction as dirn
 from . import philox
-from .gates import PEEPHOLE_ORDER, gate_slice
 
 ALGOS = ("auto", "graph", "plan", "eager", "persistent")
 ALGO_ENV = "GPU_LSTM_ALGO"
@@ -103,6 +102,23 @@ class _Ops(list):
 
     def join(self):
         self.append(Sync("join"))
+
+
+class _Recorder:
+    """Stands in for a backend inside code written for the eager loop (``_direction``): each call of
+    ``gemm``, ``sum_rows``, ... is prepared and appended to ``ops`` instead of run."""
+
+    def __init__(self, be, ops, tag):
+        self._be, self._ops, self._tag = be, ops, tag
+
+    def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
+        self._ops.add(self._ops.gemm(self._be, a, b, out, trans_a=trans_a, trans_b=trans_b, beta=beta),
+                      f"{self._tag} gemm -> {out.shape}")
+
+    def __getattr__(self, name):
+        def record(*args):
+            self._ops.add(self._be.prepare(name, *args), f"{self._tag} {name}")
+        return record
 
 
 def replay(ops):
@@ -420,31 +436,16 @@ class Plan:
             ops.add(ops.gemm(be, dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0),
                     f"{tag} t={t} gemm dgates R")
         ops.add(functools.partial(xp.copyto, dc0, dc), f"{tag} dc0")
-        TB = T * B
-        dg = dgates.reshape(TB, 4 * H)
-        ops.add(ops.gemm(be, dg, x.reshape(TB, x.shape[-1]), grads[f"{prefix}.W"], trans_a=True, beta=1.0),
-                f"{tag} dW")
-        ops.add(ops.gemm(be, dg, h[:T].reshape(TB, h.shape[-1]), grads[f"{prefix}.R"], trans_a=True, beta=1.0),
-                f"{tag} dR")
-        if prm.b is not None:
-            ops.add(be.prepare("sum_rows", dg, grads[f"{prefix}.b"]), f"{tag} db")
-        if prm.peep is not None:
-            dP = grads[f"{prefix}.P"]
-            looks_at = {"i": c[:T], "f": c[:T], "o": c[1:] if ct is None else ct}
-            for row, gate in enumerate(PEEPHOLE_ORDER):   # as _direction.backward: product and sum fused
-                ops.add(be.prepare("sum_rows_prod", dg, gate_slice(gate, H).start, looks_at[gate].reshape(TB, H),
-                                   dP[row]), f"{tag} dP {gate}")
-        if m is not None:
-            ops.add(ops.gemm(be, dh.reshape(TB, dh.shape[-1]), m.reshape(TB, H), grads[f"{prefix}.Whr"],
-                                    trans_a=True, beta=1.0), f"{tag} dWhr")
-        ops.add(ops.gemm(be, dg, prm.W, dx.reshape(TB, dx.shape[-1])), f"{tag} dx")
+        # After the loop, the very calls of every engine (eqs. 23-25, peepholes, projection, dx),
+        # recorded as prepared operations instead of run.
+        dirn.parameter_gradients(_Recorder(be, ops, tag), prm, grads, prefix, x, h, c, ct, m, dh, dgates, dx)
 
 
     # ---- running -------------------------------------------------------------------------------
     def shell(self):
         """A Tape object over this plan's buffers (the tape the model keeps or lends out)."""
         tape = copy.copy(self.template)
-        tape.plan, tape.detached = self, False
+        tape.plan = self
         return tape
 
     def run(self, be, graph_key, ops, use_graph):
@@ -476,6 +477,10 @@ def forward(m, x, h0, c0, host_lengths, return_cells, algo):
            bool(return_cells), m._dropout_seed if train else None)
     ws = m._saved
     plan = ws.plan if ws is not None else None
+    # Until this forward has run, the model holds no tape: a forward that fails (a plan that cannot be
+    # built, a replay that raises) leaves no half-written tape for backward, and a plan given back to
+    # the pool is never also the model's (two later tapes would share its buffers).
+    m._saved = None
     if plan is None or plan.key != key:
         m._plans.give_back(plan)
         plan = m._plans.take(m, key)
@@ -488,9 +493,7 @@ def forward(m, x, h0, c0, host_lengths, return_cells, algo):
         plan.c0[...] = c0
     if host_lengths is not None and (plan.host_lengths is None
                                      or not np.array_equal(plan.host_lengths, host_lengths)):
-        steps = np.arange(T)[:, None]
-        valid = steps < host_lengths[None, :]                                     # (T, B)
-        rev = np.where(valid, host_lengths[None, :] - 1 - steps, steps)          # involution
+        valid, rev = dirn.length_indices(host_lengths, T)                        # (T, B) each
         _upload(xp, plan.lengths, host_lengths)
         _upload(xp, plan.valid, valid.astype(m.dtype)[:, :, None])
         _upload(xp, plan.rev_t, rev)
@@ -503,7 +506,6 @@ def forward(m, x, h0, c0, host_lengths, return_cells, algo):
     plan.use_graph = algo == "graph"          # the backward of this forward replays the same way
     plan.run(be, "fwd", plan.fwd, plan.use_graph)
     m._saved = ws
-    m.forward_count += 1
     y = t.out[m.num_layers - 1]
     y = (y.transpose(1, 0, 2) if m.batch_first else y).copy()
     out = (y, (plan.hn.copy(), plan.cn.copy()))

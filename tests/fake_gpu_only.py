@@ -517,3 +517,12 @@ def test_the_fake_catches_two_streams_sharing_a_cublas_workspace():
                 ops[1]()
             _join(main, side)
     h.set_stream(0)
+
+
+def test_use_arrays_refuses_host_arrays_for_a_gpu_model():
+    """Host arrays would be copied to the device and the backward's gradients lost with the copy."""
+    m = gl.LSTM(3, 4, 1, dtype="float64", device="gpu", seed=1)
+    params = {k: gl.to_numpy(v) for k, v in m.params.items()}
+    with pytest.raises(TypeError, match=r"params\['l0.W'\]: expected an array on GPU 0, used in place; got host"):
+        with m.use_arrays(params):
+            pass

@@ -73,3 +73,54 @@ def test_tape_of_another_model_is_rejected():
         b.backward(np.zeros((2, 1, 5)), tape=a.detach_tape())
     with pytest.raises(ValueError, match="tape: expected a Tape.*got dict"):
         b.backward(np.zeros((2, 1, 5)), tape={})
+
+
+def test_a_failed_forward_leaves_no_tape_and_no_plan_booked_twice(monkeypatch):
+    """A forward that fails (here: a plan that cannot be built, as on a GPU out of memory) must not
+    leave the model holding a plan that is also in its free pool: two later detached tapes would then
+    share that plan's buffers and the first one's backward would read the second one's forward."""
+    from gpu_lstm import plan as plan_mod
+    rng = np.random.default_rng(0)
+    m = gl.LSTM(3, 5, 1, dtype="float64", device="cpu", seed=1, algo="plan")
+    x6, x7 = rng.standard_normal((6, 2, 3)), rng.standard_normal((7, 2, 3))
+    m(x6)
+
+    def cannot_build(self, *args, **kwargs):
+        raise MemoryError("simulated out of memory")
+    with monkeypatch.context() as mp:
+        mp.setattr(plan_mod.Plan, "__init__", cannot_build)
+        with pytest.raises(MemoryError):
+            m(x7)
+    with pytest.raises(BackwardBeforeForwardError):
+        m.backward(np.ones((7, 2, 5)))              # nothing half-run to go back through
+    m(x6)
+    t1 = m.detach_tape()
+    m(rng.standard_normal((6, 2, 3)))
+    t2 = m.detach_tape()
+    assert t1.plan is not t2.plan
+    dx1, _ = m.backward(np.ones((6, 2, 5)), tape=t1)
+    ref = gl.LSTM(3, 5, 1, dtype="float64", device="cpu", seed=1, algo="eager")
+    ref(x6)
+    np.testing.assert_array_equal(dx1, ref.backward(np.ones((6, 2, 5)))[0])
+
+
+def test_use_arrays_uses_the_callers_memory_or_refuses():
+    """use_arrays promises no copy: gradients must land in the caller's arrays. Array-likes that would
+    be converted, and strided arrays (kernels and plans address parameters as dense rows), are refused
+    naming the entry."""
+    m = _model()
+    params = {k: v.copy() for k, v in m.params.items()}
+    grads = {k: np.zeros_like(v) for k, v in params.items()}
+    with m.use_arrays(params, grads):
+        m(np.ones((2, 1, 3)))
+        m.backward(np.ones((2, 1, 5)))
+    assert max(np.abs(g).max() for g in grads.values()) > 0          # written in place
+    listed = dict(params, **{"l0.b": params["l0.b"].tolist()})
+    with pytest.raises(TypeError, match=r"params\['l0.b'\]: expected a NumPy array, used in place; got list"):
+        with m.use_arrays(listed):
+            pass
+    strided = dict(params, **{"l0.b": np.repeat(params["l0.b"], 2)[::2]})
+    with pytest.raises(ValueError, match=r"params\['l0.b'\]: expected a C-contiguous array, got strides"):
+        with m.use_arrays(strided):
+            pass
+    assert m.params["l0.b"] is not strided["l0.b"]                   # nothing swapped in on failure

@@ -130,10 +130,12 @@ class CupyBackend:
         with self.activate():
             return cp.zeros(shape, dtype=self.dtype)
 
-    def asarray(self, name, value):
+    def asarray(self, name, value, copy=True):
         """Device arrays are used as they are, without a copy: cupy arrays, and any object that speaks
         DLPack on a CUDA device (PyTorch, JAX) or ``__cuda_array_interface__`` (Numba). Host arrays
-        (NumPy, CPU tensors) are copied to this model's GPU. An array on another GPU is an error.
+        (NumPy, CPU tensors) are copied to this model's GPU, or, with ``copy=False`` (the caller needs
+        its own memory used, e.g. arrays it expects gradients in), refused. An array on another GPU is
+        an error.
 
         DLPack is tried first: CuPy's ``__cuda_array_interface__`` path synchronises the producer's
         stream on every call (torch's, here), and torch raises from that property for tensors that
@@ -147,6 +149,9 @@ class CupyBackend:
                     value = cp.from_dlpack(value)                # zero-copy view
                 elif _has_cuda_array_interface(value):
                     value = cp.asarray(value)                    # zero-copy view
+                elif not copy:
+                    raise TypeError(f"{name}: expected an array on GPU {self.device_id}, used in place; got "
+                                    f"host data ({type(value).__name__}), which would be copied")
                 else:
                     return cp.asarray(np.asarray(value))         # host data: one copy to the device
             if value.device.id != self.device_id:

@@ -30,11 +30,16 @@ class NumpyBackend:
     def zeros(self, shape):
         return np.zeros(shape, dtype=self.dtype)
 
-    def asarray(self, name, value):
-        """Accept NumPy arrays (or array-likes); a GPU array is an error on the CPU backend."""
+    def asarray(self, name, value, copy=True):
+        """Accept NumPy arrays (or array-likes); a GPU array is an error on the CPU backend. With
+        ``copy=False`` only a NumPy array is accepted (an array-like would be converted into new
+        memory, not used in place)."""
         if hasattr(value, "__cuda_array_interface__"):
             raise TypeError(f"{name}: got a GPU array but the model is on the CPU; "
                             "use gpu_lstm.to_numpy(...) or build the model with device='gpu'")
+        if not copy and not isinstance(value, np.ndarray):
+            raise TypeError(f"{name}: expected a NumPy array, used in place; got {type(value).__name__}, "
+                            "which would be converted into new memory")
         return np.asarray(value)
 
     def to_numpy(self, a):
