@@ -139,9 +139,9 @@ def _signatures():
             typ = p.rsplit(" ", 1)[0].strip()
             if typ.endswith("*"):
                 base = typ[:-1].strip()
-                kinds.append("T*" if base == "T" else _KINDS[base] + "*")
+                kinds.append({"T": "T*", "gl_acc_t<T>": "A*"}.get(base) or _KINDS[base] + "*")
             else:
-                kinds.append("T" if typ == "T" else _KINDS[typ])
+                kinds.append({"T": "T", "gl_acc_t<T>": "A"}.get(typ) or _KINDS[typ])
         sigs[name] = kinds
     return sigs
 
@@ -150,6 +150,7 @@ class _Kernel:
     def __init__(self, name, ctype, fn, kinds):
         self.name, self.fn, self.kinds = name, fn, kinds
         self.dtype = np.dtype({"float": np.float32, "double": np.float64}[ctype])
+        self.acc = self.dtype   # gl_acc_t<T>: the arithmetic type (T itself for float and double)
         self.launches = 0
 
     def __call__(self, grid, block, args):
@@ -169,14 +170,15 @@ class _Kernel:
                     continue
                 if not isinstance(a, ndarray):
                     raise TypeError(f"{where}: expected a device array, got {type(a).__name__}")
-                want = self.dtype if kind == "T*" else np.dtype({"i64*": np.int64, "i32*": np.int32}[kind])
+                want = {"T*": self.dtype, "A*": self.acc}.get(kind) or np.dtype({"i64*": np.int64, "i32*": np.int32}[kind])
                 if a.dtype != want or not a.flags.c_contiguous:
                     raise TypeError(f"{where}: expected a C-contiguous {want.name} array, got "
                                     f"{a.dtype.name} with strides {a.strides}")
                 conv.append(a.ctypes.data)
-            elif kind == "T":
-                if type(a) is not self.dtype.type:
-                    raise TypeError(f"{where}: expected {self.dtype.type.__name__}, got {type(a).__name__}")
+            elif kind in ("T", "A"):
+                want = self.dtype if kind == "T" else self.acc
+                if type(a) is not want.type:
+                    raise TypeError(f"{where}: expected {want.type.__name__}, got {type(a).__name__}")
                 conv.append(float(a))
             elif kind == "i64":
                 if type(a) is not np.int64:

@@ -64,13 +64,18 @@ def load_library():
         os.replace(tmp, path)   # atomic: a concurrent test process never loads a half-written file
     lib = ctypes.CDLL(path)
     ll, vp = ctypes.c_longlong, ctypes.c_void_p
-    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
+    # (suffix, C type of the arithmetic scalars): the 16-bit storage types compute in float
+    for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double), ("bf16", ctypes.c_float),
+                         ("f16", ctypes.c_float)):
         getattr(lib, f"gl_zoneout_mix_{suffix}").argtypes = [ll, ll, ll, ll, ll, real, vp, vp, vp]
         getattr(lib, f"gl_zoneout_split_{suffix}").argtypes = [ll, ll, ll, ll, ll, real, vp, vp, ctypes.c_int]
         getattr(lib, f"gl_dropout_apply_{suffix}").argtypes = [ll, ll, ll, ll, real, vp, vp]
         ci = ctypes.c_int
-        getattr(lib, f"gl_adam_step_{suffix}").argtypes = [ll, vp, vp, vp, vp] + [real] * 8 + [ci, real, ci]
-        getattr(lib, f"gl_sgd_step_{suffix}").argtypes = [ll, vp, vp, vp, real, real, real, ci]
+        if suffix in ("bf16", "f16"):
+            getattr(lib, f"gl_narrow_copy_{suffix}").argtypes = [ll, vp, vp]
+        else:
+            getattr(lib, f"gl_adam_step_{suffix}").argtypes = [ll, vp, vp, vp, vp] + [real] * 8 + [ci, real, ci]
+            getattr(lib, f"gl_sgd_step_{suffix}").argtypes = [ll, vp, vp, vp, real, real, real, ci]
         getattr(lib, f"gl_cell_forward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp]
         getattr(lib, f"gl_cell_backward_{suffix}").argtypes = [ll, ll, vp, vp, vp, vp, vp, vp, vp, vp, vp, ll]
         getattr(lib, f"gl_seq_carry_{suffix}").argtypes = [ll, ll, vp, ll, vp, vp, ctypes.c_int]
@@ -78,6 +83,8 @@ def load_library():
         getattr(lib, f"gl_sum_rows_partial_{suffix}").argtypes = [ll, ll, ll, vp, ll, ll, vp, vp]
         getattr(lib, f"gl_softmax_xent_{suffix}").argtypes = [ll, ll, vp, vp, ll, vp, vp, vp]
     lib.gl_host_philox4x32_10.argtypes = [vp, vp, vp]
+    for name in ("gl_host_to_bf16", "gl_host_to_half", "gl_host_from_bf16", "gl_host_from_half"):
+        getattr(lib, name).argtypes = [ll, vp, vp]
     _lib = lib
     return lib
 
