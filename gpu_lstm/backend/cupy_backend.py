@@ -56,6 +56,7 @@ class CupyBackend:
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
+        self.wide = self.dtype   # the cell state / gradient dtype (float32 for 16-bit storage)
         self.device_id = cp.cuda.Device().id
         self._k = kernels.load_module(self.device_id, self.dtype.name)
         self._gemm_fn = cublas.sgemm if self.dtype == np.float32 else cublas.dgemm
@@ -71,13 +72,13 @@ class CupyBackend:
     def activate(self):
         return cp.cuda.Device(self.device_id)
 
-    def empty(self, shape):
+    def empty(self, shape, dtype=None):
         with self.activate():
-            return cp.empty(shape, dtype=self.dtype)
+            return cp.empty(shape, dtype=self.dtype if dtype is None else dtype)
 
-    def zeros(self, shape):
+    def zeros(self, shape, dtype=None):
         with self.activate():
-            return cp.zeros(shape, dtype=self.dtype)
+            return cp.zeros(shape, dtype=self.dtype if dtype is None else dtype)
 
     def asarray(self, name, value):
         """Device arrays are used as they are, without a copy: cupy arrays, and any object that speaks

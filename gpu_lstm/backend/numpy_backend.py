@@ -18,17 +18,18 @@ class NumpyBackend:
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
+        self.wide = self.dtype   # cell state / gradient dtype; float32 for 16-bit storage (lowp.py)
         self._affine = {}   # H -> (scale, shift) over the 4H gate axis, see cell_forward
 
     # ---- arrays -------------------------------------------------------------------------------
     def describe(self):
         return f"CPU (NumPy {np.__version__})"
 
-    def empty(self, shape):
-        return np.empty(shape, dtype=self.dtype)
+    def empty(self, shape, dtype=None):
+        return np.empty(shape, dtype=self.dtype if dtype is None else dtype)
 
-    def zeros(self, shape):
-        return np.zeros(shape, dtype=self.dtype)
+    def zeros(self, shape, dtype=None):
+        return np.zeros(shape, dtype=self.dtype if dtype is None else dtype)
 
     def asarray(self, name, value):
         """Accept NumPy arrays (or array-likes); a GPU array is an error on the CPU backend."""
