@@ -230,7 +230,8 @@ def build_parser():
     t.add_argument("--lr", type=_nonnegative_float, default=None, help="learning rate (default: adding 1e-2, charlm 3e-3)")
     t.add_argument("--clip", type=_nonnegative_float, default=1.0, help="clip gradients to this global norm (0: off)")
     t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
-    t.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    t.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16", "float16"),
+                   help="bfloat16/float16: 16-bit storage, float32 maths and master weights (docs/precision.md)")
     t.add_argument("--seed", type=int, default=0, help="seeds the model and the data")
     t.add_argument("--log-every", type=_positive_int, default=100, help="progress line every N steps off a terminal")
     t.add_argument("--out", default=None, help="output folder (default runs/TASK)")

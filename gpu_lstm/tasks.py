@@ -20,7 +20,7 @@ import numpy as np
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .losses import mse_loss, nats_to_bits, softmax_cross_entropy
 from .model import SequenceModel
-from .optim import OPTIMIZERS, clip_grad_norm
+from .optim import OPTIMIZERS, clip_grad_norm, mixed_precision  # noqa: F401
 
 CORPUS = "kjv_genesis_exodus.txt.gz"
 
@@ -143,10 +143,12 @@ def fit(model, optimizer, next_batch, loss_fn, steps, clip=1.0, log_every=100, s
         model.zero_grad()
         pred, state = model(x, state)
         loss, dpred = loss_fn(pred, target)
-        model.backward(dpred)
-        if clip:
+        scale = getattr(optimizer, "scale_grad", None)      # mixed precision (optim.MixedPrecision)
+        model.backward(dpred if scale is None else scale(dpred))
+        finite = optimizer.unscale_() if scale is not None else True   # float16 loss scaling
+        if clip and finite:
             clip_grad_norm(model.grads, clip)
-        optimizer.step()
+        optimizer.step()                                    # skipped by MixedPrecision when not finite
         tokens += x.shape[0] * x.shape[1]
         record = step == 1 or step % record_every == 0 or step == steps
         show = progress.due(step)
@@ -160,11 +162,11 @@ def fit(model, optimizer, next_batch, loss_fn, steps, clip=1.0, log_every=100, s
 
 
 def make_optimizer(model, name, lr, weight_decay=0.0):
-    cls = OPTIMIZERS[name]
     kwargs = {"lr": lr}
     if weight_decay:
         kwargs["weight_decay"] = weight_decay
-    return cls(model.params, model.grads, **kwargs)
+    # float32/float64: the optimizer itself; bfloat16/float16: float32 master weights (+ loss scaling)
+    return mixed_precision(name, model.params, model.grads, model.dtype, **kwargs)
 
 
 def save_plot(history, path, title, ylabel):

@@ -283,3 +283,67 @@ def test_low_precision_options():
         gl.LSTM(3, 4, dtype="bfloat16", device="cpu", math="tf32")
     with pytest.raises(TypeError, match="expected dtype bfloat16"):
         m(np.zeros((2, 1, 3), np.float32))
+
+
+# ---- mixed-precision training ----------------------------------------------------------------------
+def test_master_weights_keep_updates_below_a_bfloat16_ulp():
+    from gpu_lstm.optim import SGD, MixedPrecision
+    m = gl.LSTM(2, 4, dtype="bfloat16", device="cpu", seed=0)
+    opt = MixedPrecision(SGD, m.params, m.grads, lr=1e-4)
+    w0 = m.params["l0.W"].astype(np.float32)
+    for g in m.grads.values():
+        g[...] = 1.0
+    for _ in range(200):      # each update 1e-4, far below half an ulp of |w| ~ 0.3 (2^-10 = 1e-3)
+        assert opt.step()
+    assert np.allclose(opt.master["l0.W"], w0 - 0.02, atol=1e-5)
+    assert m.params["l0.W"].dtype == m.dtype
+    assert np.array_equal(m.params["l0.W"].view(np.uint16), opt.master["l0.W"].astype(m.dtype).view(np.uint16))
+    plain = gl.LSTM(2, 4, dtype="bfloat16", device="cpu", seed=0)
+    p = plain.params["l0.W"]
+    for _ in range(200):      # the same updates applied to the bfloat16 weights directly are lost
+        p[...] = (p.astype(np.float32) - np.float32(1e-4)).astype(p.dtype)
+    assert np.array_equal(p, w0.astype(p.dtype))
+
+
+@pytest.mark.parametrize("device", ["cpu", "host"])
+def test_bfloat16_training_loss_falls(device, lib):
+    from gpu_lstm import tasks
+    from gpu_lstm.model import SequenceModel
+    from gpu_lstm.losses import mse_loss
+    model = SequenceModel(2, 16, 1, head="last", dtype="bfloat16", device=device, seed=0)
+    opt = tasks.make_optimizer(model, "adam", 1e-2)
+    rng = np.random.default_rng(0)
+    x, y = tasks.adding_batch(np.random.default_rng(1), 20, 256, model.dtype)
+    before = float(mse_loss(model(x)[0], y)[0])
+    hist, _, _ = tasks.fit(model, opt, lambda s: (*tasks.adding_batch(rng, 20, 32, model.dtype), None),
+                           mse_loss, 60, log_every=1000, stream=open("/dev/null", "w"))
+    after = float(mse_loss(model(x)[0], y)[0])
+    assert after < 0.5 * before, (before, after)
+    assert all(v.dtype == np.float32 for v in opt.master.values())
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the forced overflow is the point
+def test_float16_loss_scaling_survives_a_forced_overflow():
+    from gpu_lstm import tasks
+    from gpu_lstm.losses import mse_loss
+    from gpu_lstm.model import SequenceModel
+    from gpu_lstm.optim import Adam, LossScaler, MixedPrecision
+    model = SequenceModel(2, 16, 1, head="last", dtype="float16", device="cpu", seed=0)
+    scaler = LossScaler(init_scale=2.0 ** 40, growth_interval=3)   # dpred * 2^40 overflows float16
+    opt = MixedPrecision(Adam, model.params, model.grads, scaler, lr=1e-2)
+    rng = np.random.default_rng(0)
+    before = {k: v.copy() for k, v in model.params.items()}
+    hist, _, _ = tasks.fit(model, opt, lambda s: (*tasks.adding_batch(rng, 20, 32, model.dtype), None),
+                           mse_loss, 1, log_every=1000, stream=open("/dev/null", "w"))
+    assert scaler.skipped_steps == 1 and scaler.scale == 2.0 ** 39          # skipped, shrunk
+    assert all(np.array_equal(before[k], v) for k, v in model.params.items())   # nothing applied
+    assert opt.step_count == 0
+    tasks.fit(model, opt, lambda s: (*tasks.adding_batch(rng, 20, 32, model.dtype), None),
+              mse_loss, 40, log_every=1000, stream=open("/dev/null", "w"))
+    assert scaler.scale < 2.0 ** 39 and scaler.skipped_steps > 1 and opt.step_count > 10
+    for k, v in model.params.items():
+        assert np.isfinite(v.astype(np.float32)).all() and np.isfinite(opt.master[k]).all(), k
+    # clean steps grow the scale again
+    n = scaler.clean_steps
+    scaler.update(True)
+    assert scaler.clean_steps == (n + 1) % 3
