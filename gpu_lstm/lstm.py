@@ -221,6 +221,12 @@ class LSTM:
                 raise ValueError(f"algo={algo!r}: {self.dtype.name} models run algo='eager' (or 'auto') "
                                  "for now; plans, graphs and persistent kernels are float32/float64 only")
             self._algo, self.algo_reason = "eager", f"{self.dtype.name}: the eager loop (plans are float32/float64)"
+        elif math == "tf32":
+            # TF32 GEMMs go through cublasGemmEx in the eager loop; the plans' capture binding does
+            # not call GemmEx yet (and the CPU's plans would be float32-exact)
+            if algo not in ("auto", "eager"):
+                raise ValueError(f"algo={algo!r}: math='tf32' runs algo='eager' (or 'auto') for now")
+            self._algo, self.algo_reason = "eager", "math='tf32': the eager loop (plans call Sgemm)"
         else:
             self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
         # Where the persistent kernels cannot run a call (options, capacity), what 'auto' would run.

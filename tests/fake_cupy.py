@@ -243,12 +243,41 @@ def _gemm(ctype, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C
 
 _cublas_state = {"pointer_mode": 1, "calls": 0}   # starts NOT in host mode: the backend must set it
 
+_CUDA_TYPES = {0: ctypes.c_float}          # cudaDataType_t the fake's gemmEx accepts: CUDA_R_32F
+_COMPUTE = {68: "32F", 77: "32F_FAST_TF32"}  # cublasComputeType_t
+
+
+def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
+             compute, algo):
+    """cublasGemmEx, strictly: float32 operands only (the 16-bit storage path is not wired to the
+    GPU backend yet), compute type 32F or 32F_FAST_TF32 (operands rounded to TF32 first, as the
+    CPU reference does), algo CUBLAS_GEMM_DEFAULT."""
+    for what, t in (("Atype", Atype), ("Btype", Btype), ("Ctype", Ctype)):
+        if t not in _CUDA_TYPES:
+            raise TypeError(f"fake cublasGemmEx: {what} {t!r} is not a supported cudaDataType_t")
+    if compute not in _COMPUTE or algo != -1:
+        raise TypeError(f"fake cublasGemmEx: computeType {compute!r} / algo {algo!r} not supported")
+    if _cublas_state["pointer_mode"] != 0:
+        raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
+    a = ctypes.cast(alpha, ctypes.POINTER(ctypes.c_float)).contents.value
+    b = ctypes.cast(beta, ctypes.POINTER(ctypes.c_float)).contents.value
+    opA = _view(A, ctypes.c_float, k, m, lda).T if transa == 1 else _view(A, ctypes.c_float, m, k, lda)
+    opB = _view(B, ctypes.c_float, n, k, ldb).T if transb == 1 else _view(B, ctypes.c_float, k, n, ldb)
+    if _COMPUTE[compute] == "32F_FAST_TF32":
+        from gpu_lstm.backend.numpy_backend import tf32_round
+        opA, opB = tf32_round(opA), tf32_round(opB)
+    Cm = _view(C, ctypes.c_float, m, n, ldc)
+    Cm[...] = np.float32(a) * (opA @ opB) + (np.float32(b) * Cm if b != 0 else 0)
+    _cublas_state["calls"] += 1
+    _cublas_state["gemm_ex"] = _cublas_state.get("gemm_ex", 0) + 1
+
 
 def _make_cublas():
     mod = types.ModuleType("cupy_backends.cuda.libs.cublas")
     mod.CUBLAS_POINTER_MODE_HOST = 0
     mod.sgemm = lambda *a: _gemm(ctypes.c_float, *a)
     mod.dgemm = lambda *a: _gemm(ctypes.c_double, *a)
+    mod.gemmEx = _gemm_ex
     mod.setPointerMode = lambda handle, mode: _cublas_state.__setitem__("pointer_mode", mode)
     mod.setStream = lambda handle, stream: None
     mod.state = _cublas_state

@@ -347,3 +347,31 @@ def test_float16_loss_scaling_survives_a_forced_overflow():
     n = scaler.clean_steps
     scaler.update(True)
     assert scaler.clean_steps == (n + 1) % 3
+
+
+# ---- TF32 ------------------------------------------------------------------------------------------
+def test_tf32_against_float64():
+    """math='tf32' rounds every GEMM operand to 10 mantissa bits (u_tf32 = 2^-11 rounding, 2^-10 if
+    the hardware truncates: we take 2^-10). A product of two rounded operands is off by <= 2 u_tf32
+    relatively, and y's path runs two GEMMs per step (x W^T, h R^T) into a contractive recurrence:
+    ||dy|| / ||y|| <= 4 u_tf32 + K u32; the gradients add the backward's two GEMMs per step (delta-h
+    and dW/dR): 8 u_tf32 + K u32. Activations are float32."""
+    H, B, T, I = 128, 8, 50, 16
+    u, K = 2.0 ** -10, T * B
+    m = gl.LSTM(I, H, dtype="float32", device="cpu", seed=5, math="tf32")
+    plain = gl.LSTM(I, H, dtype="float32", device="cpu", seed=5)
+    hi = gl.LSTM(I, H, dtype="float64", device="cpu", seed=5)
+    hi.set_params({k: v.astype(np.float64) for k, v in m.params.items()})
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    y, _ = m(x)
+    y32, _ = plain(x)
+    y64, _ = hi(x.astype(np.float64))
+    m.backward(dy)
+    hi.backward(dy.astype(np.float64))
+    assert m.math == "tf32" and m._algo == "eager"
+    assert _relf(y, y64) <= 4 * u + K * U32
+    assert _relf(y, y64) > 10 * _relf(y32, y64)      # the TF32 rounding does happen
+    for k in m.grads:
+        assert _relf(m.grads[k], hi.grads[k]) <= 8 * u + K * U32, k
