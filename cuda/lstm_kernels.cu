@@ -6,6 +6,11 @@
 // Layout (row-major, time-major, see gpu_lstm/lstm.py):
 //   gates : (B, 4H) slice of step t; gate k occupies columns [k H, (k+1) H), k from GL_GATE_*
 //   c, h  : (B, H)
+// Types: T is the storage type (float, double, or the 16-bit gl_bf16 / gl_half of lowp_types.cuh),
+// A = gl_acc<T>::type the arithmetic type (float for the 16-bit types). The cell state c, its
+// backward carry and delta-c, column sums' outputs and the scalars are A: a low-precision model keeps
+// its long-memory path (c) and its parameter gradients in float32 (docs/precision.md). For float
+// and double A = T and nothing changes.
 #include "lstm_math.cuh"
 #include "philox.cuh"
 #include "reduce_kernels.cuh"
@@ -19,7 +24,8 @@
 template <typename T>
 __global__ void lstm_cell_forward(const long long B, const long long H, T* __restrict__ gates,
                                   const T* __restrict__ bias, const T* __restrict__ peep,
-                                  const T* __restrict__ c_prev, T* __restrict__ c, T* __restrict__ h) {
+                                  const gl_acc_t<T>* __restrict__ c_prev,
+                                  gl_acc_t<T>* __restrict__ c, T* __restrict__ h) {
     typedef typename gl_acc<T>::type A;
     const long long n = B * H;
     const long long stride = (long long)blockDim.x * gridDim.x;
@@ -41,7 +47,7 @@ __global__ void lstm_cell_forward(const long long B, const long long H, T* __res
         A i, f, g, o, cc, hh;
         gl_cell_forward(zi, zf, zg, zo, gl_load(c_prev[k]), pi, pf, po, &i, &f, &g, &o, &cc, &hh);
         gb[ki] = gl_store<T>(i); gb[kf] = gl_store<T>(f); gb[kg] = gl_store<T>(g); gb[ko] = gl_store<T>(o);
-        c[k] = gl_store<T>(cc);
+        c[k] = cc;
         h[k] = gl_store<T>(hh);
     }
 }
@@ -58,11 +64,11 @@ __global__ void lstm_cell_forward(const long long B, const long long H, T* __res
 //              gradients are zero and their carry passes through unchanged (their state was carried).
 template <typename T>
 __global__ void lstm_cell_backward(const long long B, const long long H, const T* __restrict__ gates,
-                                   const T* __restrict__ peep, const T* __restrict__ c,
-                                   const T* __restrict__ c_prev, const T* __restrict__ dh,
-                                   T* __restrict__ dc_carry, T* __restrict__ dgates,
-                                   T* __restrict__ dc_out, const long long* __restrict__ lengths,
-                                   const long long t) {
+                                   const T* __restrict__ peep, const gl_acc_t<T>* __restrict__ c,
+                                   const gl_acc_t<T>* __restrict__ c_prev, const T* __restrict__ dh,
+                                   gl_acc_t<T>* __restrict__ dc_carry, T* __restrict__ dgates,
+                                   gl_acc_t<T>* __restrict__ dc_out,
+                                   const long long* __restrict__ lengths, const long long t) {
     typedef typename gl_acc<T>::type A;
     const long long n = B * H;
     const long long stride = (long long)blockDim.x * gridDim.x;
@@ -76,7 +82,7 @@ __global__ void lstm_cell_backward(const long long B, const long long H, const T
         if (lengths != 0 && t >= lengths[b]) {
             db[ki] = gl_store<T>(A(0)); db[kf] = gl_store<T>(A(0));
             db[kg] = gl_store<T>(A(0)); db[ko] = gl_store<T>(A(0));
-            if (dc_out != 0) dc_out[k] = gl_store<T>(A(0));
+            if (dc_out != 0) dc_out[k] = A(0);
             continue;
         }
         A pi = A(0), pf = A(0), po = A(0);
@@ -87,10 +93,10 @@ __global__ void lstm_cell_backward(const long long B, const long long H, const T
         gl_cell_backward(gl_load(gb[ki]), gl_load(gb[kf]), gl_load(gb[kg]), gl_load(gb[ko]),
                          gl_load(c[k]), gl_load(c_prev[k]), pi, pf, po, gl_load(dh[k]),
                          gl_load(dc_carry[k]), &dzi, &dzf, &dzg, &dzo, &carry, &dc);
-        if (dc_out != 0) dc_out[k] = gl_store<T>(dc);
+        if (dc_out != 0) dc_out[k] = dc;
         db[ki] = gl_store<T>(dzi); db[kf] = gl_store<T>(dzf);
         db[kg] = gl_store<T>(dzg); db[ko] = gl_store<T>(dzo);
-        dc_carry[k] = gl_store<T>(carry);
+        dc_carry[k] = carry;
     }
 }
 
@@ -126,13 +132,13 @@ __global__ void seq_carry(const long long B, const long long N, const long long*
 template <typename T>
 __global__ void zoneout_mix(const long long n, const long long key, const long long call,
                             const long long* __restrict__ call_at,
-                            const long long offset, const long long thr, const T z,
+                            const long long offset, const long long thr, const gl_acc_t<T> z,
                             const T* __restrict__ prev, const T* cur, T* out) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
     const long long cl = call_at != 0 ? call_at[0] : call;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        const A d = thr >= 0 ? (gl_rand_event(key, cl, offset + k, thr) ? A(1) : A(0)) : gl_load(z);
+        const A d = thr >= 0 ? (gl_rand_event(key, cl, offset + k, thr) ? A(1) : A(0)) : z;
         out[k] = gl_store<T>(d * gl_load(prev[k]) + (A(1) - d) * gl_load(cur[k]));
     }
 }
@@ -144,13 +150,13 @@ __global__ void zoneout_mix(const long long n, const long long key, const long l
 template <typename T>
 __global__ void zoneout_split(const long long n, const long long key, const long long call,
                               const long long* __restrict__ call_at,
-                              const long long offset, const long long thr, const T z,
+                              const long long offset, const long long thr, const gl_acc_t<T> z,
                               T* __restrict__ grad, T* __restrict__ into, const int accumulate) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
     const long long cl = call_at != 0 ? call_at[0] : call;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        const A d = thr >= 0 ? (gl_rand_event(key, cl, offset + k, thr) ? A(1) : A(0)) : gl_load(z);
+        const A d = thr >= 0 ? (gl_rand_event(key, cl, offset + k, thr) ? A(1) : A(0)) : z;
         const A g = gl_load(grad[k]);
         into[k] = gl_store<T>((accumulate ? gl_load(into[k]) : A(0)) + d * g);
         grad[k] = gl_store<T>((A(1) - d) * g);
@@ -164,12 +170,12 @@ __global__ void zoneout_split(const long long n, const long long key, const long
 template <typename T>
 __global__ void dropout_apply(const long long n, const long long key, const long long call,
                               const long long* __restrict__ call_at,
-                              const long long thr, const T scale, const T* x, T* out) {
+                              const long long thr, const gl_acc_t<T> scale, const T* x, T* out) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
     const long long cl = call_at != 0 ? call_at[0] : call;
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
-        out[k] = gl_store<T>(gl_rand_event(key, cl, k, thr) ? gl_load(x[k]) * gl_load(scale) : A(0));
+        out[k] = gl_store<T>(gl_rand_event(key, cl, k, thr) ? gl_load(x[k]) * scale : A(0));
     }
 }
 
@@ -179,7 +185,7 @@ __global__ void dropout_apply(const long long n, const long long key, const long
 // sum_rows_partial (reduce_kernels.cuh), over the per-chunk partial sums.
 template <typename T>
 __global__ void sum_rows(const long long rows, const long long cols, const T* __restrict__ x,
-                         T* __restrict__ out) {
+                         gl_acc_t<T>* __restrict__ out) {
     typedef typename gl_acc<T>::type A;
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += stride) {
@@ -187,7 +193,7 @@ __global__ void sum_rows(const long long rows, const long long cols, const T* __
         for (long long r = 0; r < rows; ++r) {
             s += gl_load(x[r * cols + j]);
         }
-        out[j] = gl_store<T>(gl_load(out[j]) + s);
+        out[j] = out[j] + s;
     }
 }
 
@@ -226,12 +232,12 @@ template <typename A> __host__ __device__ __forceinline__ void gl_lse_combine(A*
 template <typename T>
 __global__ void softmax_xent(const long long rows, const long long V, const T* __restrict__ logits,
                              const long long* __restrict__ targets, const long long ignore_index,
-                             const T* __restrict__ inv_count, T* __restrict__ loss_rows,
-                             T* __restrict__ grad) {
+                             const gl_acc_t<T>* __restrict__ inv_count,
+                             gl_acc_t<T>* __restrict__ loss_rows, T* __restrict__ grad) {
     typedef typename gl_acc<T>::type A;
     __shared__ A sm_m[GL_XENT_BLOCK];
     __shared__ A sm_s[GL_XENT_BLOCK];
-    const A scale = gl_load(inv_count[0]);
+    const A scale = inv_count[0];
     const long long tid = threadIdx.x, nt = blockDim.x;
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {   // uniform per block: barriers are safe
         const T* z = logits + r * V;
@@ -239,7 +245,7 @@ __global__ void softmax_xent(const long long rows, const long long V, const T* _
         const long long t = targets[r];
         if (t == ignore_index) {
             for (long long j = tid; j < V; j += nt) gr[j] = gl_store<T>(A(0));
-            if (tid == 0) loss_rows[r] = gl_store<T>(A(0));
+            if (tid == 0) loss_rows[r] = A(0);
             continue;
         }
         A m = A(0), s = A(0);
@@ -259,7 +265,19 @@ __global__ void softmax_xent(const long long rows, const long long V, const T* _
         }
         // -log softmax(z)[t], with (z_t - max) formed first: adding max to log(sum) before
         // subtracting z_t would cancel catastrophically for large logits.
-        if (tid == 0) loss_rows[r] = gl_store<T>(gl_log(sum) - (gl_load(z[t]) - mx));
+        if (tid == 0) loss_rows[r] = gl_log(sum) - (gl_load(z[t]) - mx);
         __syncthreads();   // sm_m/sm_s are reused by this block's next row
+    }
+}
+
+// dst[k] = src[k] rounded to the storage type T (nearest even): the low-precision copy of a float32
+// master parameter, refreshed on the device after each optimizer step (gpu_lstm/optim.py), and any
+// other float32 -> storage conversion. For float/double it is a copy.
+template <typename T>
+__global__ void narrow_copy(const long long n, const gl_acc_t<T>* __restrict__ src,
+                            T* __restrict__ dst) {
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
+        dst[k] = gl_store<T>(src[k]);
     }
 }

@@ -10,12 +10,18 @@
 #error "gate offsets must come from gpu_lstm.gates (compile with gpu_lstm.backend.kernels.compile_options())"
 #endif
 
-// Arithmetic type for a storage type: float and double compute in themselves. A half or bfloat16
-// storage type would map to float here, and load/store convert, without touching the maths below.
+// Arithmetic type for a storage type: float and double compute in themselves; the 16-bit storage
+// types gl_bf16 and gl_half (lowp_types.cuh) map to float, and load/store convert (store rounds to
+// nearest even, once), without touching the maths below. gl_acc<T>::type is also the type of the
+// buffers a low-precision model keeps wide: the cell state c and its carry, and the parameter
+// gradients (docs/precision.md).
 template <typename T> struct gl_acc { typedef T type; };
+template <typename T> using gl_acc_t = typename gl_acc<T>::type;   // the same, for parameter lists
 
 template <typename T> __host__ __device__ __forceinline__ typename gl_acc<T>::type gl_load(const T v) { return v; }
 template <typename T> __host__ __device__ __forceinline__ T gl_store(const typename gl_acc<T>::type v) { return v; }
+
+#include "lowp_types.cuh"
 
 __host__ __device__ __forceinline__ float gl_exp(const float x) { return expf(x); }
 __host__ __device__ __forceinline__ double gl_exp(const double x) { return exp(x); }

@@ -14,12 +14,14 @@
 // With y non-null each term is x * y (the peephole gradients: sum over t and b of a gate's
 // pre-activation gradient times the cell it looks at), so no product array is ever formed.
 //   x       : rows of length ldx; the summed columns are x[r, x_off + j], j < cols
-//   y       : null, or (rows, cols) contiguous
+//   y       : null, or (rows, cols) contiguous, of the arithmetic type (y is a cell state, kept wide)
+//   partial : of the arithmetic type too (the second pass is sum_rows<A>)
 //   partial : (nchunks, cols), nchunks = ceil(rows / chunk)
 template <typename T>
 __global__ void sum_rows_partial(const long long rows, const long long cols, const long long chunk,
                                  const T* __restrict__ x, const long long ldx, const long long x_off,
-                                 const T* __restrict__ y, T* __restrict__ partial) {
+                                 const gl_acc_t<T>* __restrict__ y,
+                                 gl_acc_t<T>* __restrict__ partial) {
     typedef typename gl_acc<T>::type A;
     const long long nchunks = (rows + chunk - 1) / chunk;
     const long long n = nchunks * cols;
@@ -34,6 +36,6 @@ __global__ void sum_rows_partial(const long long rows, const long long cols, con
         } else {
             for (long long r = c * chunk; r < r1; ++r) s += gl_load(x[r * ldx + x_off + j]) * gl_load(y[r * cols + j]);
         }
-        partial[k] = gl_store<T>(s);
+        partial[k] = s;
     }
 }

@@ -52,16 +52,24 @@ def real_array(name, arr):
     model's dtype cannot fail halfway through a write or silently drop an imaginary part."""
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected an array of real numbers, got dtype {arr.dtype.name}")
+_EXPECTED = "'float32', 'float64', 'bfloat16' or 'float16'"
 
 
 def float_dtype(value):
-    """Normalise 'float32' / 'float64' (or the NumPy equivalents) to a NumPy dtype."""
+    """Normalise 'float32' / 'float64' / 'bfloat16' / 'float16' (or the NumPy / ml_dtypes
+    equivalents) to a NumPy dtype. 'bfloat16' needs ml_dtypes (ImportError naming it otherwise)."""
+    if isinstance(value, str) and value in ("bfloat16", "float16"):
+        from .backend.lowp import dtype_of
+        return dtype_of(value)
     try:
         dt = np.dtype(value)
     except TypeError:
-        raise TypeError(f"dtype: expected 'float32' or 'float64', got {value!r}") from None
+        raise TypeError(f"dtype: expected {_EXPECTED}, got {value!r}") from None
+    if dt.name in ("bfloat16", "float16"):
+        from .backend.lowp import dtype_of
+        return dtype_of(dt.name)
     if dt.name not in _DTYPES:
-        raise TypeError(f"dtype: expected 'float32' or 'float64', got {dt.name!r}")
+        raise TypeError(f"dtype: expected {_EXPECTED}, got {dt.name!r}")
     return _DTYPES[dt.name]
 
 

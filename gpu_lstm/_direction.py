@@ -49,9 +49,9 @@ class DirectionWorkspace:
     def __init__(self, be, T, B, I, H, P, proj, reverse, zoneout):
         self.gates = be.empty((T, B, 4 * H))
         self.h = be.empty((T + 1, B, P))
-        self.c = be.empty((T + 1, B, H))
+        self.c = be.empty((T + 1, B, H), be.wide)   # float32 in a 16-bit model (docs/precision.md)
         self.m = be.empty((T, B, H)) if proj else None
-        self.ct = be.empty((T, B, H)) if zoneout else None
+        self.ct = be.empty((T, B, H), be.wide) if zoneout else None
         self.x = be.empty((T, B, I)) if reverse else None   # the time-reversed input
         self.zoneout = None                                  # (d_h, d_c) of the last forward
 

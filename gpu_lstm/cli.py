@@ -309,7 +309,9 @@ def build_parser():
                    help="learning rate (default: adding 1e-2, charlm 3e-3)")
     t.add_argument("--clip", type=_nonnegative_float, default=1.0, help="clip gradients to this global norm (0: off)")
     t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"), help="update rule")
-    t.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="parameter and data type")
+    t.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16", "float16"),
+                   help="parameter and data type; bfloat16/float16: 16-bit storage, float32 maths and "
+                        "master weights (docs/precision.md)")
     t.add_argument("--seed", type=_seed, default=0, help="seeds the model and the data")
     t.add_argument("--log-every", type=_positive_int, default=100,
                    help="progress line (on stderr) every N steps when stderr is not a terminal")

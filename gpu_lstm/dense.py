@@ -51,7 +51,7 @@ class Dense:
             "W": self._be.asarray("W", rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype)),
             "b": self._be.asarray("b", rng.uniform(-bound, bound, self.out_features).astype(self.dtype)),
         }
-        self.grads = {k: self._be.zeros(v.shape) for k, v in self.params.items()}
+        self.grads = {k: self._be.zeros(v.shape, self._be.wide) for k, v in self.params.items()}   # float32 for 16-bit
         self._saved = None
 
     def zero_grad(self) -> None:
@@ -84,7 +84,10 @@ class Dense:
             z = be.empty((h2.shape[0], self.out_features))                    # (N, out)
             z[...] = self.params["b"]
             be.gemm(h2, self.params["W"], z, trans_b=True, beta=1.0)          # eq. (7), inside F
-            y = self._activate(z)
+            if z.dtype != be.wide:   # 16-bit: the activation in float32, rounded once
+                y = self._activate(z.astype(be.wide)).astype(self.dtype)
+            else:
+                y = self._activate(z)
             self._saved = (h2, y, lead)
             return y.reshape(lead + (self.out_features,))
 
@@ -125,6 +128,9 @@ class Dense:
             ck.check_dtype("dy", dy, self.dtype)
             ck.check_shape("dy", dy, lead + (self.out_features,))
             dy = dy.reshape(-1, self.out_features)
+            low = dy.dtype != be.wide
+            if low:                  # 16-bit: F' in float32, dz rounded once (it is a GEMM operand)
+                dy, y = dy.astype(be.wide), y.astype(be.wide)
             # delta-y (.) F'(x): the factor that eqs. (12), (21), (22) share.
             if self.activation == "identity":
                 dz = xp.ascontiguousarray(dy)
@@ -134,6 +140,8 @@ class Dense:
                 dz = dy * y * (1 - y)
             else:  # softmax Jacobian-vector product: s (.) (dy - <dy, s>)
                 dz = y * (dy - (dy * y).sum(axis=1, keepdims=True))
+            if low:
+                dz = xp.ascontiguousarray(dz.astype(self.dtype))
             be.gemm(dz, h2, self.grads["W"], trans_a=True, beta=1.0)          # eq. (21)
             be.sum_rows(dz, self.grads["b"])                                  # eq. (22)
             dh = be.empty((dz.shape[0], self.in_features))

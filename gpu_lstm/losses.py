@@ -50,18 +50,20 @@ def mse_loss(pred: Any, target: Any, mask: Any = None) -> Tuple[Any, Any]:
     if target.shape != pred.shape:
         raise ValueError(f"target: expected shape {ck.shape_str(pred.shape)} (that of pred), got {ck.shape_str(target.shape)}")
     ck.check_dtype("target", target, pred.dtype)
-    diff = pred - target
+    # 16-bit predictions: the loss in float32 (be.wide), the gradient rounded once to pred's dtype
+    w = be.wide
+    diff = pred.astype(w, copy=False) - target.astype(w, copy=False)
     if mask is None:
         n = max(diff.size, 1)
-        return (diff * diff).sum() / n, diff * (2.0 / n)
+        return (diff * diff).sum() / n, (diff * (2.0 / n)).astype(pred.dtype, copy=False)
     try:
-        mask = xp.broadcast_to(be.asarray("mask", mask).astype(pred.dtype, copy=False), pred.shape)
+        mask = xp.broadcast_to(be.asarray("mask", mask).astype(w, copy=False), pred.shape)
     except (ValueError, TypeError):
         raise ValueError(f"mask: expected an array broadcastable to {ck.shape_str(pred.shape)} (that of "
                          f"pred), got shape {ck.shape_str(getattr(mask, 'shape', ()))}") from None
     n = xp.maximum(mask.sum(), 1)
     diff = diff * mask
-    return (diff * diff).sum() / n, diff * (2 / n)
+    return (diff * diff).sum() / n, (diff * (2 / n)).astype(pred.dtype, copy=False)
 
 
 def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_INDEX,
@@ -112,8 +114,8 @@ def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_
                          f"out-of-range values from {int(bad.min())} to {int(bad.max())}")
     z = xp.ascontiguousarray(logits.reshape(-1, V))
     count = valid.sum()
-    inv_count = (1.0 / xp.maximum(count, 1)).astype(logits.dtype)
-    loss_rows = xp.empty(z.shape[0], dtype=logits.dtype)
+    inv_count = (1.0 / xp.maximum(count, 1)).astype(be.wide)   # loss rows float32 for 16-bit logits
+    loss_rows = xp.empty(z.shape[0], dtype=be.wide)
     grad = xp.empty_like(z)
     be.softmax_xent(z, t, ignore_index, inv_count, loss_rows, grad)
     return loss_rows.sum() * inv_count, grad.reshape(logits.shape)

@@ -70,9 +70,9 @@ class _Scratch:
         self.din = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)]  # summed over directions
         self.dgates = be.empty((T, B, 4 * H))   # shared by all layers and directions
         self.dh = be.empty((T, B, P))
-        self.dc = be.empty((B, H))
+        self.dc = be.empty((B, H), be.wide)     # the delta-c carry: float32 in a 16-bit model
         self.dm = be.empty((B, H)) if m.proj_size else None
-        self.keep = be.empty((B, H)) if m.zoneout else None   # zoneout: the kept share of delta-c
+        self.keep = be.empty((B, H), be.wide) if m.zoneout else None   # zoneout: the kept share of delta-c
 
 
 class LSTM:
@@ -86,7 +86,17 @@ class LSTM:
         Whether the layers have a bias b (4H,).
     batch_first : bool
         If True, x and y are (B, T, features) instead of (T, B, features).
-    dtype : 'float32' or 'float64'
+    dtype : 'float32', 'float64', 'bfloat16' or 'float16'
+        The 16-bit types store activations, saved gates and parameters in 16 bits and compute in
+        float32: the cell state c and the gradients (``grads``) are float32, GEMMs accumulate in
+        float32 (docs/precision.md). 'bfloat16' arrays are ``ml_dtypes.bfloat16`` on the CPU (the
+        ml_dtypes package is needed). Train them with float32 master weights
+        (``gpu_lstm.optim.MixedPrecision``). They run the eager engine; no persistent kernels.
+    math : 'default' or 'tf32'
+        'tf32' lets a float32 model's GEMMs use TF32 tensor cores on the GPU
+        (``CUBLAS_COMPUTE_32F_FAST_TF32``: operands rounded to 10 mantissa bits, float32
+        accumulation); off by default, never switched on silently. On the CPU the NumPy reference
+        emulates it (operands rounded to TF32, float32 matmul). Only for float32 models.
     device : 'auto', 'cpu' or 'gpu'
         'auto' picks the GPU when cupy and a CUDA device are usable, else the CPU; the environment
         variable ``GPU_LSTM_DEVICE`` ('cpu' or 'gpu') overrides 'auto'. ('host' runs the CUDA kernel
@@ -164,7 +174,8 @@ class LSTM:
                  seed: Optional[int] = None, check_finite: bool = False, bidirectional: bool = False,
                  proj_size: int = 0, peephole: bool = False, dropout: float = 0.0,
                  forget_bias: Optional[float] = None, learn_initial_state: bool = False,
-                 zoneout_h: float = 0.0, zoneout_c: float = 0.0, algo: str = "auto") -> None:
+                 zoneout_h: float = 0.0, zoneout_c: float = 0.0, algo: str = "auto",
+                 math: str = "default") -> None:
         self.input_size = ck.positive_int("input_size", input_size)
         self.hidden_size = ck.positive_int("hidden_size", hidden_size)
         self.num_layers = ck.positive_int("num_layers", num_layers)
@@ -197,17 +208,41 @@ class LSTM:
         self.forget_bias = forget_bias
         self.dtype = ck.float_dtype(dtype)
         seed = ck.seed("seed", seed)
-        self._be = get_backend(device, self.dtype)
+        if math not in ("default", "tf32"):
+            raise ValueError(f"math: expected 'default' or 'tf32', got {math!r}")
+        if math == "tf32" and self.dtype.name != "float32":
+            raise ValueError(f"math='tf32': TF32 GEMMs are for float32 models, this one is {self.dtype.name}")
+        self.math = math
+        self._be = get_backend(device, self.dtype)   # a new backend per model: the math mode is per model
+        if math == "tf32":
+            self._be.set_math(math)
         self.device = self._be.name
         self.algo = algo
-        self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
+        self.low_precision = self._be.wide != self.dtype
+        if self.low_precision:
+            # The 16-bit models run the eager loop: plans/graphs and the persistent kernels stay
+            # float32/float64 for now (a bf16 tensor-core persistent variant is future work).
+            if algo not in ("auto", "eager"):
+                raise ValueError(f"algo={algo!r}: {self.dtype.name} models run algo='eager' (or 'auto') "
+                                 "for now; plans, graphs and persistent kernels are float32/float64 only")
+            self._algo, self.algo_reason = "eager", f"{self.dtype.name}: the eager loop (plans are float32/float64)"
+        elif math == "tf32":
+            # TF32 GEMMs go through cublasGemmEx in the eager loop; the plans' capture binding does
+            # not call GemmEx yet (and the CPU's plans would be float32-exact)
+            if algo not in ("auto", "eager"):
+                raise ValueError(f"algo={algo!r}: math='tf32' runs algo='eager' (or 'auto') for now")
+            self._algo, self.algo_reason = "eager", "math='tf32': the eager loop (plans call Sgemm)"
+        else:
+            self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
         # Where the persistent kernels cannot run a call (options, capacity), what 'auto' would run.
         self._persistent_fallback = (_plan.resolve_algo("auto", self._be, use_env=False)[0]
                                      if self._algo == "persistent" else None)
         self._plans = _plan.PlanCache()
         self.params = {}
         self._init_params(seed)
-        self.grads = {k: self._be.zeros(v.shape) for k, v in self.params.items()}
+        # Gradients are wide: float32 for a 16-bit model (the dW GEMMs write float32, and repeated
+        # backwards accumulate without 16-bit rounding).
+        self.grads = {k: self._be.zeros(v.shape, self._be.wide) for k, v in self.params.items()}
         # Dropout and zoneout masks: Philox4x32-10 of (seed, stream, call, element), computed where
         # they are used (gpu_lstm/philox.py): the same seed gives bitwise the same masks on every
         # device. _mask_calls counts the forwards that drew masks; checkpoints save it (rng_state).
@@ -352,7 +387,7 @@ class LSTM:
             for name, value in arrays.items():
                 label = f"{what}[{name!r}]"
                 arr = self._be.asarray(label, value, copy=False)   # the caller's memory, never a copy
-                ck.check_dtype(label, arr, self.dtype)
+                ck.check_dtype(label, arr, self.dtype if what == "params" else self._be.wide)
                 ck.check_shape(label, arr, shapes[name])
                 if not arr.flags.c_contiguous:   # kernels and plans address parameters as dense rows
                     raise ValueError(f"{label}: expected a C-contiguous array, got strides {arr.strides}")
@@ -640,7 +675,7 @@ class LSTM:
             for k in range(L):
                 if k > 0 and self.dropout and self.training:
                     mask = philox.DropoutMask(self._dropout_seed, k, ws.mask_call, self.dropout,
-                                              layer_in.shape, self.dtype)
+                                              layer_in.shape, be.wide)
                     be.dropout(mask, layer_in, ws.dropped[k])
                     ws.masks[k], layer_in = mask, ws.dropped[k]
                 else:
@@ -658,6 +693,7 @@ class LSTM:
         y = (y.transpose(1, 0, 2) if self.batch_first else y).copy()
         h_n = xp.stack([ws.dirs[k][d].h[T] for k in range(L) for d in range(D)])   # (L*D, B, P)
         c_n = xp.stack([ws.dirs[k][d].c[T] for k in range(L) for d in range(D)])   # (L*D, B, H)
+        c_n = c_n.astype(self.dtype, copy=False)   # c is float32 inside a 16-bit model
         if not return_cells:
             return y, (h_n, c_n)
         if ws.valid is not None:
@@ -790,7 +826,7 @@ class LSTM:
                     part = part * ws.valid                # outputs at padded steps were constants
                 dh[...] = part if d == 0 else part[ws.rev_index]
             x = ws.inputs[k] if d == 0 else dws.x
-            dc_all = be.empty((ws.T, ws.B, self.hidden_size)) if self.track_gradient_flow else None
+            dc_all = be.empty((ws.T, ws.B, self.hidden_size), be.wide) if self.track_gradient_flow else None
             run = dirn.backward
             if ws.persistent and dc_all is None:   # diagnostics need the per-step loop's delta-c
                 from .backend.persistent import run_backward as run

@@ -321,3 +321,151 @@ def clip_grad_value(grads: Arrays, clip_value: float) -> None:
     clip_value = ck.positive_float("clip_value", clip_value)   # 0 would zero every gradient
     for g in (grads.values() if isinstance(grads, dict) else grads):
         _xp(g).clip(g, -clip_value, clip_value, out=g)
+
+
+# ---- mixed precision (docs/precision.md) ----------------------------------------------------------
+class LossScaler:
+    """Dynamic loss scaling for float16 training (bfloat16 needs none: it has float32's exponent range).
+
+    The loss gradient is multiplied by ``scale`` (a power of two: exact in float16 unless it over- or
+    underflows) before the backward, so small gradients survive float16's narrow range; the float32
+    gradients are divided by it again before the optimizer step. When they hold Inf or NaN the step is
+    skipped and the scale shrinks by ``backoff_factor``; after ``growth_interval`` clean steps in a
+    row it grows by ``growth_factor`` (torch.cuda.amp.GradScaler's policy and defaults).
+    """
+
+    def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000,
+                 min_scale=2.0 ** -24):
+        self.scale = ck.nonnegative_float("init_scale", init_scale)
+        self.growth_factor = float(growth_factor)
+        self.backoff_factor = float(backoff_factor)
+        self.growth_interval = ck.positive_int("growth_interval", growth_interval)
+        self.min_scale = float(min_scale)
+        self.clean_steps = 0
+        self.skipped_steps = 0
+
+    def scale_grad(self, dpred):
+        """dpred * scale, in dpred's dtype."""
+        return dpred * dpred.dtype.type(self.scale)
+
+    def unscale_(self, grads):
+        """Divide the (float32) gradients by the scale in place; True when all are finite. Reading the
+        flag is one host synchronisation per step on a GPU."""
+        inv = 1.0 / self.scale
+        finite = True
+        for g in grads.values():
+            g *= g.dtype.type(inv)
+            finite = finite and bool(_xp(g).isfinite(g).all())
+        return finite
+
+    def update(self, finite):
+        if finite:
+            self.clean_steps += 1
+            if self.clean_steps >= self.growth_interval:
+                self.scale *= self.growth_factor
+                self.clean_steps = 0
+        else:
+            self.scale = max(self.scale * self.backoff_factor, self.min_scale)
+            self.clean_steps = 0
+            self.skipped_steps += 1
+
+    def state_dict(self):
+        return {"scale": self.scale, "clean_steps": self.clean_steps, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, sd):
+        self.scale, self.clean_steps = float(sd["scale"]), int(sd["clean_steps"])
+        self.skipped_steps = int(sd.get("skipped_steps", 0))
+
+
+class MixedPrecision:
+    """Float32 master weights for a bfloat16/float16 model.
+
+    ``params`` are the model's 16-bit parameters (the GEMM operands), ``grads`` its float32 gradients.
+    The wrapped optimizer (``optimizer_cls``, e.g. :class:`Adam`) updates float32 copies of the
+    parameters (its moments are float32 too); after each step the 16-bit parameters are refreshed
+    from them, rounded once (the ``narrow_copy`` kernel on the GPU and the host build). Updates far
+    below a 16-bit ulp of a weight therefore accumulate instead of being lost. With a
+    :class:`LossScaler` (float16) the training loop scales the loss gradient (:meth:`scale_grad`),
+    :meth:`unscale_` undoes it and checks for Inf/NaN, and :meth:`step` skips the update when it
+    found any.
+    """
+
+    def __init__(self, optimizer_cls, params, grads, loss_scaler=None, **kwargs):
+        self.params, self.grads = params, grads
+        for k, g in grads.items():
+            if np.dtype(g.dtype) != np.float32:
+                raise TypeError(f"grads[{k!r}]: mixed precision expects float32 gradients, got {g.dtype}")
+        self.master = {k: p.astype(np.float32) for k, p in params.items()}
+        self.inner = optimizer_cls(self.master, grads, **kwargs)
+        self.loss_scaler = loss_scaler
+        self._finite = True
+
+    @property
+    def lr(self):
+        return self.inner.lr
+
+    @lr.setter
+    def lr(self, value):
+        self.inner.lr = value
+
+    @property
+    def step_count(self):
+        return self.inner.step_count
+
+    def scale_grad(self, dpred):
+        return dpred if self.loss_scaler is None else self.loss_scaler.scale_grad(dpred)
+
+    def unscale_(self):
+        """Undo the loss scale on the gradients; returns whether they are finite (True without a scaler)."""
+        if self.loss_scaler is None:
+            self._finite = True
+        else:
+            self._finite = self.loss_scaler.unscale_(self.grads)
+            self.loss_scaler.update(self._finite)
+        return self._finite
+
+    def step(self):
+        """The wrapped optimizer's step on the master weights, then the 16-bit copies; skipped (returns
+        False) when the last :meth:`unscale_` found Inf/NaN."""
+        if not self._finite:
+            self._finite = True
+            return False
+        self.inner.step()
+        for k, p in self.params.items():
+            be = _backend(p)
+            narrow = getattr(be, "narrow_copy", None)
+            if narrow is not None:
+                narrow(self.master[k], p)
+            else:
+                p[...] = self.master[k].astype(p.dtype)
+        return True
+
+    def hyperparameters(self):
+        return self.inner.hyperparameters()
+
+    def state_dict(self):
+        sd = self.inner.state_dict()
+        sd["master"] = self.master
+        if self.loss_scaler is not None:
+            sd["loss_scaler"] = self.loss_scaler.state_dict()
+        return sd
+
+    def load_state_dict(self, sd):
+        self.inner.load_state_dict(sd)
+        for k in self.master:
+            if "master" in sd:
+                self.master[k][...] = _xp(self.master[k]).asarray(sd["master"][k])
+            else:
+                self.master[k][...] = self.params[k].astype(np.float32)
+        if self.loss_scaler is not None and "loss_scaler" in sd:
+            self.loss_scaler.load_state_dict(sd["loss_scaler"])
+
+
+def mixed_precision(name, params, grads, dtype, **kwargs):
+    """The optimizer ``name`` ('sgd', 'adam', 'adamw') for a model of ``dtype``: itself for float32 and
+    float64, wrapped in :class:`MixedPrecision` for bfloat16, plus a :class:`LossScaler` for float16."""
+    cls = OPTIMIZERS[name]
+    dt = np.dtype(dtype).name
+    if dt not in ("bfloat16", "float16"):
+        return cls(params, grads, **kwargs)
+    return MixedPrecision(cls, params, grads, LossScaler() if dt == "float16" else None, **kwargs)

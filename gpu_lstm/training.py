@@ -26,7 +26,7 @@ from .backend import resolve_device
 from .checkpoint import save_checkpoint, write_atomically
 from .losses import mse_loss, nats_to_bits, softmax_cross_entropy
 from .model import SequenceModel
-from .optim import OPTIMIZERS, Optimizer, clip_grad_norm
+from .optim import OPTIMIZERS, Optimizer, clip_grad_norm, mixed_precision
 from .plotting import save_plot
 from .progress import Progress
 from .sampling import sample_text
@@ -77,10 +77,12 @@ def fit(model: SequenceModel, optimizer: Optimizer, next_batch: Callable, loss_f
         model.zero_grad()
         pred, state = model(x, state)
         loss, dpred = loss_fn(pred, target)
-        model.backward(dpred)
-        if clip:
+        scale = getattr(optimizer, "scale_grad", None)      # mixed precision (optim.MixedPrecision)
+        model.backward(dpred if scale is None else scale(dpred))
+        finite = optimizer.unscale_() if scale is not None else True   # float16 loss scaling
+        if clip and finite:
             clip_grad_norm(model.grads, clip)
-        optimizer.step()
+        optimizer.step()                                    # skipped by MixedPrecision when not finite
         tokens += x.shape[0] * x.shape[1]
         record = step == 1 or step % record_every == 0 or step == steps
         show = progress.due(step)
@@ -112,7 +114,8 @@ def make_optimizer(model: SequenceModel, name: str, lr: float, weight_decay: flo
     kwargs = {"lr": lr}
     if weight_decay:
         kwargs["weight_decay"] = weight_decay
-    return OPTIMIZERS[name](model.params, model.grads, **kwargs)
+    # float32/float64: the optimizer itself; bfloat16/float16: float32 master weights (+ loss scaling)
+    return mixed_precision(name, model.params, model.grads, model.dtype, **kwargs)
 
 
 def _check_run_options(steps, T, B, hidden, layers, lr, clip, optimizer, device, dtype, seed, log_every):

@@ -143,9 +143,9 @@ def _signatures():
             typ = p.rsplit(" ", 1)[0].strip()
             if typ.endswith("*"):
                 base = typ[:-1].strip()
-                kinds.append("T*" if base == "T" else _KINDS[base] + "*")
+                kinds.append({"T": "T*", "gl_acc_t<T>": "A*"}.get(base) or _KINDS[base] + "*")
             else:
-                kinds.append("T" if typ == "T" else _KINDS[typ])
+                kinds.append({"T": "T", "gl_acc_t<T>": "A"}.get(typ) or _KINDS[typ])
         sigs[name] = kinds
     return sigs
 
@@ -154,6 +154,7 @@ class _Kernel:
     def __init__(self, name, ctype, fn, kinds):
         self.name, self.fn, self.kinds = name, fn, kinds
         self.dtype = np.dtype({"float": np.float32, "double": np.float64}[ctype])
+        self.acc = self.dtype   # gl_acc_t<T>: the arithmetic type (T itself for float and double)
         self.launches = 0
 
     def __call__(self, grid, block, args):
@@ -173,14 +174,15 @@ class _Kernel:
                     continue
                 if not isinstance(a, ndarray):
                     raise TypeError(f"{where}: expected a device array, got {type(a).__name__}")
-                want = self.dtype if kind == "T*" else np.dtype(_PTR_DTYPES[kind])
+                want = {"T*": self.dtype, "A*": self.acc}.get(kind) or np.dtype(_PTR_DTYPES[kind])
                 if a.dtype != want or not a.flags.c_contiguous:
                     raise TypeError(f"{where}: expected a C-contiguous {want.name} array, got "
                                     f"{a.dtype.name} with strides {a.strides}")
                 conv.append(a.ctypes.data)
-            elif kind == "T":
-                if type(a) is not self.dtype.type:
-                    raise TypeError(f"{where}: expected {self.dtype.type.__name__}, got {type(a).__name__}")
+            elif kind in ("T", "A"):
+                want = self.dtype if kind == "T" else self.acc
+                if type(a) is not want.type:
+                    raise TypeError(f"{where}: expected {want.type.__name__}, got {type(a).__name__}")
                 conv.append(float(a))
             elif kind == "f64":
                 if type(a) is not np.float64:
@@ -251,12 +253,41 @@ def _gemm(ctype, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C
 
 _cublas_state = {"pointer_mode": 1, "calls": 0}   # starts NOT in host mode: the backend must set it
 
+_CUDA_TYPES = {0: ctypes.c_float}          # cudaDataType_t the fake's gemmEx accepts: CUDA_R_32F
+_COMPUTE = {68: "32F", 77: "32F_FAST_TF32"}  # cublasComputeType_t
+
+
+def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
+             compute, algo):
+    """cublasGemmEx, strictly: float32 operands only (the 16-bit storage path is not wired to the
+    GPU backend yet), compute type 32F or 32F_FAST_TF32 (operands rounded to TF32 first, as the
+    CPU reference does), algo CUBLAS_GEMM_DEFAULT."""
+    for what, t in (("Atype", Atype), ("Btype", Btype), ("Ctype", Ctype)):
+        if t not in _CUDA_TYPES:
+            raise TypeError(f"fake cublasGemmEx: {what} {t!r} is not a supported cudaDataType_t")
+    if compute not in _COMPUTE or algo != -1:
+        raise TypeError(f"fake cublasGemmEx: computeType {compute!r} / algo {algo!r} not supported")
+    if _cublas_state["pointer_mode"] != 0:
+        raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
+    a = ctypes.cast(alpha, ctypes.POINTER(ctypes.c_float)).contents.value
+    b = ctypes.cast(beta, ctypes.POINTER(ctypes.c_float)).contents.value
+    opA = _view(A, ctypes.c_float, k, m, lda).T if transa == 1 else _view(A, ctypes.c_float, m, k, lda)
+    opB = _view(B, ctypes.c_float, n, k, ldb).T if transb == 1 else _view(B, ctypes.c_float, k, n, ldb)
+    if _COMPUTE[compute] == "32F_FAST_TF32":
+        from gpu_lstm.backend.numpy_backend import tf32_round
+        opA, opB = tf32_round(opA), tf32_round(opB)
+    Cm = _view(C, ctypes.c_float, m, n, ldc)
+    Cm[...] = np.float32(a) * (opA @ opB) + (np.float32(b) * Cm if b != 0 else 0)
+    _cublas_state["calls"] += 1
+    _cublas_state["gemm_ex"] = _cublas_state.get("gemm_ex", 0) + 1
+
 
 def _make_cublas():
     mod = types.ModuleType("cupy_backends.cuda.libs.cublas")
     mod.CUBLAS_POINTER_MODE_HOST = 0
     mod.sgemm = lambda *a: _gemm(ctypes.c_float, *a)
     mod.dgemm = lambda *a: _gemm(ctypes.c_double, *a)
+    mod.gemmEx = _gemm_ex
     mod.setPointerMode = lambda handle, mode: _cublas_state.__setitem__("pointer_mode", mode)
     mod.setStream = lambda handle, stream: None
     mod.state = _cublas_state

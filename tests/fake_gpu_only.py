@@ -526,3 +526,21 @@ def test_use_arrays_refuses_host_arrays_for_a_gpu_model():
     with pytest.raises(TypeError, match=r"params\['l0.W'\]: expected an array on GPU 0, used in place; got host"):
         with m.use_arrays(params):
             pass
+
+
+def test_tf32_gemms_go_through_gemm_ex():
+    """math='tf32' on the GPU backend: every GEMM is cublasGemmEx with CUBLAS_COMPUTE_32F_FAST_TF32
+    (the fake rounds the operands to TF32 as the CPU reference does, so the two agree to float32
+    rounding), and a default float32 model never calls it."""
+    import fake_cupy
+    x = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(np.float32)
+    state = fake_cupy._cublas_state
+    n0 = state.get("gemm_ex", 0)
+    gl.LSTM(3, 8, device="gpu", seed=1)(x)
+    assert state.get("gemm_ex", 0) == n0
+    g = gl.LSTM(3, 8, device="gpu", seed=1, math="tf32")
+    c = gl.LSTM(3, 8, device="cpu", seed=1, math="tf32")
+    yg, _ = g(x)
+    yc, _ = c(x)
+    assert state.get("gemm_ex", 0) > n0
+    assert np.allclose(gl.to_numpy(yg), yc, rtol=1e-5, atol=1e-6)

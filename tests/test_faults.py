@@ -48,7 +48,7 @@ LATE = [
     ("lr", lambda p: training.train_adding(out_dir=str(p), lr=0.0, **_quiet(**TINY))),
     ("clip", lambda p: training.train_adding(out_dir=str(p), clip=-1.0, **_quiet(**TINY))),
     ("optimizer", lambda p: training.train_adding(out_dir=str(p), optimizer="rmsprop", **_quiet(**TINY))),
-    ("dtype", lambda p: training.train_adding(out_dir=str(p), dtype="float16", **_quiet(**TINY))),
+    ("dtype", lambda p: training.train_adding(out_dir=str(p), dtype="int32", **_quiet(**TINY))),
     ("seed", lambda p: training.train_adding(out_dir=str(p), seed=-3, **_quiet(**TINY))),
     ("log_every", lambda p: training.train_adding(out_dir=str(p), **_quiet(**{**TINY, "log_every": 0}))),
     ("hidden, layers, B, T", lambda p: training.train_adding(out_dir=str(p), **_quiet(**{**TINY, "hidden": 10**6}))),

@@ -18,7 +18,7 @@ def lstm():
     (dict(input_size=3, hidden_size="4"), TypeError, "hidden_size"),
     (dict(input_size=True, hidden_size=4), TypeError, "input_size"),
     (dict(input_size=3, hidden_size=4, num_layers=0), ValueError, "num_layers"),
-    (dict(input_size=3, hidden_size=4, dtype="float16"), TypeError, "dtype: expected 'float32' or 'float64', got 'float16'"),
+    (dict(input_size=3, hidden_size=4, dtype="complex64"), TypeError, "dtype: expected 'float32', 'float64', 'bfloat16' or 'float16', got 'complex64'"),
     (dict(input_size=3, hidden_size=4, dtype="int32"), TypeError, "dtype"),
     (dict(input_size=3, hidden_size=4, device="tpu"), ValueError, "device: expected one of"),
     (dict(input_size=3, hidden_size=4, bias="yes"), TypeError, "bias: expected True or False"),

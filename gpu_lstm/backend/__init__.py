@@ -103,9 +103,17 @@ def resolve_device(device):
 def get_backend(device, dtype):
     """Backend instance for a resolved device name ('cpu', 'gpu', 'host') and a NumPy dtype."""
     device = resolve_device(device)
+    import numpy as np
+    low = np.dtype(dtype).name in ("bfloat16", "float16")   # 16-bit storage, float32 maths (lowp.py)
     if device == "cpu":
+        if low:
+            from .lowp import LowPrecisionNumpyBackend
+            return LowPrecisionNumpyBackend(dtype)
         return NumpyBackend(dtype)
     if device == "host":
+        if low:
+            from .host_backend import LowPrecisionHostBackend
+            return LowPrecisionHostBackend(dtype)
         from .host_backend import HostKernelBackend
         return HostKernelBackend(dtype)
     ok, why = gpu_available()

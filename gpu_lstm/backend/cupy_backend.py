@@ -14,6 +14,11 @@ import functools
 
 from . import blas, cublas_capture, kernels, reduce
 
+# cuBLAS enums (cudaDataType_t, cublasComputeType_t, cublasGemmAlgo_t) for cublasGemmEx, from
+# library_types.h / cublas_api.h (CUDA 11+): CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14;
+# CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77; CUBLAS_GEMM_DEFAULT = -1.
+CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
+CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT = 68, 77, -1
 _BLOCK = 256
 _XENT_BLOCK = 256   # = GL_XENT_BLOCK; a power of two
 
@@ -107,6 +112,7 @@ class CupyBackend:
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
+        self.wide = self.dtype   # the cell state / gradient dtype (float32 for 16-bit storage)
         self.device_id = cp.cuda.Device().id
         self._k = kernels.load_module(self.device_id, self.dtype.name)
         self._gemm_fn = cublas.sgemm if self.dtype == np.float32 else cublas.dgemm
@@ -116,19 +122,28 @@ class CupyBackend:
         sms = cp.cuda.Device(self.device_id).attributes["MultiProcessorCount"]
         self._max_grid = sms * 16   # enough blocks to fill the GPU; grid-stride covers the rest
 
+    math = "default"
+
+    def set_math(self, math):
+        """'tf32' (float32 models): eager GEMMs through cublasGemmEx with CUBLAS_COMPUTE_32F_FAST_TF32.
+        Plans and graphs (the capture binding) do not call GemmEx yet: such models run eager."""
+        if math == "tf32" and self.dtype != np.float32:
+            raise ValueError(f"math='tf32' needs float32, got {self.dtype.name}")
+        self.math = math
+
     def describe(self):
         return device_description(self.device_id)
 
     def activate(self):
         return cp.cuda.Device(self.device_id)
 
-    def empty(self, shape):
+    def empty(self, shape, dtype=None):
         with self.activate():
-            return cp.empty(shape, dtype=self.dtype)
+            return cp.empty(shape, dtype=self.dtype if dtype is None else dtype)
 
-    def zeros(self, shape):
+    def zeros(self, shape, dtype=None):
         with self.activate():
-            return cp.zeros(shape, dtype=self.dtype)
+            return cp.zeros(shape, dtype=self.dtype if dtype is None else dtype)
 
     def asarray(self, name, value, copy=True):
         """Device arrays are used as they are, without a copy: cupy arrays, and any object that speaks
@@ -324,6 +339,16 @@ class CupyBackend:
             # current stream: set both rather than rely on the handle's state.
             cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
             cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+            if self.math == "tf32":
+                # cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb,
+                #              beta, C, Ctype, ldc, computeType, algo): all three operands CUDA_R_32F
+                # (= 0), CUBLAS_COMPUTE_32F_FAST_TF32 (= 77), CUBLAS_GEMM_DEFAULT (= -1); alpha/beta
+                # are float (the compute type's scale type, CUDA_R_32F).
+                cublas.gemmEx(handle, ta, tb, m, n, k, self._scalars[1.0].ctypes.data,
+                              b.data.ptr, CUDA_R_32F, ld1, a.data.ptr, CUDA_R_32F, ld2,
+                              self._scalars[float(beta)].ctypes.data, out.data.ptr, CUDA_R_32F, ldc,
+                              CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT)
+                return
             self._gemm_fn(handle, ta, tb, m, n, k,
                           self._scalars[1.0].ctypes.data, b.data.ptr, ld1, a.data.ptr, ld2,
                           self._scalars[float(beta)].ctypes.data, out.data.ptr, ldc)

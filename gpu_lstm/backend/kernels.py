@@ -17,10 +17,15 @@ KERNEL_NAMES = ("lstm_cell_forward", "lstm_cell_backward", "seq_carry", "zoneout
                 "grad_sumsq_partial", "grad_norm_finish", "grad_clip_coef", "grad_scale")
 # Every file the kernel source is made of (lstm_kernels.cu and what it includes): the host build's
 # cache key hashes them.
-SOURCE_FILES = ("lstm_math.cuh", "philox.cuh", "reduce_kernels.cuh", "optim_kernels.cuh", "clip_kernels.cuh",
-                "lstm_kernels.cu")
-# NumPy dtype name -> C++ template argument. Half/bfloat16 storage would be added here.
+SOURCE_FILES = ("lstm_math.cuh", "lowp_types.cuh", "philox.cuh", "reduce_kernels.cuh", "optim_kernels.cuh",
+                "clip_kernels.cuh", "lstm_kernels.cu")
+# NumPy dtype name -> C++ template argument.
 CTYPES = {"float32": "float", "float64": "double"}
+# The 16-bit storage types (cuda/lowp_types.cuh; float arithmetic): every kernel but the optimizers
+# (low-precision models keep float32 master weights, updated by the float kernels), plus narrow_copy
+# (float32 -> storage). ml_dtypes.bfloat16 is named "bfloat16" by NumPy.
+LOWP_CTYPES = {"bfloat16": "gl_bf16", "float16": "gl_half"}
+LOWP_KERNEL_NAMES = tuple(k for k in KERNEL_NAMES if k not in ("adam_step", "sgd_step")) + ("narrow_copy",)
 
 _modules = {}   # (device id, dtype name) -> {kernel name: cupy RawKernel}
 
@@ -69,9 +74,21 @@ def kernel_source():
     return inline(root / KERNEL_FILE, set())
 
 
+def kernel_names(dtype_name):
+    """The kernels instantiated for one dtype name."""
+    return LOWP_KERNEL_NAMES if dtype_name in LOWP_CTYPES else KERNEL_NAMES
+
+
+def ctype(dtype_name):
+    """C++ template argument of a dtype name ('float32' -> 'float', 'bfloat16' -> 'gl_bf16')."""
+    return CTYPES[dtype_name] if dtype_name in CTYPES else LOWP_CTYPES[dtype_name]
+
+
 def name_expressions(dtypes=tuple(CTYPES)):
-    """The template instantiations, e.g. 'lstm_cell_forward<float>'."""
-    return tuple(f"{k}<{CTYPES[d]}>" for k in KERNEL_NAMES for d in dtypes)
+    """The template instantiations, e.g. 'lstm_cell_forward<float>' (the 16-bit ones with
+    ``dtypes=tuple(LOWP_CTYPES)``)."""
+    names = dict.fromkeys(n for d in dtypes for n in kernel_names(d))   # ordered union
+    return tuple(f"{k}<{ctype(d)}>" for k in names for d in dtypes if k in kernel_names(d))
 
 
 def load_module(device_id, dtype_name):
@@ -80,7 +97,8 @@ def load_module(device_id, dtype_name):
     if key not in _modules:
         import cupy
         with cupy.cuda.Device(device_id):
+            dtypes = tuple(LOWP_CTYPES) if dtype_name in LOWP_CTYPES else tuple(CTYPES)
             module = cupy.RawModule(code=kernel_source(), options=compile_options(),
-                                    name_expressions=name_expressions())
-            _modules[key] = {k: module.get_function(f"{k}<{CTYPES[dtype_name]}>") for k in KERNEL_NAMES}
+                                    name_expressions=name_expressions(dtypes))
+            _modules[key] = {k: module.get_function(f"{k}<{ctype(dtype_name)}>") for k in kernel_names(dtype_name)}
     return _modules[key]

@@ -8,6 +8,17 @@ import numpy as np
 from ..gates import GATE_INDEX
 
 
+def tf32_round(a):
+    """float32 values rounded to TF32 (1 + 8 + 10 bits, kept in float32): to nearest, ties away from
+    zero, as PTX cvt.rna.tf32.f32. Whether cuBLAS's TF32 path rounds this way or truncates is not
+    documented (uncertain); the tolerances (docs/precision.md) use u = 2^-10, which covers both."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    u = a.view(np.uint32)
+    finite = (u & 0x7F800000) != 0x7F800000
+    r = np.where(finite, (u + np.uint32(0x1000)) & np.uint32(0xFFFFE000), u)
+    return r.astype(np.uint32).view(np.float32)
+
+
 def _call(be, name, args):
     return getattr(be, name)(*args)
 
@@ -18,17 +29,18 @@ class NumpyBackend:
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
+        self.wide = self.dtype   # cell state / gradient dtype; float32 for 16-bit storage (lowp.py)
         self._affine = {}   # H -> (scale, shift) over the 4H gate axis, see cell_forward
 
     # ---- arrays -------------------------------------------------------------------------------
     def describe(self):
         return f"CPU (NumPy {np.__version__})"
 
-    def empty(self, shape):
-        return np.empty(shape, dtype=self.dtype)
+    def empty(self, shape, dtype=None):
+        return np.empty(shape, dtype=self.dtype if dtype is None else dtype)
 
-    def zeros(self, shape):
-        return np.zeros(shape, dtype=self.dtype)
+    def zeros(self, shape, dtype=None):
+        return np.zeros(shape, dtype=self.dtype if dtype is None else dtype)
 
     def asarray(self, name, value, copy=True):
         """Accept NumPy arrays (or array-likes); a GPU array is an error on the CPU backend. With
@@ -70,9 +82,21 @@ class NumpyBackend:
     def set_counter(self, counter, value):
         counter[0] = value
 
+    # ---- math mode ------------------------------------------------------------------------------
+    math = "default"
+
+    def set_math(self, math):
+        """'tf32' (float32 only): GEMM operands rounded to TF32 (10 explicit mantissa bits) before a
+        float32 matmul, emulating cuBLAS's CUBLAS_COMPUTE_32F_FAST_TF32 (see tf32_round)."""
+        if math == "tf32" and self.dtype != np.float32:
+            raise ValueError(f"math='tf32' needs float32, got {self.dtype.name}")
+        self.math = math
+
     # ---- the seam -----------------------------------------------------------------------------
     def gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0):
         """out = op(a) @ op(b) + beta * out, for 2-D arrays."""
+        if self.math == "tf32":
+            a, b = tf32_round(a), tf32_round(b)
         A, B = (a.T if trans_a else a), (b.T if trans_b else b)
         if beta == 0.0:
             np.matmul(A, B, out=out)   # straight into out: no temporary

@@ -247,7 +247,7 @@ def load_host_library():
         return _host_lib
     root = kernels.cuda_dir()
     digest = hashlib.sha256()
-    for name in ("lstm_math.cuh", HEADER_FILE, "host_shim.h", HOST_ENTRY):
+    for name in ("lstm_math.cuh", "lowp_types.cuh", HEADER_FILE, "host_shim.h", HOST_ENTRY):
         digest.update((root / name).read_bytes())
     digest.update(" ".join(_host_build_command("x")).encode())
     cache = os.path.join(os.environ.get("XDG_CACHE_HOME", tempfile.gettempdir()), "gpu_lstm-host-kernels")
