@@ -158,6 +158,12 @@ def save_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
         for k, slots in sd["state"].items():
             for s, v in slots.items():
                 arrays[f"optim/{k}/{s}"] = to_numpy(v)
+    # .npz has no bfloat16: such arrays are stored as their uint16 bits, and the metadata says which.
+    bits16 = sorted(k for k, v in arrays.items() if v.dtype.name == "bfloat16")
+    if bits16:
+        meta["bfloat16"] = bits16
+        for k in bits16:
+            arrays[k] = arrays[k].view(np.uint16)
     try:
         text = json.dumps(meta)
     except (TypeError, ValueError) as exc:
@@ -202,6 +208,14 @@ def read_checkpoint(path: "str | os.PathLike") -> Tuple[Dict[str, Any], Dict[str
         raise CheckpointError(f"checkpoint: {path} has corrupt metadata ({exc})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint: {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    bits16 = meta.pop("bfloat16", [])
+    if bits16:
+        if not isinstance(bits16, list) or any(k not in arrays or arrays[k].dtype != np.uint16 for k in bits16):
+            raise CheckpointError(f"checkpoint: {path} has corrupt bfloat16 metadata: {bits16!r}")
+        from .backend.lowp import dtype_of
+        bf16 = dtype_of("bfloat16")
+        for k in bits16:
+            arrays[k] = arrays[k].view(bf16)
     return meta, arrays
 
 

@@ -431,34 +431,52 @@ class MixedPrecision:
             self._finite = True
             return False
         self.inner.step()
+        self._refresh()
+        return True
+
+    def _refresh(self):
+        """The 16-bit parameters from the master weights, each rounded once."""
         for k, p in self.params.items():
-            be = _backend(p)
-            narrow = getattr(be, "narrow_copy", None)
+            narrow = getattr(_backend(p), "narrow_copy", None)
             if narrow is not None:
                 narrow(self.master[k], p)
             else:
                 p[...] = self.master[k].astype(p.dtype)
-        return True
 
     def hyperparameters(self):
-        return self.inner.hyperparameters()
+        return dict(self.inner.hyperparameters(), inner=type(self.inner).__name__)
+
+    @property
+    def slots(self):
+        """The wrapped optimizer's slots plus 'master' (the float32 weights), per parameter: what a
+        checkpoint saves and :meth:`load_state_dict` restores."""
+        return tuple(self.inner.slots) + ("master",)
 
     def state_dict(self):
+        """``{'step_count', 'hyperparameters', 'state': {param: {slot: array}}}`` like every optimizer,
+        the master weights being the slot 'master' (so checkpoints carry them). The float16 loss
+        scale is not part of it: after a load it starts again from its initial value and adapts."""
         sd = self.inner.state_dict()
-        sd["master"] = self.master
-        if self.loss_scaler is not None:
-            sd["loss_scaler"] = self.loss_scaler.state_dict()
-        return sd
+        return {"step_count": sd["step_count"], "hyperparameters": self.hyperparameters(),
+                "state": {k: dict(sd["state"][k], master=self.master[k]) for k in self.master}}
 
     def load_state_dict(self, sd):
-        self.inner.load_state_dict(sd)
+        """Restore :meth:`state_dict`'s output, all or nothing: the master weights' names and shapes
+        are checked, then the wrapped optimizer checks and writes its own slots, then the master
+        weights and the 16-bit copies made from them are written."""
+        state = sd.get("state") if isinstance(sd, dict) else None
+        if not isinstance(state, dict):
+            raise TypeError(f"sd: expected a dict with 'state' and 'step_count', got {type(sd).__name__}")
         for k in self.master:
-            if "master" in sd:
-                self.master[k][...] = _xp(self.master[k]).asarray(sd["master"][k])
-            else:
-                self.master[k][...] = self.params[k].astype(np.float32)
-        if self.loss_scaler is not None and "loss_scaler" in sd:
-            self.loss_scaler.load_state_dict(sd["loss_scaler"])
+            if k not in state or "master" not in state[k]:
+                raise KeyError(f"optimizer state: missing {k!r}/'master'")
+            if tuple(state[k]["master"].shape) != tuple(self.master[k].shape):
+                raise ValueError(f"optimizer state {k!r}/'master': expected shape {self.master[k].shape}, "
+                                 f"got {tuple(state[k]['master'].shape)}")
+        self.inner.load_state_dict(sd)             # checks its own slots and the step count first
+        for k in self.master:
+            self.master[k][...] = _xp(self.master[k]).asarray(state[k]["master"])
+        self._refresh()
 
 
 def mixed_precision(name, params, grads, dtype, **kwargs):

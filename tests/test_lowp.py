@@ -375,3 +375,21 @@ def test_tf32_against_float64():
     assert _relf(y, y64) > 10 * _relf(y32, y64)      # the TF32 rounding does happen
     for k in m.grads:
         assert _relf(m.grads[k], hi.grads[k]) <= 8 * u + K * U32, k
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_checkpoint_round_trip_is_bitwise(dtype, tmp_path):
+    """.npz cannot hold bfloat16: its bits travel as uint16 and come back as bfloat16, so training
+    resumes from exactly the saved weights and master weights."""
+    from gpu_lstm import training
+    from gpu_lstm.checkpoint import load_checkpoint, save_checkpoint
+    from gpu_lstm.model import SequenceModel
+    a = SequenceModel(2, 8, 1, head="last", dtype=dtype, device="cpu", seed=0)
+    opt_a = training.make_optimizer(a, "adam", 1e-2)
+    path = save_checkpoint(tmp_path / "c.npz", a, opt_a)
+    b = SequenceModel(2, 8, 1, head="last", dtype=dtype, device="cpu", seed=1)
+    opt_b = training.make_optimizer(b, "adam", 1e-2)
+    load_checkpoint(path, b, opt_b)
+    for k in a.params:
+        assert b.params[k].dtype == a.params[k].dtype
+        np.testing.assert_array_equal(b.params[k].view(np.uint16), a.params[k].view(np.uint16))
