@@ -370,6 +370,8 @@ def test_mask_generator_survives_state_dict_and_to_dtype():
         c.load_state_dict({**c.state_dict(), "_mask_rng": torch.tensor([1, -1])})
     assert c._mask_rng.tolist()[1] == 2
     assert "_mask_rng" not in glt.LSTM(3, 5).state_dict()     # no masks: torch.nn.LSTM's keys only
+    meta = glt.LSTM(3, 5, 2, dropout=0.5, device="meta")      # no core on meta tensors: shapes only
+    assert meta(torch.randn(2, 1, 3, device="meta"))[0].shape == (2, 1, 5)
 
 
 def test_lengths_keyword_matches_packed_sequence():

@@ -145,7 +145,8 @@ class LSTM(nn.Module):
         """The core that will draw this forward's masks, set to the buffer's state (None when no masks
         are drawn). Under torch.compile the op's core keeps its own counter and the buffer is not
         updated (the Python here runs once, at trace time)."""
-        if "_mask_rng" not in self._buffers or not self.training or torch.compiler.is_compiling():
+        if "_mask_rng" not in self._buffers or not self.training or torch.compiler.is_compiling() \
+                or x.device.type not in ("cpu", "cuda"):      # meta tensors: the op's fake, no core
             return None
         core = self._engine.core(x.device, x.dtype)
         seed, calls = self._mask_rng.tolist()
