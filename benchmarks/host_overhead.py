@@ -88,4 +88,7 @@ def main(reps=None):
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+    ap = argparse.ArgumentParser(description="host overhead per call, device calls stubbed")
+    ap.add_argument("--reps", type=int, default=None, help="timed calls per row (default: 50, 20 for T >= 1000)")
+    main(ap.parse_args().reps)

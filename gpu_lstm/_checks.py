@@ -47,6 +47,28 @@ def seed(name, value):
     return int(value)
 
 
+def rng_state(name, value):
+    """``(seed, calls)`` of a dropout/zoneout mask generator state ``{'seed': s, 'calls': n}``, as
+    ``LSTM.rng_state()`` returns it: a dict with int entries (bool excluded), 0 <= s < 2^32, n >= 0.
+    Raises TypeError/ValueError naming ``name`` (and the entry) otherwise; never writes anything."""
+    expected = "a dict {'seed': int in [0, 2^32), 'calls': int >= 0}"
+    if not isinstance(value, dict):
+        raise TypeError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
+    missing = [k for k in ("seed", "calls") if k not in value]
+    if missing:
+        raise KeyError(f"{name}: expected {expected}, got {value!r} (no {', '.join(map(repr, missing))})")
+    out = []
+    for key, upper in (("seed", 2 ** 32), ("calls", None)):
+        v = value[key]
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name}[{key!r}]: expected an int, got {v!r} ({type(v).__name__})")
+        if v < 0 or (upper is not None and v >= upper):
+            bound = "in [0, 2^32)" if upper else ">= 0"
+            raise ValueError(f"{name}[{key!r}]: expected an int {bound}, got {v}")
+        out.append(int(v))
+    return tuple(out)
+
+
 def real_array(name, arr):
     """Raise TypeError unless ``arr`` holds real numbers (floats or integers), so that casting it to the
     model's dtype cannot fail halfway through a write or silently drop an imaginary part."""

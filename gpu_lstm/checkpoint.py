@@ -257,29 +257,41 @@ def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
         if "optimizer" not in meta:
             raise CheckpointError(f"checkpoint: {path} holds no optimizer state")
         saved = meta["optimizer"]
-        if not isinstance(saved, dict) or not isinstance(saved.get("step_count"), int):
+        if not isinstance(saved, dict) or "step_count" not in saved:
             raise CheckpointError(f"checkpoint: {path} has corrupt optimizer metadata: {saved!r}")
         if saved.get("class") != type(optimizer).__name__:
-            raise CheckpointError(f"checkpoint: {path} holds {meta['optimizer']['class']} state, "
+            raise CheckpointError(f"checkpoint: {path} holds {saved.get('class')} state, "
                                   f"not {type(optimizer).__name__}")
         state = {}
         for k in model.params:
             state[k] = {}
             for s in optimizer.slots:
                 key = f"optim/{k}/{s}"
-                if key not in arrays or tuple(arrays[key].shape) != tuple(model.params[k].shape) \
-                        or arrays[key].dtype.kind != "f":
-                    raise CheckpointError(f"checkpoint: {path}: optimizer slot {key!r} missing or misshapen")
+                if key not in arrays:
+                    raise CheckpointError(f"checkpoint: {path}: optimizer slot {key!r} missing")
                 state[k][s] = arrays[key]
-        opt_state = {"step_count": meta["optimizer"]["step_count"], "state": state}
+        # The optimizer's own rules (step count, every slot's shape and dtype), checked before any write.
+        try:
+            step_count, state = optimizer.check_state_dict({"step_count": saved["step_count"], "state": state})
+        except (TypeError, ValueError, KeyError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise CheckpointError(f"checkpoint: {path} has optimizer state the optimizer rejects: {msg}") from None
+        for k in state:       # dtype kind 'f' only: integer slots cannot come from a float optimizer
+            for s, v in state[k].items():
+                if v.dtype.kind != "f":
+                    raise CheckpointError(f"checkpoint: {path}: optimizer slot 'optim/{k}/{s}' is "
+                                          f"{v.dtype.name}, expected floating point")
+        opt_state = {"step_count": step_count, "state": state}
     rng = _mask_rng(model)
     mask_state = meta.get("mask_rng") if rng is not None else None
-    if mask_state is not None and not (
-            isinstance(mask_state, dict) and isinstance(mask_state.get("seed"), int)
-            and isinstance(mask_state.get("calls"), int) and 0 <= mask_state["seed"] < 2 ** 32
-            and mask_state["calls"] >= 0):
-        raise CheckpointError(f"checkpoint: {path} has a corrupt dropout/zoneout generator state: "
-                              f"expected {{'seed': 0..2^32-1, 'calls': >= 0}}, got {mask_state!r}")
+    if mask_state is not None:
+        from ._checks import rng_state
+        try:
+            rng_state("mask_rng", mask_state)     # the rules of LSTM.set_rng_state, checked before any write
+        except (TypeError, ValueError, KeyError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise CheckpointError(f"checkpoint: {path} has a corrupt dropout/zoneout generator state: "
+                                  f"{msg}") from None
     # Everything checked: now write.
     from .backend import backend_for
     for k, v in params.items():

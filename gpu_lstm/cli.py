@@ -111,8 +111,12 @@ def cmd_train(args):
             common[k] = v
     if args.task == "charlm" and args.text is not None:
         common["text"] = args.text
-    if args.ddp or _under_torchrun():
+    from gpu_lstm.distributed import under_torchrun
+    if args.ddp or under_torchrun():
         return _train_ddp(args, common)
+    if args.nproc is not None:
+        raise ValueError(f"--nproc: expected only with --ddp (processes to start), got --nproc {args.nproc} "
+                         "without --ddp")
     # The run's settings are progress, not results: stderr, so stdout holds only the outcome.
     print(f"gpu-lstm train {args.task}: " + ", ".join(f"{k}={v}" for k, v in common.items()),
           file=sys.stderr)
@@ -135,11 +139,6 @@ def cmd_train(args):
         print(f"gpu-lstm train: error: {s['save_error']}", file=sys.stderr)
         return 1
     return 0
-
-
-def _under_torchrun():
-    import os
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
 def _train_ddp(args, common):
@@ -202,16 +201,37 @@ def _check_writable_file(option, path):
         os.unlink(path)
 
 
+# bench options that --host-overhead has no use for: it always runs on the CuPy stand-in (no device to
+# choose), over fixed shapes (nothing to make quicker), and prints its table (no JSON writer). Refused
+# rather than ignored, so a command line never looks as if it did what it did not.
+_NOT_WITH_HOST_OVERHEAD = (
+    ("device", lambda v: v != "auto", "--device", "it always runs on the CuPy stand-in with device calls stubbed"),
+    ("quick", bool, "--quick", "its shapes are fixed (--reps sets the repetitions)"),
+    ("json", lambda v: v is not None, "--json", "it prints its table only"),
+)
+
+
+def _host_overhead(args):
+    """gpu-lstm bench --host-overhead: benchmarks/host_overhead.py in its own process (it installs the
+    test-only CuPy stand-in, tests/fake_cupy.py, from a source checkout). --reps applies."""
+    import pathlib
+    import subprocess
+    for attr, given, option, why in _NOT_WITH_HOST_OVERHEAD:
+        value = getattr(args, attr)
+        if given(value):
+            raise ValueError(f"{option}: expected no {option} with --host-overhead ({why}), got "
+                             f"{option} {value if value is not True else ''}".rstrip())
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "host_overhead.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"--host-overhead: expected {script.name} of a source checkout at {script}, "
+                                "got no such file (installed packages do not ship benchmarks/)")
+    return subprocess.call([sys.executable, str(script)]
+                           + (["--reps", str(args.reps)] if args.reps is not None else []))
+
+
 def cmd_bench(args):
     if getattr(args, "host_overhead", False):
-        # Needs the test-only CuPy stand-in from a source checkout (tests/fake_cupy.py), in its own process.
-        import pathlib
-        import subprocess
-        script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "host_overhead.py"
-        if not script.is_file():
-            print(f"--host-overhead runs {script.name} from a source checkout; not found at {script}")
-            return 2
-        return subprocess.call([sys.executable, str(script)])
+        return _host_overhead(args)
     from gpu_lstm import bench
     _require_gpu_if_asked(args.device)
     _check_writable_file("--json", args.json)
@@ -344,7 +364,7 @@ def build_parser():
                    help="write raw results with the environment to this file (default: none)")
     b.add_argument("--host-overhead", action="store_true",
                    help="host microseconds per call and per step, eager vs plan vs graph, device calls "
-                        "stubbed (default: off)")
+                        "stubbed; takes --reps, refuses --device, --quick and --json (default: off)")
     b.set_defaults(func=cmd_bench)
 
     pr = add("profile", "where one training step's time goes (GEMMs, kernels, gaps)")

@@ -28,6 +28,14 @@ from datetime import timedelta
 import numpy as np
 
 TASKS = ("adding", "charlm")
+DEFAULT_B = {"adding": 64, "charlm": 32}
+
+
+def check_batch_shards(B, world):
+    """Every rank gets B / world samples: B must be a multiple of the number of processes."""
+    if B % world:
+        raise ValueError(f"B: expected a multiple of the number of processes ({world}) so that every process "
+                         f"gets an equal shard, got {B}")
 
 
 def under_torchrun():
@@ -80,13 +88,12 @@ def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=
     if task not in TASKS:
         raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
     T = T or (100 if task == "adding" else 64)
-    B = B or (64 if task == "adding" else 32)
+    B = B or DEFAULT_B[task]
     hidden = hidden or (64 if task == "adding" else 256)
     lr = lr or (1e-2 if task == "adding" else 3e-3)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if B % world:
-        raise ValueError(f"batch: expected a multiple of the number of processes ({world}), got {B}")
+    check_batch_shards(B, world)
     shard = slice(rank * (B // world), (rank + 1) * (B // world))
     tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     if device == "gpu":
@@ -197,9 +204,10 @@ def _run_rank(backend, kwargs):
         dist.destroy_process_group()
 
 
-def _preflight(kwargs):
-    """Before any process starts: every option's range, the text file, the output folder (writable,
-    not a file), as in the single-process runs, so no error can come after the training."""
+def _preflight(kwargs, world):
+    """Before any process starts: every option's range, the batch's split over the ``world`` processes,
+    the text file, the output folder (writable, not a file), as in the single-process runs, so no error
+    can come after the training (or from inside a spawned process)."""
     from . import tasks as tk
     from ._preflight import prepare_output
     from .training import _check_run_options
@@ -210,6 +218,7 @@ def _preflight(kwargs):
                        kwargs.get("hidden") or 1, kwargs.get("layers", 1), kwargs.get("lr") or 1.0,
                        kwargs.get("clip", 1.0), kwargs.get("optimizer", "adam"), "cpu",
                        kwargs.get("dtype", "float32"), kwargs.get("seed", 0), kwargs.get("log_every", 100))
+    check_batch_shards(kwargs.get("B") or DEFAULT_B[task], world)
     if kwargs.get("text") is not None:
         tk.load_text(kwargs["text"])
     if kwargs.get("out_dir"):
@@ -230,12 +239,13 @@ def run(nproc=None, **kwargs):
     if device == "gpu" and not torch.cuda.is_available():
         raise RuntimeError("--device gpu: torch sees no CUDA device")
     backend = "nccl" if device == "gpu" else "gloo"
-    _preflight(kwargs)
     if under_torchrun():
+        _preflight(kwargs, int(os.environ["WORLD_SIZE"]))
         summary = _run_rank(backend, kwargs)
         return summary if int(os.environ["RANK"]) == 0 else None
     if nproc is None:
         nproc = torch.cuda.device_count() if device == "gpu" else 2
+    _preflight(kwargs, nproc)
     if nproc == 1:
         return train(**kwargs)
     out = kwargs.get("out_dir")

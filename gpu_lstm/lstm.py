@@ -460,10 +460,13 @@ class LSTM:
         ----------
         state : dict
             ``{'seed': 0..2^32-1, 'calls': >= 0}`` as :meth:`rng_state` returned it.
+
+        Raises
+        ------
+        TypeError, KeyError, ValueError
+            When ``state`` is not such a dict (ints only, bool excluded); nothing is changed then.
         """
-        seed, calls = int(state["seed"]), int(state["calls"])
-        if not 0 <= seed < 2 ** 32 or calls < 0:
-            raise ValueError(f"rng state: expected seed in [0, 2^32) and calls >= 0, got {state!r}")
+        seed, calls = ck.rng_state("state", state)      # everything checked before either is set
         self._dropout_seed, self._mask_calls = seed, calls
 
     @property

@@ -86,14 +86,24 @@ class Optimizer:
         """
         return {"step_count": self.step_count, "hyperparameters": self.hyperparameters(), "state": self.state}
 
-    def load_state_dict(self, sd: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output, all or nothing.
+    def check_state_dict(self, sd: Dict[str, Any]) -> Tuple[int, Dict[str, Dict[str, Any]]]:
+        """Check :meth:`state_dict`'s output against this optimizer without writing anything.
 
         Parameters
         ----------
         sd : dict
-            ``{'step_count', 'state'}`` as :meth:`state_dict` returns it; every key and shape and the
-            step count are checked before anything is written.
+            ``{'step_count', 'state'}`` as :meth:`state_dict` returns it.
+
+        Returns
+        -------
+        step_count : int
+        state : dict
+            ``{param: {slot: array}}``, every slot an array of real numbers of its parameter's shape.
+
+        Raises
+        ------
+        TypeError, KeyError, ValueError
+            Naming the entry (``sd['state']['l0.W']['m']``, ...), what was expected and what was got.
         """
         if not isinstance(sd, dict) or "state" not in sd or "step_count" not in sd:
             raise TypeError(f"sd: expected a dict with 'state' and 'step_count', got {type(sd).__name__}")
@@ -101,17 +111,43 @@ class Optimizer:
         if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
             raise ValueError(f"sd['step_count']: expected an int >= 0, got {step_count!r}")
         state = sd["state"]
+        if not isinstance(state, dict):
+            raise TypeError(f"sd['state']: expected a dict {{param: {{slot: array}}}}, got {type(state).__name__}")
+        out = {}
         for k in self.params:
+            slots = state.get(k)
+            if not isinstance(slots, dict):
+                raise KeyError(f"sd['state'][{k!r}]: expected a dict of the slots {list(self.slots)}, got "
+                               f"{'nothing' if slots is None else type(slots).__name__}")
+            out[k] = {}
             for s in self.slots:
-                if k not in state or s not in state[k]:
-                    raise KeyError(f"optimizer state: missing {k!r}/{s!r}")
-                if tuple(state[k][s].shape) != tuple(self.params[k].shape):
-                    raise ValueError(f"optimizer state {k!r}/{s!r}: expected shape {self.params[k].shape}, "
-                                     f"got {tuple(state[k][s].shape)}")
+                name = f"sd['state'][{k!r}][{s!r}]"
+                if s not in slots:
+                    raise KeyError(f"{name}: expected an array of shape {tuple(self.params[k].shape)}, got nothing")
+                v = slots[s]
+                if not (hasattr(v, "shape") and hasattr(v, "dtype")):
+                    v = np.asarray(v)
+                if v.dtype.kind not in "fiu":
+                    raise TypeError(f"{name}: expected an array of real numbers, got dtype {v.dtype.name}")
+                if tuple(v.shape) != tuple(self.params[k].shape):
+                    raise ValueError(f"{name}: expected shape {tuple(self.params[k].shape)}, got {tuple(v.shape)}")
+                out[k][s] = v
+        return int(step_count), out
+
+    def load_state_dict(self, sd: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output, all or nothing.
+
+        Parameters
+        ----------
+        sd : dict
+            ``{'step_count', 'state'}`` as :meth:`state_dict` returns it; everything is checked by
+            :meth:`check_state_dict` before anything is written.
+        """
+        step_count, state = self.check_state_dict(sd)
         for k in self.params:
             for s in self.slots:
                 self.state[k][s][...] = _xp(self.params[k]).asarray(state[k][s])
-        self.step_count = int(step_count)
+        self.step_count = step_count
 
 
 class SGD(Optimizer):
@@ -460,20 +496,25 @@ class MixedPrecision:
         return {"step_count": sd["step_count"], "hyperparameters": self.hyperparameters(),
                 "state": {k: dict(sd["state"][k], master=self.master[k]) for k in self.master}}
 
+    def check_state_dict(self, sd):
+        """The wrapped optimizer's :meth:`Optimizer.check_state_dict` plus the slot 'master' of every
+        parameter (float32 weights of its shape); nothing is written. Returns (step_count, state)."""
+        step_count, state = self.inner.check_state_dict(sd)
+        for k, w in self.master.items():
+            name = f"sd['state'][{k!r}]['master']"
+            v = sd["state"][k].get("master")
+            if v is None or not hasattr(v, "shape") or tuple(v.shape) != tuple(w.shape) or v.dtype.kind != "f":
+                got = "nothing" if v is None else f"{getattr(v, 'dtype', type(v).__name__)} {getattr(v, 'shape', '')}"
+                raise ValueError(f"{name}: expected a float array of shape {tuple(w.shape)}, got {got}")
+            state[k]["master"] = v
+        return step_count, state
+
     def load_state_dict(self, sd):
-        """Restore :meth:`state_dict`'s output, all or nothing: the master weights' names and shapes
-        are checked, then the wrapped optimizer checks and writes its own slots, then the master
-        weights and the 16-bit copies made from them are written."""
-        state = sd.get("state") if isinstance(sd, dict) else None
-        if not isinstance(state, dict):
-            raise TypeError(f"sd: expected a dict with 'state' and 'step_count', got {type(sd).__name__}")
-        for k in self.master:
-            if k not in state or "master" not in state[k]:
-                raise KeyError(f"optimizer state: missing {k!r}/'master'")
-            if tuple(state[k]["master"].shape) != tuple(self.master[k].shape):
-                raise ValueError(f"optimizer state {k!r}/'master': expected shape {self.master[k].shape}, "
-                                 f"got {tuple(state[k]['master'].shape)}")
-        self.inner.load_state_dict(sd)             # checks its own slots and the step count first
+        """Restore :meth:`state_dict`'s output, all or nothing: everything is checked
+        (:meth:`check_state_dict`) before the wrapped optimizer, the master weights and the 16-bit
+        copies made from them are written."""
+        _, state = self.check_state_dict(sd)
+        self.inner.load_state_dict(sd)
         for k in self.master:
             self.master[k][...] = _xp(self.master[k]).asarray(state[k]["master"])
         self._refresh()

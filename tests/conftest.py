@@ -17,6 +17,14 @@ def make_inputs(rng, T, B, I, H, L, dtype="float64", batch_first=False):
     return x, h0, c0
 
 
+@pytest.fixture(autouse=True)
+def _persistent_contract_checked(monkeypatch):
+    """The GPU tests read the persistent kernels' error flag back after every launch (opt-in outside
+    the tests and GPU_LSTM_DEBUG=1: a host synchronisation per launch)."""
+    from gpu_lstm.backend import persistent
+    monkeypatch.setattr(persistent.GpuRunner, "check_contract", True)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

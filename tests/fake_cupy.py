@@ -1047,7 +1047,8 @@ def _install_capture(cupy, cuda, cublas_mod):
 #     __call__(grid, block, args, shared_mem=0, stream=None, enable_cooperative_groups=False)
 #   cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(func_ptr, block_size, dynamic_smem)
 # The fake GPU has the shared memory limits of an H100 (sm_90) and the fake's SM count. Each launch:
-#   * refused while a stream captures (the runner reads the error flag back after each launch);
+#   * refused while a stream captures (no engine captures them; with check_contract on, the runner reads
+#     the error flag back after each launch, which a capture could not hold);
 #   * refused without enable_cooperative_groups when the kernel has a grid barrier (on a GPU it could
 #     deadlock), when the grid exceeds occupancy x SMs (CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE), when
 #     shared_mem exceeds the kernel's max_dynamic_shared_size_bytes, or when the block exceeds the
@@ -1165,7 +1166,7 @@ class _PersistentKernel:
         raise CooperativeLaunchError(f"{self.name}: {why}")
 
     def _launch(self, grid, block, args, shared_mem, coop):
-        _refuse(f"launch of {self.name} (the persistent runner reads its error flag back)")
+        _refuse(f"launch of {self.name} (no engine captures the persistent kernels)")
         threads = int(np.prod(block)) if isinstance(block, tuple) else 0
         if not (isinstance(grid, tuple) and len(grid) == 1 and isinstance(block, tuple) and len(block) == 1):
             self._refuse(f"grid {grid!r} and block {block!r} must be 1-D tuples")

@@ -180,7 +180,6 @@ def test_gpu_available_probes_cublas_and_nvrtc(monkeypatch):
     assert resolve_device("auto") == "cpu"               # auto falls back instead of crashing later
     with pytest.raises(RuntimeError, match="NVRTC cannot be loaded"):
         gl.LSTM(3, 4, device="gpu")
-    monkeypatch.undo()
 
     def no_cublas():
         raise OSError("libcublas.so.13: cannot open shared object file")
@@ -316,14 +315,22 @@ def _forward_args(runner, T=3, B=2, H=8):
     h, c = be.zeros((T + 1, B, H)), be.zeros((T + 1, B, H))
     null = np.uintp(0)
     args = (np.int64(T), np.int64(B), np.int64(H), np.int64(cfg.units), np.int32(cfg.lanes_fwd), gates, null,
-            null, R, h, c, null, runner._sync)
+            null, R, h, c, null)
     return cfg, args
+
+
+def _with_sync(runner, args):
+    """What GpuRunner._launch passes: the arguments and the current stream's zeroed sync words."""
+    sync = runner.sync_words()
+    sync.fill(0)
+    return args + (sync,)
 
 
 def test_the_stand_in_refuses_what_a_cooperative_launch_would():
     import fake_cupy
     runner = _persistent_runner()
     cfg, args = _forward_args(runner)
+    args = _with_sync(runner, args)
     fn = runner._k["persistent_lstm_forward"]
     fn.max_dynamic_shared_size_bytes = max(fn.max_dynamic_shared_size_bytes, cfg.smem)
     with pytest.raises(fake_cupy.CooperativeLaunchError, match="grid barrier launched without"):
@@ -354,11 +361,77 @@ def test_the_kernels_own_refusal_reaches_the_runner():
     cfg, args = _forward_args(runner, H=8)
     small = persistent.LaunchConfig(cfg.grid, 1, cfg.lanes_fwd, cfg.lanes_bwd, cfg.threads, cfg.smem)   # U = 1: 4 units
     args = args[:3] + (np.int64(1),) + args[4:]
+    assert runner.check_contract          # tests/conftest.py turns the read-back on for every test
     with pytest.raises(RuntimeError, match="launch contract broken"):
         runner._launch("persistent_lstm_forward", small, args)
-    runner._sync.fill(0)
     runner._launch("persistent_lstm_forward", cfg, _forward_args(runner, T=5)[1])
-    assert [int(v) for v in gl.to_numpy(runner._sync)] == [0, 0, 4]   # counter 0, error 0, 4 barriers
+    assert [int(v) for v in gl.to_numpy(runner.sync_words())] == [0, 0, 4]   # counter 0, error 0, 4 barriers
+
+
+def test_the_contract_read_back_is_opt_in(monkeypatch):
+    """Off by default (a host synchronisation per launch; launch_config covers H by construction), on
+    under GPU_LSTM_DEBUG=1."""
+    from gpu_lstm.backend import persistent
+    monkeypatch.setattr(persistent.GpuRunner, "check_contract", False)
+    monkeypatch.delenv("GPU_LSTM_DEBUG", raising=False)
+    runner = persistent.GpuRunner(_persistent_runner().be)
+    assert not runner.check_contract
+    cfg, args = _forward_args(runner, H=8)
+    small = persistent.LaunchConfig(cfg.grid, 1, cfg.lanes_fwd, cfg.lanes_bwd, cfg.threads, cfg.smem)
+    runner._launch("persistent_lstm_forward", small, args[:3] + (np.int64(1),) + args[4:])   # not read back
+    assert int(gl.to_numpy(runner.sync_words())[1]) == 1                                    # though set
+    monkeypatch.setenv("GPU_LSTM_DEBUG", "1")
+    assert persistent.GpuRunner(runner.be).check_contract
+
+
+def _sync_words_of_launches(monkeypatch):
+    """The sync-word arrays (by identity) every persistent launch gets, in order."""
+    import fake_cupy
+    seen = []
+    launch = fake_cupy._PersistentKernel._launch
+
+    def record(self, grid, block, args, shared_mem, coop):
+        seen.append(id(args[-1]))
+        return launch(self, grid, block, args, shared_mem, coop)
+    monkeypatch.setattr(fake_cupy._PersistentKernel, "_launch", record)
+    return seen
+
+
+def test_models_on_different_streams_get_their_own_sync_words(monkeypatch):
+    """One runner per (device, dtype) is shared by every model: two models launching on two streams
+    must not share the grid barrier's words (they would race on the arrival counter)."""
+    import cupy as cp
+    seen = _sync_words_of_launches(monkeypatch)
+    x = np.ones((4, 2, 3), np.float32)
+    models = [gl.LSTM(3, 4, device="gpu", seed=s, algo="persistent") for s in (0, 1)]
+    streams = [cp.cuda.Stream(non_blocking=True) for _ in models]
+    per_stream = []
+    for m, stream in zip(models, streams):
+        start = len(seen)
+        with stream:
+            y, _ = m(x)
+            m.backward(np.ones(y.shape, np.float32))
+            m(x)
+        per_stream.append(set(seen[start:]))
+        assert len(seen) - start == 3
+    assert all(len(ids) == 1 for ids in per_stream)           # one stream: one set of words, reused
+    assert not per_stream[0] & per_stream[1]                  # two streams: never the same words
+
+
+def test_the_occupancy_query_runs_once_per_kernel_and_shape(monkeypatch):
+    import cupy as cp
+    runner = _persistent_runner()
+    runner._resident.clear()
+    calls = []
+    query = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor
+    monkeypatch.setattr(cp.cuda.driver, "occupancyMaxActiveBlocksPerMultiprocessor",
+                        lambda *a: calls.append(a) or query(*a))
+    m = gl.LSTM(3, 4, device="gpu", seed=0, algo="persistent")
+    x = np.ones((4, 2, 3), np.float32)
+    for _ in range(3):
+        y, _ = m(x)
+        m.backward(np.ones(y.shape, np.float32))
+    assert len(calls) == 2             # forward and backward kernels, first call each
 
 
 # ---- masks from the plan's device counter; two streams per bidirectional layer -----------------------

@@ -138,6 +138,12 @@ def _write_checkpoint(tmp_path, damage):
         meta["optimizer"]["step_count"] = "three"
     elif damage == "optimizer slot of text":
         arrays["optim/head.b/v"] = np.array(["x"])
+    elif damage == "step count negative":        # passed the old int-only check, then the optimizer refused
+        meta["optimizer"]["step_count"] = -1
+    elif damage == "mask generator seed a float":
+        meta["mask_rng"] = {"seed": 1.5, "calls": 0}
+    elif damage == "mask generator without calls":
+        meta["mask_rng"] = {"seed": 1}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(path, **arrays)
     return path
@@ -175,15 +181,30 @@ def test_lstm_mutations_are_all_or_nothing(case):
     _assert_unchanged(before, _snapshot(m))
 
 
-@pytest.mark.parametrize("damage", ["last optimizer slot misshapen", "step count corrupt", "optimizer slot of text"])
+@pytest.mark.parametrize("damage", ["last optimizer slot misshapen", "step count corrupt", "optimizer slot of text",
+                                    "step count negative", "mask generator seed a float",
+                                    "mask generator without calls"])
 def test_load_checkpoint_is_all_or_nothing(tmp_path, damage):
     path = _write_checkpoint(tmp_path, damage)
     m = SequenceModel(2, 4, 1, head="last", device="cpu", seed=5)
     opt = optim.Adam(m.params, m.grads, lr=1e-2)
-    before = _snapshot(m, opt)
+    before = _snapshot(m, opt) + [("mask rng", list(m.lstm.rng_state().values()))]
     with pytest.raises(CheckpointError, match="checkpoint: "):
         load_checkpoint(path, m, opt)
-    _assert_unchanged(before, _snapshot(m, opt))
+    _assert_unchanged(before, _snapshot(m, opt) + [("mask rng", list(m.lstm.rng_state().values()))])
+
+
+@pytest.mark.parametrize("state", [None, {}, {"seed": 1}, {"seed": 1.0, "calls": 0}, {"seed": "1", "calls": 0},
+                                   {"seed": True, "calls": 0}, {"seed": 1, "calls": float("nan")},
+                                   {"seed": 1, "calls": float("inf")}, {"seed": 2 ** 32, "calls": 0},
+                                   {"seed": 1, "calls": -1}, [1, 2]])
+def test_set_rng_state_checks_everything_first(state):
+    m = gl.LSTM(2, 4, device="cpu", seed=0, dropout=0.0)
+    m.set_rng_state({"seed": 5, "calls": 3})
+    with pytest.raises((TypeError, ValueError, KeyError)) as info:
+        m.set_rng_state(state)
+    assert _first_line(info.value).startswith("state"), info.value
+    assert m.rng_state() == {"seed": 5, "calls": 3}
 
 
 @pytest.mark.parametrize("case", ["slot misshapen", "step count negative", "step count text", "not a dict"])
@@ -277,6 +298,12 @@ MESSAGES = [
     ("l0.W", lambda: _model().set_params({"l0.W": np.zeros((16, 2))})),
     ("l0.W", lambda: _model().set_params({"l0.W": np.full((16, 3), "a")})),
     ("seed", lambda: _model().reseed_dropout("x")),
+    ("state", lambda: _model().set_rng_state(None)),
+    ("state", lambda: _model().set_rng_state({})),
+    ("state['seed']", lambda: _model().set_rng_state({"seed": float("nan"), "calls": 0})),
+    ("state['calls']", lambda: _model().set_rng_state({"seed": 0, "calls": float("inf")})),
+    ("state['seed']", lambda: _model().set_rng_state({"seed": False, "calls": 0})),
+    ("state['calls']", lambda: _model().set_rng_state({"seed": 0, "calls": -2})),
     ("head", lambda: SequenceModel(3, 4, 2, head="first", device="cpu")),
     ("output_size", lambda: SequenceModel(3, 4, 0, device="cpu")),
     ("activation", lambda: SequenceModel(3, 4, 2, activation="relu", device="cpu")),

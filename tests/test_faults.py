@@ -142,6 +142,27 @@ def test_bench_json_path_is_checked_before_benchmarking(tmp_path, monkeypatch, c
     assert "--json: expected a file name, got the folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["--nproc", "2", "-B", "3"], "B: expected a multiple of the number of processes (2)"),
+    (["--nproc", "3"], "B: expected a multiple of the number of processes (3) so that every process gets an "
+                       "equal shard, got 64"),          # the default batch
+])
+def test_ddp_batch_split_is_checked_before_any_process_starts(tmp_path, capsys, monkeypatch, argv, expected):
+    """--ddp --nproc 2 --batch 3 failed inside the spawned processes, with their tracebacks flattened."""
+    pytest.importorskip("torch")
+    import torch.multiprocessing as mp
+
+    from gpu_lstm import distributed
+    monkeypatch.setattr(mp, "spawn", lambda *a, **k: pytest.fail("processes were started"))
+    monkeypatch.setattr(distributed, "train", lambda *a, **k: pytest.fail("training started"))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    rc = cli.main(["train", "adding", "--ddp", "--device", "cpu", "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gpu-lstm train: error: ") and expected in err, err
+
+
 # ---- class 4: tracebacks ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def charlm_ckpt(tmp_path_factory):
@@ -178,6 +199,10 @@ CLI_ERRORS = [
     (["check", "--device", "gpu"], "device='gpu' requested but"),
     (["bench", "--device", "gpu"], "--device: expected a usable GPU"),
     (["profile", "--device", "gpu"], "--device: expected a usable GPU"),
+    (["train", "adding", "--nproc", "2", "--out", "{tmp}/o"], "--nproc: expected only with --ddp"),
+    (["bench", "--host-overhead", "--json", "{tmp}/r.json"], "--json: expected no --json with --host-overhead"),
+    (["bench", "--host-overhead", "--device", "gpu"], "--device: expected no --device with --host-overhead"),
+    (["bench", "--host-overhead", "--quick"], "--quick: expected no --quick with --host-overhead"),
 ]
 
 
@@ -199,6 +224,25 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, monkeypatch, charlm_ckpt
     errors = [line for line in err.splitlines() if ": error: " in line]
     assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
     assert errors[0].startswith(f"gpu-lstm {argv[0]}: error: ") and expected in errors[0], err
+
+
+def test_bench_host_overhead_outside_a_checkout_is_one_error_line(tmp_path, monkeypatch, capsys):
+    import subprocess
+    monkeypatch.setattr(subprocess, "call", lambda *a, **k: pytest.fail("the script was started"))
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "gpu_lstm" / "cli.py"))
+    monkeypatch.delenv("GPU_LSTM_DEBUG", raising=False)
+    assert cli.main(["bench", "--host-overhead"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1, (out, err)
+    assert err.startswith("gpu-lstm bench: error: --host-overhead: expected host_overhead.py of a source checkout")
+
+
+def test_bench_host_overhead_takes_reps(monkeypatch):
+    import subprocess
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda argv: calls.append(argv) or 0)
+    assert cli.main(["bench", "--host-overhead", "--reps", "3"]) == 0
+    assert calls[0][1].endswith("host_overhead.py") and calls[0][2:] == ["--reps", "3"]
 
 
 @pytest.mark.parametrize("argv", [["train", "adding", "--steps", "0"], ["train", "adding", "--lr", "0"],

@@ -251,7 +251,10 @@ def test_dropout_train_eval_and_seed():
     assert (a(x)[0] - ya).abs().max() > 0                # next masks differ
     a.eval()
     ref = torch.nn.LSTM(3, 5, 3, dtype=F64, dropout=0.5).eval()
-    ref.load_state_dict(a.state_dict())
+    sd = a.state_dict()
+    assert sd.pop("_mask_rng").tolist() == [a._mask_rng[0], 2]   # gpu_lstm's mask generator state
+    ref.load_state_dict(sd)
+    a.load_state_dict(ref.state_dict(), strict=True)     # and torch's state_dict loads strictly
     _close(a(x)[0].detach(), ref(x)[0].detach(), 1e-13)  # eval: no dropout, torch's numbers
 
 
@@ -314,6 +317,61 @@ def test_bad_input_names_the_argument():
         glt.LSTM(3, 4, proj_size=4)
     with pytest.raises(TypeError, match="input: gpu_lstm computes in float32 or float64"):
         glt.LSTM(3, 4, dtype=torch.float16)(torch.zeros(2, 1, 3, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("call, exc, message", [
+    (lambda m, x: m(x, lengths=torch.tensor([1.9, 2.0])), TypeError,
+     r"lengths: expected integers, got dtype torch.float32 \(values \[1.899.*, 2.0\]\)"),
+    (lambda m, x: m(x, lengths=[2.0, 1.0]), TypeError, r"lengths: expected integers, got dtype torch.float32"),
+    (lambda m, x: m(x, lengths="abc"), TypeError, r"lengths: expected a 1-D sequence of integers .*got 'abc'"),
+    (lambda m, x: m(x, lengths=2), TypeError, r"lengths: expected a 1-D sequence of integers .*got 2 \(int\)"),
+    (lambda m, x: m(x, (torch.zeros(2, 2, 4),)), ValueError,
+     r"hx: expected a tuple \(h_0, c_0\) of 2 Tensors, got a tuple of length 1"),
+    (lambda m, x: m(x, (torch.zeros(2, 2, 4), [1.0])), TypeError, r"hx\[1\] \(c_0\): expected a Tensor, got list"),
+    (lambda m, x: glt.LSTM(3, 4, seed=-1), ValueError, r"seed: expected an int >= 0 or None, got -1"),
+    (lambda m, x: glt.LSTM(3, 4, 2, dropout=0.5, seed=1.5), TypeError, r"seed: expected an int >= 0 or None, got 1.5"),
+])
+def test_bad_lengths_hx_and_seed_name_the_argument(call, exc, message):
+    """lengths as floats were truncated silently; hx=(h0,) said 'expected a tuple, got tuple'; seed=-1
+    failed only at the first forward, inside the op."""
+    m = glt.LSTM(3, 4, 2)
+    with pytest.raises(exc, match=message):
+        call(m, torch.zeros(2, 2, 3))
+
+
+def _masked_pair(**kw):
+    torch.manual_seed(0)
+    return glt.LSTM(3, 5, 2, dropout=0.5, zoneout_h=0.2, dtype=F64, **kw)
+
+
+def test_mask_generator_survives_state_dict_and_to_dtype():
+    """The dropout/zoneout generator state is the buffer _mask_rng: a module loaded from a state_dict
+    draws the masks the saved one would have drawn next, whatever its own seed; .to(dtype) continues
+    them instead of restarting them."""
+    x = torch.randn(4, 2, 3, dtype=F64)
+    a = _masked_pair(seed=7)
+    a(x)                                                      # first masks drawn
+    sd = copy.deepcopy(a.state_dict())
+    assert sd["_mask_rng"].tolist()[1] == 1
+    y_next = a(x)[0].detach()                                 # the second masks
+    b = _masked_pair(seed=123)
+    b.load_state_dict(sd)
+    _close(b(x)[0].detach(), y_next, 0)
+    assert b.state_dict()["_mask_rng"].tolist() == a.state_dict()["_mask_rng"].tolist() == [sd["_mask_rng"][0], 2]
+    c = _masked_pair(seed=7)
+    c.load_state_dict(sd)
+    c.float()                                                 # a new dtype: a new core underneath
+    assert c._mask_rng.dtype == torch.int64 and c._mask_rng.device.type == "cpu"
+    _close(c(x.float())[0].detach().double(), y_next, 1e-5)
+    c.eval()
+    c(x.float())
+    assert c._mask_rng.tolist()[1] == 2                       # evaluation draws no masks
+    with pytest.raises(ValueError, match=r"_mask_rng\['calls'\]: expected an int >= 0, got -1"):
+        c.load_state_dict({**c.state_dict(), "_mask_rng": torch.tensor([1, -1])})
+    assert c._mask_rng.tolist()[1] == 2
+    assert "_mask_rng" not in glt.LSTM(3, 5).state_dict()     # no masks: torch.nn.LSTM's keys only
+    meta = glt.LSTM(3, 5, 2, dropout=0.5, device="meta")      # no core on meta tensors: shapes only
+    assert meta(torch.randn(2, 1, 3, device="meta"))[0].shape == (2, 1, 5)
 
 
 def test_lengths_keyword_matches_packed_sequence():

@@ -55,23 +55,27 @@ def compile_options():
     return gate_defines()
 
 
-def kernel_source():
-    """lstm_kernels.cu with its local #include inlined, so the compiled text is self-contained and
-    CuPy's compile cache (keyed by source and options) sees every change to the header."""
+def inline_includes(path):
+    """The text of ``path`` (a file in :func:`cuda_dir`) with its local ``#include "..."`` lines replaced
+    by the files' text, recursively, each file once: a self-contained source, so CuPy's compile cache
+    (keyed by source and options) sees every change to a header."""
     root = cuda_dir()
 
-    def inline(path, seen):
-        text = path.read_text()
-
+    def inline(p, seen):
         def repl(match):
             inc = root / match.group(1)
             if inc in seen:
                 return ""
             seen.add(inc)
             return inline(inc, seen)
-        return re.sub(r'^#include "([^"]+)"\s*$', repl, text, flags=re.M)
+        return re.sub(r'^#include "([^"]+)"\s*$', repl, p.read_text(), flags=re.M)
 
-    return inline(root / KERNEL_FILE, set())
+    return inline(pathlib.Path(path), set())
+
+
+def kernel_source():
+    """lstm_kernels.cu with its local #include inlined (:func:`inline_includes`)."""
+    return inline_includes(cuda_dir() / KERNEL_FILE)
 
 
 def kernel_names(dtype_name):

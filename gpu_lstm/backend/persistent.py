@@ -11,8 +11,9 @@ This module holds
 * :func:`recurrent_reference`: the documented summation order, in NumPy (the bitwise reference);
 * :func:`run_forward` / :func:`run_backward`: drop-in replacements for ``_direction.forward/backward``
   on the supported option set, for the "host" backend (host runner) and the "gpu" backend (CuPy,
-  cooperative launch). NOT wired into ``gl.LSTM`` yet: ``algo="persistent"`` belongs to the engine
-  option that the graph engine introduces.
+  cooperative launch). ``gl.LSTM(..., algo="persistent")`` runs them (``gpu_lstm/plan.py``: ``engine``
+  picks them per call where :func:`persistent_supported` allows, else the engine 'auto' would pick,
+  with the reason in ``LSTM.algo_reason``).
 
 Supported option set: float32 / float64 storage, with or without bias, peepholes, variable lengths;
 no projection (proj_size = 0), no zoneout, no gradient-flow diagnostics (dc_all). Dropout between
@@ -165,19 +166,8 @@ def recurrent_reference(a, b, lanes):
 
 # ---- source, compile, host build -------------------------------------------------------------------
 def kernel_source():
-    """persistent_lstm.cu with its local includes inlined (self-contained, like kernels.kernel_source)."""
-    root = kernels.cuda_dir()
-
-    def inline(path, seen):
-        def repl(match):
-            inc = root / match.group(1)
-            if inc in seen:
-                return ""
-            seen.add(inc)
-            return inline(inc, seen)
-        return re.sub(r'^#include "([^"]+)"\s*$', repl, path.read_text(), flags=re.M)
-
-    return inline(root / SOURCE_FILE, set())
+    """persistent_lstm.cu with its local includes inlined (kernels.inline_includes, as kernels.kernel_source)."""
+    return kernels.inline_includes(kernels.cuda_dir() / SOURCE_FILE)
 
 
 def name_expressions(dtypes=tuple(DTYPES)):
@@ -311,15 +301,35 @@ class HostRunner:
                   _ptr("dgates", dgates, d), _ptr("dh0", dh0, d), _ptr("lengths", lengths, np.dtype(np.int64)))
 
 
-class GpuRunner:
-    """The cooperative kernels through CuPy (imported only here). One per (device, dtype)."""
+SYNC_POOL = 64             # streams whose sync words a GpuRunner keeps (least recently used dropped)
 
-    check_contract = True   # read back the kernel's error flag after each launch (one small copy)
+
+class GpuRunner:
+    """The cooperative kernels through CuPy (imported only here). One per (device, dtype), shared by
+    every model of that device and dtype.
+
+    Sync words: the grid barrier's three words (cuda/persistent_lstm.cu) belong to one launch while it
+    runs, so two launches in flight at the same time must not share them. Launches queued on one
+    stream run one after another, launches on different streams may overlap: each launch takes the
+    words of its stream (:meth:`sync_words`, a small pool keyed by the stream handle), zeroed on that
+    stream just before it. Per stream rather than per model: one model called from two streams (the
+    torch module runs on torch's current stream) would race on per-model words just the same. A
+    dropped entry's memory goes back to CuPy's pool, which hands it out again only in stream order.
+
+    ``check_contract``: ``launch_config`` makes the grid cover the hidden units by construction
+    (grid * U >= H), so the kernel's error flag can only be set by a launch that bypasses it. Reading
+    the flag back costs a host synchronisation per launch (forward and backward, each direction), so
+    it is opt-in: True under ``GPU_LSTM_DEBUG=1`` and in the GPU tests, else off.
+    """
+
+    check_contract = False
 
     def __init__(self, be):
         import cupy as cp
         self.cp, self.be = cp, be
         self.dtype = be.dtype
+        if os.environ.get("GPU_LSTM_DEBUG") == "1":
+            self.check_contract = True
         dev = cp.cuda.Device(be.device_id)
         attrs = dev.attributes
         self.sms = attrs["MultiProcessorCount"]
@@ -335,7 +345,21 @@ class GpuRunner:
                                   name_expressions=name_expressions((self.dtype.name,)))
             ct = kernels.CTYPES[self.dtype.name]
             self._k = {k: module.get_function(f"{k}<{ct}>") for k in KERNEL_NAMES}
-            self._sync = cp.zeros(SYNC_WORDS, dtype=cp.uint32)
+        self._sync = {}            # stream handle -> SYNC_WORDS uint32 words (insertion order = recency)
+        self._resident = {}        # (kernel, threads, smem) -> blocks per SM (the occupancy query, once)
+
+    def sync_words(self):
+        """The grid-barrier words of launches on the current stream (allocated on first use)."""
+        cp = self.cp
+        key = cp.cuda.get_current_stream().ptr
+        words = self._sync.pop(key, None)
+        if words is None:
+            if len(self._sync) >= SYNC_POOL:
+                self._sync.pop(next(iter(self._sync)))
+            with cp.cuda.Device(self.be.device_id):
+                words = cp.zeros(SYNC_WORDS, dtype=cp.uint32)
+        self._sync[key] = words      # most recently used last
+        return words
 
     def config(self, H, B):
         cfg, why = launch_config(H, B, self.dtype.itemsize, self.sms, self.smem_block)
@@ -344,19 +368,28 @@ class GpuRunner:
         return cfg
 
     def _launch(self, name, cfg, args):
+        """One cooperative launch of ``name`` with ``args`` (the kernel's parameters but ``sync``) on the
+        current stream, with that stream's sync words."""
         cp = self.cp
         fn = self._k[name]
-        if fn.max_dynamic_shared_size_bytes < cfg.smem:
-            fn.max_dynamic_shared_size_bytes = cfg.smem
-        per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, cfg.threads, cfg.smem)
+        key = (name, cfg.threads, cfg.smem)
+        per_sm = self._resident.get(key)
+        if per_sm is None:
+            if fn.max_dynamic_shared_size_bytes < cfg.smem:
+                fn.max_dynamic_shared_size_bytes = cfg.smem     # only ever raised: stays valid for key
+            per_sm = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, cfg.threads, cfg.smem)
+            self._resident[key] = per_sm
         if per_sm * self.sms < cfg.grid:   # CuPy would shrink the grid (with a warning): refuse instead
             raise RuntimeError(f"{name}: {cfg.grid} blocks of {cfg.threads} threads and {cfg.smem} B cannot be "
                                f"co-resident ({per_sm} per SM x {self.sms} SMs)")
-        self._sync.fill(0)
+        sync = self.sync_words()
+        sync.fill(0)
         # cuLaunchCooperativeKernel through CuPy's Function: refuses a grid that cannot be co-resident
-        fn.kernel((cfg.grid,), (cfg.threads,), args, shared_mem=cfg.smem, enable_cooperative_groups=True)
-        # the contract check: one small device-to-host read per launch (check_contract = False skips it)
-        if self.check_contract and int(self._sync[1].get()) != 0:
+        fn.kernel((cfg.grid,), (cfg.threads,), tuple(args) + (sync,), shared_mem=cfg.smem,
+                  enable_cooperative_groups=True)
+        # The kernel sets sync[1] when the grid does not cover H, which launch_config rules out; reading
+        # it back is a host synchronisation, hence opt-in (check_contract, see the class).
+        if self.check_contract and int(sync[1].get()) != 0:
             raise RuntimeError(f"{name}: the grid did not cover the hidden units (launch contract broken)")
 
     def forward(self, gates, bias, peep, R, h, c, lengths):
@@ -367,7 +400,7 @@ class GpuRunner:
         self._launch("persistent_lstm_forward", cfg,
                      (np.int64(T), np.int64(B), np.int64(H), np.int64(cfg.units), np.int32(cfg.lanes_fwd), gates,
                       null if bias is None else bias, null if peep is None else peep, R, h, c,
-                      null if lengths is None else lengths, self._sync))
+                      null if lengths is None else lengths))
 
     def backward(self, gates, peep, R, c, dh, dc, dgates, dh0, lengths):
         T, B, G = gates.shape
@@ -377,7 +410,7 @@ class GpuRunner:
         self._launch("persistent_lstm_backward", cfg,
                      (np.int64(T), np.int64(B), np.int64(H), np.int64(cfg.units), np.int32(cfg.lanes_bwd), gates,
                       null if peep is None else peep, R, c, dh, dc, dgates, dh0,
-                      null if lengths is None else lengths, self._sync))
+                      null if lengths is None else lengths))
 
 
 _runners = {}

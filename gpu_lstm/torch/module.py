@@ -3,7 +3,6 @@
 import itertools
 import json
 import math
-import numbers
 
 import torch
 from torch import nn
@@ -13,6 +12,24 @@ from ..gates import GATE_INDEX
 from . import _ops
 
 _UIDS = itertools.count(1)
+
+
+def _lengths_tensor(lengths):
+    """``lengths=`` as an int64 CPU tensor: integers only (a float tensor would be truncated)."""
+    if isinstance(lengths, (str, bytes)) or not isinstance(lengths, (torch.Tensor, list, tuple, range)) \
+            and not hasattr(lengths, "__array__"):
+        raise TypeError(f"lengths: expected a 1-D sequence of integers (Tensor, array or list), got "
+                        f"{lengths!r} ({type(lengths).__name__})")
+    try:
+        t = torch.as_tensor(lengths)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"lengths: expected a 1-D sequence of integers, got {type(lengths).__name__} that "
+                        f"torch cannot convert ({exc})") from None
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        shown = t.flatten()[:6].tolist()
+        raise TypeError(f"lengths: expected integers, got dtype {t.dtype} (values {shown!r}"
+                        f"{', ...' if t.numel() > 6 else ''}), which would be truncated")
+    return t.to("cpu", torch.int64)
 
 
 class LSTM(nn.Module):
@@ -34,11 +51,15 @@ class LSTM(nn.Module):
       ``hx`` is None;
     * ``check_finite``: reject NaN/Inf inputs;
     * ``seed``: seed of the dropout/zoneout masks (drawn from torch's generator when None and masks
-      are needed); masks come from gpu_lstm's generator, not torch's;
+      are needed); masks come from gpu_lstm's generator, not torch's. With dropout or zoneout the
+      generator's state is the int64 buffer ``_mask_rng`` = [seed, forwards that drew masks], so
+      ``state_dict()``/``load_state_dict()`` resume the masks and ``.to(dtype)`` continues them;
     * ``forward(input, hx=None, lengths=...)``: per-sample lengths for a padded Tensor, the same as a
       ``PackedSequence`` with ``enforce_sorted=False``.
 
-    With any of the first four, the ``state_dict`` has keys ``torch.nn.LSTM`` does not know.
+    With any of the first four, or with dropout/zoneout (``_mask_rng``), the ``state_dict`` has keys
+    ``torch.nn.LSTM`` does not know; a ``torch.nn.LSTM`` state_dict still loads strictly (the mask
+    generator then goes on from where it is).
     Supported dtypes: float32 and float64.
     """
 
@@ -52,9 +73,11 @@ class LSTM(nn.Module):
                    batch_first=batch_first, bidirectional=bidirectional, proj_size=proj_size,
                    peephole=peephole, dropout=dropout, learn_initial_state=learn_initial_state,
                    zoneout_h=zoneout_h, zoneout_c=zoneout_c, check_finite=check_finite)
+        from .. import _checks as ck
         from ..lstm import LSTM as CoreLSTM
+        seed = ck.seed("seed", seed)       # here, not at the first forward inside the op
         # Every option is checked once by the core's constructor (same messages as gpu_lstm.LSTM).
-        CoreLSTM(**cfg, forget_bias=forget_bias, dtype="float64", device="cpu", seed=0)
+        check = CoreLSTM(**cfg, forget_bias=forget_bias, dtype="float64", device="cpu", seed=0)
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
         self.dropout, self.proj_size = float(dropout), int(proj_size)
@@ -63,9 +86,7 @@ class LSTM(nn.Module):
         self.check_finite = bool(check_finite)
         if seed is None and (self.dropout or self.zoneout_h or self.zoneout_c):
             seed = int(torch.randint(0, 2 ** 62, (1,)).item())
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-            raise TypeError(f"seed: expected an int or None, got {seed!r}")
-        self.seed = None if seed is None else int(seed)
+        self.seed = seed
         self._names = _ops.flat_names({**cfg, "seed": self.seed})
         H, P, D = self.hidden_size, self.proj_size or self.hidden_size, 2 if self.bidirectional else 1
         for torch_name, ours, _ in self._names:
@@ -74,6 +95,14 @@ class LSTM(nn.Module):
             shape = {"W": (4 * H, I), "R": (4 * H, P), "b": (4 * H,), "Whr": (P, H), "P": (3, H),
                      "h0": (P,), "c0": (H,)}[ours.split(".")[1]]
             self.register_parameter(torch_name, nn.Parameter(torch.empty(shape, **factory)))
+        if self.dropout or self.zoneout_h or self.zoneout_c:
+            # The mask generator's state (seed, forwards that drew masks), as the core's rng_state():
+            # a buffer, so state_dict()/load_state_dict() resume the masks and .to(dtype) continues
+            # them. Kept on the CPU (see _apply); only modules with masks have it, so the state_dict
+            # of one without stays torch.nn.LSTM's.
+            check.reseed_dropout(self.seed)
+            rng = check.rng_state()
+            self.register_buffer("_mask_rng", torch.tensor([rng["seed"], rng["calls"]], dtype=torch.int64))
         self._register()
         self.reset_parameters()
 
@@ -111,6 +140,45 @@ class LSTM(nn.Module):
                     if name.startswith(("bias_ih", "bias_hh")):
                         p[f * H:(f + 1) * H] = self.forget_bias if name.startswith("bias_ih") else 0.0
 
+    # ---- the dropout/zoneout mask generator (buffer _mask_rng = [seed, calls]) ------------------------
+    def _mask_core(self, x):
+        """The core that will draw this forward's masks, set to the buffer's state (None when no masks
+        are drawn). Under torch.compile the op's core keeps its own counter and the buffer is not
+        updated (the Python here runs once, at trace time)."""
+        if "_mask_rng" not in self._buffers or not self.training or torch.compiler.is_compiling() \
+                or x.device.type not in ("cpu", "cuda"):      # meta tensors: the op's fake, no core
+            return None
+        core = self._engine.core(x.device, x.dtype)
+        seed, calls = self._mask_rng.tolist()
+        core.set_rng_state({"seed": seed, "calls": calls})
+        return core
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        key = prefix + "_mask_rng"
+        if key in state_dict and "_mask_rng" in self._buffers:   # checked before anything is copied
+            from .._checks import rng_state
+            t = state_dict[key]
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != (2,) or t.dtype.is_floating_point \
+                    or t.dtype.is_complex or t.dtype == torch.bool:
+                raise TypeError(f"{key}: expected an integer Tensor [seed, calls] of shape (2,), got "
+                                f"{t!r}")
+            seed, calls = t.tolist()
+            rng_state(key, {"seed": seed, "calls": calls})
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if key in missing_keys:      # a torch.nn.LSTM state_dict: loads strictly, the generator goes on
+            missing_keys.remove(key)
+
+    def _apply(self, fn, *args, **kwargs):
+        # The generator state is host state (the core counts forwards on the host): it stays on the CPU
+        # through .to(device) / .cuda(), so no forward has to read it back from a device.
+        rng = self._buffers.get("_mask_rng")
+        out = super()._apply(fn, *args, **kwargs)
+        if rng is not None:
+            self._buffers["_mask_rng"] = rng
+        return out
+
     def _flat_weights(self):
         return [getattr(self, n) for n, _, _ in self._names]
 
@@ -137,7 +205,7 @@ class LSTM(nn.Module):
                 raise TypeError(f"input: expected a Tensor or a PackedSequence, got {type(input).__name__}")
             x, lens = input, None
             if lengths is not None:
-                lens = torch.as_tensor(lengths).to("cpu", torch.int64)
+                lens = _lengths_tensor(lengths)
         weights = self._flat_weights()
         if x.dim() not in (2, 3):
             raise ValueError(f"input: expected a 2-D (unbatched) or 3-D Tensor, got {x.dim()}-D of shape "
@@ -154,8 +222,14 @@ class LSTM(nn.Module):
             raise TypeError(f"input: gpu_lstm computes in float32 or float64, got {x.dtype}")
         h0 = c0 = None
         if hx is not None:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            if not isinstance(hx, (tuple, list)):
                 raise TypeError(f"hx: expected a tuple (h_0, c_0), got {type(hx).__name__}")
+            if len(hx) != 2:
+                raise ValueError(f"hx: expected a tuple (h_0, c_0) of 2 Tensors, got a {type(hx).__name__} "
+                                 f"of length {len(hx)}")
+            for i, (name, t) in enumerate((("h_0", hx[0]), ("c_0", hx[1]))):
+                if not isinstance(t, torch.Tensor):
+                    raise TypeError(f"hx[{i}] ({name}): expected a Tensor, got {type(t).__name__}")
             h0, c0 = hx
             if unbatched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
@@ -171,7 +245,10 @@ class LSTM(nn.Module):
         need_tape = torch.is_grad_enabled() and (
             x.requires_grad or any(w.requires_grad for w in weights)
             or (h0 is not None and (h0.requires_grad or c0.requires_grad)))
+        core = self._mask_core(x)
         y, h_n, c_n, _ = _ops.lstm(x, h0, c0, weights, lens, self._uid, self._config, self.training, need_tape)
+        if core is not None:
+            self._mask_rng[1] = core.rng_state()["calls"]
         if unbatched:
             y = y.squeeze(0 if self.batch_first else 1)
             return y, (h_n.squeeze(1), c_n.squeeze(1))
