@@ -246,13 +246,16 @@ def test_dropout_train_eval_and_seed():
     a, b = glt.LSTM(3, 5, 3, dtype=F64, **kw), glt.LSTM(3, 5, 3, dtype=F64, **kw)
     b.load_state_dict(a.state_dict())
     x = torch.randn(4, 2, 3, dtype=F64)
-    ya, yb = a(x)[0], b(x)[0]
-    _close(ya.detach(), yb.detach(), 0)                  # same seed, same masks
+    torch.manual_seed(11)
+    ya = a(x)[0]
+    torch.manual_seed(11)
+    yb = b(x)[0]
+    _close(ya.detach(), yb.detach(), 0)                  # same seed and torch generator: same masks
     assert (a(x)[0] - ya).abs().max() > 0                # next masks differ
     a.eval()
     ref = torch.nn.LSTM(3, 5, 3, dtype=F64, dropout=0.5).eval()
     sd = a.state_dict()
-    assert sd.pop("_mask_rng").tolist() == [a._mask_rng[0], 2]   # gpu_lstm's mask generator state
+    assert set(sd) == set(ref.state_dict())              # torch.nn.LSTM's keys only
     ref.load_state_dict(sd)
     a.load_state_dict(ref.state_dict(), strict=True)     # and torch's state_dict loads strictly
     _close(a(x)[0].detach(), ref(x)[0].detach(), 1e-13)  # eval: no dropout, torch's numbers
@@ -339,37 +342,28 @@ def test_bad_lengths_hx_and_seed_name_the_argument(call, exc, message):
         call(m, torch.zeros(2, 2, 3))
 
 
-def _masked_pair(**kw):
+def test_masks_follow_torch_generator_and_checkpoint_recomputes_them():
+    """Each training forward draws its masks' Philox call number from torch's generator: the same
+    torch.manual_seed gives the same masks, and torch.utils.checkpoint (which restores the generator
+    before recomputing the forward) gets the plain run's gradients instead of new masks'."""
+    from torch.utils.checkpoint import checkpoint
+    kw = dict(dropout=0.5, zoneout_h=0.2, zoneout_c=0.1, seed=7, dtype=F64)
+    x = torch.randn(8, 2, 3, dtype=F64)
+    grads = []
+    for use_checkpoint in (False, True):
+        torch.manual_seed(0)
+        m = glt.LSTM(3, 5, 2, **kw)
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(5)
+        y = checkpoint(lambda a: m(a)[0], xi, use_reentrant=False) if use_checkpoint else m(xi)[0]
+        (y ** 2).sum().backward()
+        grads.append([xi.grad] + [p.grad for p in m.parameters()])
+    for g_plain, g_ckpt in zip(*grads):
+        _close(g_ckpt, g_plain, 0)
     torch.manual_seed(0)
-    return glt.LSTM(3, 5, 2, dropout=0.5, zoneout_h=0.2, dtype=F64, **kw)
-
-
-def test_mask_generator_survives_state_dict_and_to_dtype():
-    """The dropout/zoneout generator state is the buffer _mask_rng: a module loaded from a state_dict
-    draws the masks the saved one would have drawn next, whatever its own seed; .to(dtype) continues
-    them instead of restarting them."""
-    x = torch.randn(4, 2, 3, dtype=F64)
-    a = _masked_pair(seed=7)
-    a(x)                                                      # first masks drawn
-    sd = copy.deepcopy(a.state_dict())
-    assert sd["_mask_rng"].tolist()[1] == 1
-    y_next = a(x)[0].detach()                                 # the second masks
-    b = _masked_pair(seed=123)
-    b.load_state_dict(sd)
-    _close(b(x)[0].detach(), y_next, 0)
-    assert b.state_dict()["_mask_rng"].tolist() == a.state_dict()["_mask_rng"].tolist() == [sd["_mask_rng"][0], 2]
-    c = _masked_pair(seed=7)
-    c.load_state_dict(sd)
-    c.float()                                                 # a new dtype: a new core underneath
-    assert c._mask_rng.dtype == torch.int64 and c._mask_rng.device.type == "cpu"
-    _close(c(x.float())[0].detach().double(), y_next, 1e-5)
-    c.eval()
-    c(x.float())
-    assert c._mask_rng.tolist()[1] == 2                       # evaluation draws no masks
-    with pytest.raises(ValueError, match=r"_mask_rng\['calls'\]: expected an int >= 0, got -1"):
-        c.load_state_dict({**c.state_dict(), "_mask_rng": torch.tensor([1, -1])})
-    assert c._mask_rng.tolist()[1] == 2
-    assert "_mask_rng" not in glt.LSTM(3, 5).state_dict()     # no masks: torch.nn.LSTM's keys only
+    m = glt.LSTM(3, 5, 2, **kw)
+    torch.manual_seed(6)
+    assert (m(x)[0] - m(x)[0]).abs().max() > 0           # a new draw each forward
     meta = glt.LSTM(3, 5, 2, dropout=0.5, device="meta")      # no core on meta tensors: shapes only
     assert meta(torch.randn(2, 1, 3, device="meta"))[0].shape == (2, 1, 5)
 
@@ -413,9 +407,10 @@ def test_custom_op_registration():
     from gpu_lstm.torch import _ops
     _, m = _pair(L=1)
     x = torch.randn(4, 2, 3, dtype=F64, requires_grad=True)
-    args = (x, None, None, list(m.parameters()), None, m._uid, m._config, True, True)
-    torch.library.opcheck(_ops.lstm, args, test_utils=("test_schema", "test_autograd_registration",
-                                                        "test_faketensor"))
+    for mask_call in (None, torch.tensor([3], dtype=torch.int64)):
+        args = (x, None, None, list(m.parameters()), None, mask_call, m._uid, m._config, True, True)
+        torch.library.opcheck(_ops.lstm, args, test_utils=("test_schema", "test_autograd_registration",
+                                                            "test_faketensor"))
 
 
 @pytest.mark.inductor

@@ -186,14 +186,19 @@ def _new_handle(core, tape):
 
 @torch.library.custom_op("gpu_lstm::lstm", mutates_args=())
 def lstm(x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor], weights: List[torch.Tensor],
-         lengths: Optional[torch.Tensor], uid: int, config: str, training: bool,
-         need_tape: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+         lengths: Optional[torch.Tensor], mask_call: Optional[torch.Tensor], uid: int, config: str,
+         training: bool, need_tape: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward of the whole stack: returns (y, h_n, c_n, handle). ``weights`` in :func:`flat_names`
-    order; ``lengths`` an int64 CPU tensor (B,) or None; ``config`` the module's JSON options."""
+    order; ``lengths`` an int64 CPU tensor (B,) or None; ``mask_call`` an int64 CPU tensor (1,), the
+    Philox call number of this forward's dropout/zoneout masks (drawn from torch's generator by the
+    module, so torch.manual_seed and torch.utils.checkpoint's recompute give the same masks), or None;
+    ``config`` the module's JSON options."""
     names = flat_names(parse_config(config))
     _check_weights(names, weights)
     core = engine(uid, config).core(x.device, x.dtype)
     core.training = training
+    if mask_call is not None:
+        core.set_rng_state({"seed": core.rng_state()["seed"], "calls": int(mask_call[0])})
     lens = None if lengths is None else lengths.detach().cpu().numpy()
     # Views in, results out, all inside the stream context: DLPack exchanges on CUDA are then
     # ordered on torch's current stream, the one the kernels ran on.
@@ -205,7 +210,7 @@ def lstm(x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor]
 
 
 @lstm.register_fake
-def _lstm_fake(x, h0, c0, weights, lengths, uid, config, training, need_tape):
+def _lstm_fake(x, h0, c0, weights, lengths, mask_call, uid, config, training, need_tape):
     cfg = parse_config(config)
     D = 2 if cfg["bidirectional"] else 1
     H = cfg["hidden_size"]
@@ -249,7 +254,7 @@ def _lstm_backward_fake(handle, dy, dh_n, dc_n, weights, config):
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, c0, weights, lengths, uid, config, training, need_tape = inputs
+    x, h0, c0, weights, lengths, mask_call, uid, config, training, need_tape = inputs
     ctx.save_for_backward(output[3], *weights)
     ctx.has_state = h0 is not None
     ctx.config = config
@@ -259,7 +264,7 @@ def _backward(ctx, dy, dh_n, dc_n, _dhandle):
     handle, *weights = ctx.saved_tensors
     out = lstm_backward(handle, dy, dh_n, dc_n, weights, ctx.config)
     dh0, dc0 = (out[1], out[2]) if ctx.has_state else (None, None)
-    return out[0], dh0, dc0, list(out[3:]), None, None, None, None, None
+    return out[0], dh0, dc0, list(out[3:]), None, None, None, None, None, None
 
 
 lstm.register_autograd(_backward, setup_context=_setup_context)

@@ -51,15 +51,15 @@ class LSTM(nn.Module):
       ``hx`` is None;
     * ``check_finite``: reject NaN/Inf inputs;
     * ``seed``: seed of the dropout/zoneout masks (drawn from torch's generator when None and masks
-      are needed); masks come from gpu_lstm's generator, not torch's. With dropout or zoneout the
-      generator's state is the int64 buffer ``_mask_rng`` = [seed, forwards that drew masks], so
-      ``state_dict()``/``load_state_dict()`` resume the masks and ``.to(dtype)`` continues them;
+      are needed). Each training forward also draws its Philox call number from torch's (CPU)
+      generator, so masks follow ``torch.manual_seed`` as torch.nn.LSTM's dropout does, and
+      ``torch.utils.checkpoint`` (which restores torch's generator before recomputing) recomputes
+      the forward with the same masks;
     * ``forward(input, hx=None, lengths=...)``: per-sample lengths for a padded Tensor, the same as a
       ``PackedSequence`` with ``enforce_sorted=False``.
 
-    With any of the first four, or with dropout/zoneout (``_mask_rng``), the ``state_dict`` has keys
-    ``torch.nn.LSTM`` does not know; a ``torch.nn.LSTM`` state_dict still loads strictly (the mask
-    generator then goes on from where it is).
+    With any of the first four the ``state_dict`` has keys ``torch.nn.LSTM`` does not know; otherwise
+    it is exactly torch.nn.LSTM's, and loads strictly both ways.
     Supported dtypes: float32 and float64.
     """
 
@@ -77,7 +77,7 @@ class LSTM(nn.Module):
         from ..lstm import LSTM as CoreLSTM
         seed = ck.seed("seed", seed)       # here, not at the first forward inside the op
         # Every option is checked once by the core's constructor (same messages as gpu_lstm.LSTM).
-        check = CoreLSTM(**cfg, forget_bias=forget_bias, dtype="float64", device="cpu", seed=0)
+        CoreLSTM(**cfg, forget_bias=forget_bias, dtype="float64", device="cpu", seed=0)
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
         self.dropout, self.proj_size = float(dropout), int(proj_size)
@@ -95,14 +95,6 @@ class LSTM(nn.Module):
             shape = {"W": (4 * H, I), "R": (4 * H, P), "b": (4 * H,), "Whr": (P, H), "P": (3, H),
                      "h0": (P,), "c0": (H,)}[ours.split(".")[1]]
             self.register_parameter(torch_name, nn.Parameter(torch.empty(shape, **factory)))
-        if self.dropout or self.zoneout_h or self.zoneout_c:
-            # The mask generator's state (seed, forwards that drew masks), as the core's rng_state():
-            # a buffer, so state_dict()/load_state_dict() resume the masks and .to(dtype) continues
-            # them. Kept on the CPU (see _apply); only modules with masks have it, so the state_dict
-            # of one without stays torch.nn.LSTM's.
-            check.reseed_dropout(self.seed)
-            rng = check.rng_state()
-            self.register_buffer("_mask_rng", torch.tensor([rng["seed"], rng["calls"]], dtype=torch.int64))
         self._register()
         self.reset_parameters()
 
@@ -139,45 +131,6 @@ class LSTM(nn.Module):
                 for name, p in self.named_parameters():
                     if name.startswith(("bias_ih", "bias_hh")):
                         p[f * H:(f + 1) * H] = self.forget_bias if name.startswith("bias_ih") else 0.0
-
-    # ---- the dropout/zoneout mask generator (buffer _mask_rng = [seed, calls]) ------------------------
-    def _mask_core(self, x):
-        """The core that will draw this forward's masks, set to the buffer's state (None when no masks
-        are drawn). Under torch.compile the op's core keeps its own counter and the buffer is not
-        updated (the Python here runs once, at trace time)."""
-        if "_mask_rng" not in self._buffers or not self.training or torch.compiler.is_compiling() \
-                or x.device.type not in ("cpu", "cuda"):      # meta tensors: the op's fake, no core
-            return None
-        core = self._engine.core(x.device, x.dtype)
-        seed, calls = self._mask_rng.tolist()
-        core.set_rng_state({"seed": seed, "calls": calls})
-        return core
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        key = prefix + "_mask_rng"
-        if key in state_dict and "_mask_rng" in self._buffers:   # checked before anything is copied
-            from .._checks import rng_state
-            t = state_dict[key]
-            if not isinstance(t, torch.Tensor) or tuple(t.shape) != (2,) or t.dtype.is_floating_point \
-                    or t.dtype.is_complex or t.dtype == torch.bool:
-                raise TypeError(f"{key}: expected an integer Tensor [seed, calls] of shape (2,), got "
-                                f"{t!r}")
-            seed, calls = t.tolist()
-            rng_state(key, {"seed": seed, "calls": calls})
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        if key in missing_keys:      # a torch.nn.LSTM state_dict: loads strictly, the generator goes on
-            missing_keys.remove(key)
-
-    def _apply(self, fn, *args, **kwargs):
-        # The generator state is host state (the core counts forwards on the host): it stays on the CPU
-        # through .to(device) / .cuda(), so no forward has to read it back from a device.
-        rng = self._buffers.get("_mask_rng")
-        out = super()._apply(fn, *args, **kwargs)
-        if rng is not None:
-            self._buffers["_mask_rng"] = rng
-        return out
 
     def _flat_weights(self):
         return [getattr(self, n) for n, _, _ in self._names]
@@ -245,10 +198,12 @@ class LSTM(nn.Module):
         need_tape = torch.is_grad_enabled() and (
             x.requires_grad or any(w.requires_grad for w in weights)
             or (h0 is not None and (h0.requires_grad or c0.requires_grad)))
-        core = self._mask_core(x)
-        y, h_n, c_n, _ = _ops.lstm(x, h0, c0, weights, lens, self._uid, self._config, self.training, need_tape)
-        if core is not None:
-            self._mask_rng[1] = core.rng_state()["calls"]
+        mask_call = None
+        if self.training and (self.dropout or self.zoneout_h or self.zoneout_c):
+            # this forward's Philox call number, from torch's CPU generator (no device sync)
+            mask_call = torch.randint(0, 2 ** 62, (1,), dtype=torch.int64)
+        y, h_n, c_n, _ = _ops.lstm(x, h0, c0, weights, lens, mask_call, self._uid, self._config,
+                                   self.training, need_tape)
         if unbatched:
             y = y.squeeze(0 if self.batch_first else 1)
             return y, (h_n.squeeze(1), c_n.squeeze(1))
