@@ -32,21 +32,8 @@ __global__ void lstm_cell_forward(const long long B, const long long H, T* __res
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
         const long long b = k / H;
         const long long j = k - b * H;
-        T* gb = gates + b * 4 * H;
-        const long long ki = GL_GATE_I * H + j, kf = GL_GATE_F * H + j;
-        const long long kg = GL_GATE_G * H + j, ko = GL_GATE_O * H + j;
-        A zi = gl_load(gb[ki]), zf = gl_load(gb[kf]), zg = gl_load(gb[kg]), zo = gl_load(gb[ko]);
-        if (bias != 0) {
-            zi += gl_load(bias[ki]); zf += gl_load(bias[kf]);
-            zg += gl_load(bias[kg]); zo += gl_load(bias[ko]);
-        }
-        A pi = A(0), pf = A(0), po = A(0);
-        if (peep != 0) {
-            pi = gl_load(peep[j]); pf = gl_load(peep[H + j]); po = gl_load(peep[2 * H + j]);
-        }
-        A i, f, g, o, cc, hh;
-        gl_cell_forward(zi, zf, zg, zo, gl_load(c_prev[k]), pi, pf, po, &i, &f, &g, &o, &cc, &hh);
-        gb[ki] = gl_store<T>(i); gb[kf] = gl_store<T>(f); gb[kg] = gl_store<T>(g); gb[ko] = gl_store<T>(o);
+        A cc, hh;
+        gl_cell_forward_row(gates + b * 4 * H, bias, peep, H, j, gl_load(c_prev[k]), &cc, &hh);
         c[k] = cc;
         h[k] = gl_store<T>(hh);
     }

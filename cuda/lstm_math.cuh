@@ -58,6 +58,30 @@ __host__ __device__ __forceinline__ void gl_cell_forward(const A zi, const A zf,
     *h = (*o) * gl_tanh(*c);             // eq. (6)
 }
 
+// Eqs. (1)-(6) for hidden unit j of one sample, on that sample's gate row gb (4H pre-activations W x
+// + R h(t-1) on entry, the activated i, f, g, o on exit: what the backward reads). bias and peep
+// (3, H: rows i, f, o) may be null. Shared by lstm_cell_forward and the persistent kernels' cell phase,
+// so the two compute the same bits from the same pre-activations.
+template <typename T, typename A>
+__host__ __device__ __forceinline__ void gl_cell_forward_row(T* __restrict__ gb, const T* __restrict__ bias,
+                                                            const T* __restrict__ peep, const long long H,
+                                                            const long long j, const A c_prev, A* c, A* h) {
+    const long long ki = GL_GATE_I * H + j, kf = GL_GATE_F * H + j;
+    const long long kg = GL_GATE_G * H + j, ko = GL_GATE_O * H + j;
+    A zi = gl_load(gb[ki]), zf = gl_load(gb[kf]), zg = gl_load(gb[kg]), zo = gl_load(gb[ko]);
+    if (bias != 0) {
+        zi += gl_load(bias[ki]); zf += gl_load(bias[kf]);
+        zg += gl_load(bias[kg]); zo += gl_load(bias[ko]);
+    }
+    A pi = A(0), pf = A(0), po = A(0);
+    if (peep != 0) {
+        pi = gl_load(peep[j]); pf = gl_load(peep[H + j]); po = gl_load(peep[2 * H + j]);
+    }
+    A i, f, g, o;
+    gl_cell_forward(zi, zf, zg, zo, c_prev, pi, pf, po, &i, &f, &g, &o, c, h);
+    gb[ki] = gl_store<T>(i); gb[kf] = gl_store<T>(f); gb[kg] = gl_store<T>(g); gb[ko] = gl_store<T>(o);
+}
+
 // Backward for one element at step t.
 //   dh        : delta-h(t), eq. (14): dy(t) plus R^T times next step's pre-activation gradients
 //   dc_next   : the carry from step t+1: delta-c(t+1) f(t+1) (plus, with peepholes, the

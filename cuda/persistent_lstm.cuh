@@ -107,7 +107,7 @@ __host__ __device__ __forceinline__ A gl_pers_tree_sum(A* p, const int KS) {
 }
 
 // Eqs. (1)-(6) for pair (b, j) of step t, given the reduced recurrent products acc (storage order
-// along 4H). Mirrors lstm_cell_forward (cuda/lstm_kernels.cu) statement for statement, preceded by the
+// along 4H). The cell maths is lstm_cell_forward's (gl_cell_forward_row, lstm_math.cuh), preceded by the
 // GEMM's accumulate (gates += acc, rounded to T as the GEMM writes it) and followed by seq_carry for a
 // padded row (t >= lengths[b]: h(t) = h(t-1), c(t) = c(t-1); P = H, no projection).
 //   gates_t (B, 4H); c_prev, c_new (B, H) = c[t], c[t+1]; h_prev, h_new (B, H) = h[t], h[t+1]
@@ -121,20 +121,8 @@ __host__ __device__ __forceinline__ void gl_pers_forward_cell(
     const long long k = b * H + j;
     T* gb = gates_t + b * 4 * H;
     for (int g = 0; g < 4; ++g) gb[g * H + j] = gl_store<T>(gl_load(gb[g * H + j]) + acc[g]);
-    const long long ki = GL_GATE_I * H + j, kf = GL_GATE_F * H + j;
-    const long long kg = GL_GATE_G * H + j, ko = GL_GATE_O * H + j;
-    A zi = gl_load(gb[ki]), zf = gl_load(gb[kf]), zg = gl_load(gb[kg]), zo = gl_load(gb[ko]);
-    if (bias != 0) {
-        zi += gl_load(bias[ki]); zf += gl_load(bias[kf]);
-        zg += gl_load(bias[kg]); zo += gl_load(bias[ko]);
-    }
-    A pi = A(0), pf = A(0), po = A(0);
-    if (peep != 0) {
-        pi = gl_load(peep[j]); pf = gl_load(peep[H + j]); po = gl_load(peep[2 * H + j]);
-    }
-    A i, f, g, o, cc, hh;
-    gl_cell_forward(zi, zf, zg, zo, gl_load(c_prev[k]), pi, pf, po, &i, &f, &g, &o, &cc, &hh);
-    gb[ki] = gl_store<T>(i); gb[kf] = gl_store<T>(f); gb[kg] = gl_store<T>(g); gb[ko] = gl_store<T>(o);
+    A cc, hh;
+    gl_cell_forward_row(gb, bias, peep, H, j, gl_load(c_prev[k]), &cc, &hh);   // lstm_cell_forward's maths
     c_new[k] = gl_store<T>(cc);
     h_new[k] = gl_store<T>(hh);
     if (lengths != 0 && t >= lengths[b]) {   // seq_carry(move = 0) of c, then of h

@@ -64,18 +64,26 @@ def _masks(zoneout, t):
     return mh, zh, mc, zc
 
 
+def start(be, prm, ws, x, h0, c0):
+    """What every engine does before the time loop: h(0), c(0) into slot 0, and the input part of
+    eqs. (1)-(4) for every step at once, gates = x W^T (T*B, 4H). False when T or B is 0."""
+    T, B = x.shape[0], x.shape[1]
+    ws.h[0] = 0 if h0 is None else h0
+    ws.c[0] = 0 if c0 is None else c0
+    if T == 0 or B == 0:
+        return False
+    be.gemm(x.reshape(T * B, x.shape[-1]), prm.W, ws.gates.reshape(T * B, 4 * ws.c.shape[-1]), trans_b=True)
+    return True
+
+
 def forward(be, prm, ws, x, h0, c0, lengths, zoneout=None):
     """Eqs. (1)-(6) over the sequence x (T, B, I). h0 (B, P) and c0 (B, H) may be None (zeros)."""
     T, B = x.shape[0], x.shape[1]
     H = ws.c.shape[-1]
     gates, h, c, m, ct = ws.gates, ws.h, ws.c, ws.m, ws.ct
     ws.zoneout = zoneout
-    h[0] = 0 if h0 is None else h0
-    c[0] = 0 if c0 is None else c0
-    if T == 0 or B == 0:
+    if not start(be, prm, ws, x, h0, c0):
         return
-    # Input part of eqs. (1)-(4) for every step at once: gates = x W^T, (T*B, 4H).
-    be.gemm(x.reshape(T * B, x.shape[-1]), prm.W, gates.reshape(T * B, 4 * H), trans_b=True)
     for t in range(T):
         # Recurrent part of eqs. (1)-(4): gates[t] += h(t-1) R^T, (B, 4H).
         be.gemm(h[t], prm.R, gates[t], trans_b=True, beta=1.0)

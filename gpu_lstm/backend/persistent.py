@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import _direction as dirn
 from . import kernels
+from .host_backend import _ptr   # pointer to a C-contiguous array of a dtype, checked
 
 SOURCE_FILE = "persistent_lstm.cu"
 HEADER_FILE = "persistent_lstm.cuh"
@@ -261,15 +262,6 @@ def load_host_library():
     return lib
 
 
-def _ptr(name, a, dtype):
-    if a is None:
-        return None
-    if a.dtype != dtype or not a.flags.c_contiguous:
-        raise ValueError(f"{name}: the persistent host runner needs a C-contiguous {dtype.name} array, "
-                         f"got {a.dtype.name} with strides {a.strides}")
-    return a.ctypes.data
-
-
 class HostRunner:
     """The phases on the CPU. ``units`` (U) and the lanes default to what a GPU with ``sms`` SMs would use."""
 
@@ -446,16 +438,9 @@ def run_forward(be, prm, ws, x, h0, c0, lengths, zoneout=None, runner=None):
     """``_direction.forward`` with the per-step loop replaced by one persistent launch. Same buffers in
     and out: ws.gates (activated), ws.h, ws.c."""
     _check(prm, ws, zoneout)
-    T, B = x.shape[0], x.shape[1]
-    H = ws.c.shape[-1]
-    gates, h, c = ws.gates, ws.h, ws.c
     ws.zoneout = None
-    h[0] = 0 if h0 is None else h0
-    c[0] = 0 if c0 is None else c0
-    if T == 0 or B == 0:
-        return
-    be.gemm(x.reshape(T * B, x.shape[-1]), prm.W, gates.reshape(T * B, 4 * H), trans_b=True)
-    (runner or runner_for(be)).forward(gates, prm.b, prm.peep, prm.R, h, c, lengths)
+    if dirn.start(be, prm, ws, x, h0, c0):
+        (runner or runner_for(be)).forward(ws.gates, prm.b, prm.peep, prm.R, ws.h, ws.c, lengths)
 
 
 def run_backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx, lengths, dc_all=None,
