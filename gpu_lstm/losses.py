@@ -97,7 +97,7 @@ def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_
     _check_array("targets", targets)
     be = backend_for(logits)
     xp = be.xp
-    if be.dtype_of(logits).kind != "f":
+    if be.dtype_of(logits).kind != "f" and be.dtype_of(logits).name != "bfloat16":
         raise TypeError(f"logits: expected a float array, got dtype {logits.dtype.name}")
     targets = be.asarray("targets", targets)  # host targets for device logits: copied over
     if logits.ndim < 1 or logits.shape[:-1] != targets.shape:

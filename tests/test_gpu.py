@@ -478,3 +478,25 @@ def test_16_bit_mixed_precision_training_on_gpu(dtype):
     assert np.isfinite(lg).all()
     for k in mc:
         assert np.all(np.abs(mg[k] - mc[k]) <= 2 * lr + 2.0 ** -24 * (np.abs(mc[k]) + lr)), k
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_softmax_cross_entropy_on_gpu(dtype):
+    """16-bit logits: float32 loss rows, 16-bit gradient. The GPU kernel and the reference compute in
+    float32 with different exp/log (a few float32 ulps apart), so the gradient differs by at most one
+    16-bit ulp (<= 2 u |g|, docs/precision.md) and the float32 loss by a few float32 ulps (64, as
+    tests/test_lowp.py allows for the same kernel pair)."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.backend import lowp
+    from gpu_lstm.losses import softmax_cross_entropy
+    d = lowp.dtype_of(dtype)
+    u = lowp.unit_roundoff(dtype)
+    z = np.random.default_rng(0).standard_normal((40, 7)).astype(d)
+    t = np.random.default_rng(1).integers(0, 7, 40)
+    t[3] = -100
+    be = gl.LSTM(2, 2, device="gpu", dtype=dtype)._be
+    lg, gg = softmax_cross_entropy(be.asarray("z", z), t)
+    lc, gc = softmax_cross_entropy(z, t)
+    gg, gc = gl.to_numpy(gg).astype(np.float32), gc.astype(np.float32)
+    assert np.all(np.abs(gg - gc) <= 2 * u * np.abs(gc))
+    assert abs(float(lg) - float(lc)) <= 64 * 2.0 ** -24 * (1 + abs(float(lc)))
