@@ -111,9 +111,13 @@ def check_ndim(name, arr, ndim, what):
         raise ValueError(f"{name}: expected a {ndim}-D array {what}, got {arr.ndim}-D with shape {shape_str(arr.shape)}")
 
 
-def check_dtype(name, arr, dtype):
+def check_dtype(name, arr, dtype, backend=None):
     """Raise TypeError unless ``arr.dtype == dtype``. The hint only offers what works: rebuilding the
-    model in the input's dtype is suggested only when the constructor accepts that dtype."""
+    model in the input's dtype is suggested only when the constructor accepts that dtype. With
+    ``backend``, the array's logical dtype (``backend.dtype_of``: a GPU bfloat16 model's uint16 arrays
+    hold bfloat16 bit patterns) is compared."""
+    if backend is not None and backend.dtype_of(arr) == dtype:
+        return
     if arr.dtype != dtype:
         if arr.dtype.kind not in "fiub":     # strings, objects (None): no cast would help
             raise TypeError(f"{name}: expected an array of {dtype.name} numbers, got dtype {arr.dtype.name}")
@@ -123,7 +127,9 @@ def check_dtype(name, arr, dtype):
         raise TypeError(f"{name}: expected dtype {dtype.name}, got {arr.dtype.name} ({hint})")
 
 
-def check_finite(name, arr, xp):
+def check_finite(name, arr, xp, backend=None):
+    if backend is not None:
+        arr = backend.astype(arr, backend.wide)   # 16-bit storage: test the widened (exact) values
     if not bool(xp.isfinite(arr).all()):
         raise ValueError(f"{name}: expected finite values (check_finite=True), got NaN or Inf")
 

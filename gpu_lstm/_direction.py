@@ -69,7 +69,7 @@ def start(be, prm, ws, x, h0, c0):
     eqs. (1)-(4) for every step at once, gates = x W^T (T*B, 4H). False when T or B is 0."""
     T, B = x.shape[0], x.shape[1]
     ws.h[0] = 0 if h0 is None else h0
-    ws.c[0] = 0 if c0 is None else c0
+    ws.c[0] = 0 if c0 is None else be.astype(c0, ws.c.dtype)   # c is float32 in a 16-bit model
     if T == 0 or B == 0:
         return False
     be.gemm(x.reshape(T * B, x.shape[-1]), prm.W, ws.gates.reshape(T * B, 4 * ws.c.shape[-1]), trans_b=True)
@@ -115,13 +115,13 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
     H = ws.c.shape[-1]
     gates, h, c, m, ct, zoneout = ws.gates, ws.h, ws.c, ws.m, ws.ct, ws.zoneout
     dgates, dc, dm = shared.dgates, shared.dc, shared.dm
-    dc[...] = 0 if dc_n is None else dc_n        # nothing flows back from past the last step
+    dc[...] = 0 if dc_n is None else be.astype(dc_n, dc.dtype)   # nothing flows back from past the last step
     if T == 0:
         dh0[...] = 0 if dh_n is None else dh_n
-        dc0[...] = dc
+        dc0[...] = be.astype(dc, be.dtype_of(dc0))
         return
     if dh_n is not None:
-        dh[T - 1] += dh_n                         # the loss through h_n adds to delta-h(T-1)
+        be.add_into(dh[T - 1], dh_n)              # the loss through h_n adds to delta-h(T-1)
     for t in reversed(range(T)):
         if lengths is not None and t > 0:
             be.seq_carry(lengths, t, dh[t], dh[t - 1], True)   # padded: delta-h flows to t-1
@@ -144,7 +144,7 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
         # eq. (14): delta-h(t-1) += R^T delta(t), i.e. (B, 4H) @ (4H, P).
         first = t == 0 and zoneout is None
         be.gemm(dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0)
-    dc0[...] = dc
+    dc0[...] = be.astype(dc, be.dtype_of(dc0))   # float32 carry -> the model's dtype (one rounding)
     parameter_gradients(be, prm, grads, prefix, x, h, c, ct, m, dh, dgates, dx)
 
 

@@ -75,7 +75,7 @@ class Dense:
         be, xp = self._be, self._be.xp
         with be.activate():
             h = be.asarray("h", h)
-            ck.check_dtype("h", h, self.dtype)
+            ck.check_dtype("h", h, self.dtype, be)
             if h.ndim < 1 or h.shape[-1] != self.in_features:
                 raise ValueError(f"h: expected last axis of size in_features = {self.in_features}, "
                                  f"got shape {ck.shape_str(h.shape)}")
@@ -85,7 +85,7 @@ class Dense:
             z[...] = self.params["b"]
             be.gemm(h2, self.params["W"], z, trans_b=True, beta=1.0)          # eq. (7), inside F
             if z.dtype != be.wide:   # 16-bit: the activation in float32, rounded once
-                y = self._activate(z.astype(be.wide)).astype(self.dtype)
+                y = be.astype(self._activate(be.astype(z, be.wide)), self.dtype)
             else:
                 y = self._activate(z)
             self._saved = (h2, y, lead)
@@ -125,12 +125,12 @@ class Dense:
         h2, y, lead = self._saved
         with be.activate():
             dy = be.asarray("dy", dy)
-            ck.check_dtype("dy", dy, self.dtype)
+            ck.check_dtype("dy", dy, self.dtype, be)
             ck.check_shape("dy", dy, lead + (self.out_features,))
             dy = dy.reshape(-1, self.out_features)
             low = dy.dtype != be.wide
             if low:                  # 16-bit: F' in float32, dz rounded once (it is a GEMM operand)
-                dy, y = dy.astype(be.wide), y.astype(be.wide)
+                dy, y = be.astype(dy, be.wide), be.astype(y, be.wide)
             # delta-y (.) F'(x): the factor that eqs. (12), (21), (22) share.
             if self.activation == "identity":
                 dz = xp.ascontiguousarray(dy)
@@ -141,7 +141,7 @@ class Dense:
             else:  # softmax Jacobian-vector product: s (.) (dy - <dy, s>)
                 dz = y * (dy - (dy * y).sum(axis=1, keepdims=True))
             if low:
-                dz = xp.ascontiguousarray(dz.astype(self.dtype))
+                dz = xp.ascontiguousarray(be.astype(dz, self.dtype))
             be.gemm(dz, h2, self.grads["W"], trans_a=True, beta=1.0)          # eq. (21)
             be.sum_rows(dz, self.grads["b"])                                  # eq. (22)
             dh = be.empty((dz.shape[0], self.in_features))

@@ -28,19 +28,41 @@ from typing import Any, Callable
 
 
 def _to_gl(t):
+    """A torch tensor as a gpu_lstm array, zero-copy where possible. bfloat16 goes through an int16
+    view (``tensor.view(torch.int16)``, same memory): CuPy is not relied on to take kDLBfloat through
+    DLPack, and a GPU bfloat16 model holds uint16 bit patterns anyway; on the CPU the int16 view
+    becomes an ml_dtypes.bfloat16 NumPy view."""
     if t is None:
         return None
+    import torch
     t = t.detach()
+    bf16 = t.dtype == torch.bfloat16
+    if bf16:
+        t = t.contiguous().view(torch.int16)
     if t.is_cuda:
         import cupy
-        return cupy.from_dlpack(t.contiguous())
-    return t.contiguous().numpy()
+        a = cupy.from_dlpack(t.contiguous())
+        return a.view(cupy.uint16) if bf16 else a
+    a = t.contiguous().numpy()
+    if bf16:
+        from .backend.lowp import dtype_of
+        a = a.view(dtype_of("bfloat16"))
+    return a
 
 
 def _to_torch(a):
+    """A gpu_lstm array as a torch tensor without a copy: CuPy uint16 arrays (a GPU bfloat16 model's
+    bit patterns) and ml_dtypes.bfloat16 NumPy arrays come back as torch.bfloat16 through an int16
+    view; float16 and the rest go through DLPack / NumPy as they are."""
     import torch
     if hasattr(a, "__cuda_array_interface__"):
+        if a.dtype.name == "uint16":
+            import cupy
+            return torch.from_dlpack(a.view(cupy.int16)).view(torch.bfloat16)
         return torch.from_dlpack(a)
+    if a.dtype.name == "bfloat16":
+        import numpy as np
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
 
 

@@ -49,13 +49,14 @@ def mse_loss(pred: Any, target: Any, mask: Any = None) -> Tuple[Any, Any]:
     target = be.asarray("target", target)     # host targets for device predictions: copied over
     if target.shape != pred.shape:
         raise ValueError(f"target: expected shape {ck.shape_str(pred.shape)} (that of pred), got {ck.shape_str(target.shape)}")
-    ck.check_dtype("target", target, pred.dtype)
+    pdt = be.dtype_of(pred)   # a GPU bfloat16 array is uint16 bit patterns: its logical dtype
+    ck.check_dtype("target", target, pdt, be)
     # 16-bit predictions: the loss in float32 (be.wide), the gradient rounded once to pred's dtype
     w = be.wide
-    diff = pred.astype(w, copy=False) - target.astype(w, copy=False)
+    diff = be.astype(pred, w) - be.astype(target, w)
     if mask is None:
         n = max(diff.size, 1)
-        return (diff * diff).sum() / n, (diff * (2.0 / n)).astype(pred.dtype, copy=False)
+        return (diff * diff).sum() / n, be.astype(diff * (2.0 / n), pdt)
     try:
         mask = xp.broadcast_to(be.asarray("mask", mask).astype(w, copy=False), pred.shape)
     except (ValueError, TypeError):
@@ -63,7 +64,7 @@ def mse_loss(pred: Any, target: Any, mask: Any = None) -> Tuple[Any, Any]:
                          f"pred), got shape {ck.shape_str(getattr(mask, 'shape', ()))}") from None
     n = xp.maximum(mask.sum(), 1)
     diff = diff * mask
-    return (diff * diff).sum() / n, (diff * (2 / n)).astype(pred.dtype, copy=False)
+    return (diff * diff).sum() / n, be.astype(diff * (2 / n), pdt)
 
 
 def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_INDEX,
@@ -96,7 +97,7 @@ def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_
     _check_array("targets", targets)
     be = backend_for(logits)
     xp = be.xp
-    if logits.dtype.kind != "f":
+    if be.dtype_of(logits).kind != "f" and be.dtype_of(logits).name != "bfloat16":
         raise TypeError(f"logits: expected a float array, got dtype {logits.dtype.name}")
     targets = be.asarray("targets", targets)  # host targets for device logits: copied over
     if logits.ndim < 1 or logits.shape[:-1] != targets.shape:

@@ -319,7 +319,7 @@ class LSTM:
             if name.endswith(".b") and self.forget_bias is not None:
                 f = GATE_INDEX["f"]
                 value[f * H:(f + 1) * H] = self.forget_bias
-            self.params[name] = self._be.asarray(name, value.astype(self.dtype)).astype(self.dtype, copy=False)
+            self.params[name] = self._be.astype(self._be.asarray(name, value.astype(self.dtype)), self.dtype)
 
     def set_params(self, values: Dict[str, Any]) -> None:
         """Copy parameter values in place, all or nothing.
@@ -348,7 +348,7 @@ class LSTM:
             arr = ck.as_array(self._be, name, value)
             ck.check_shape(name, arr, shapes[name])
             ck.real_array(name, arr)
-            arrays[name] = arr.astype(self.dtype, copy=False)
+            arrays[name] = self._be.astype(arr, self.dtype)
         for name, arr in arrays.items():   # everything checked and converted: now write
             self.params[name][...] = arr
 
@@ -387,7 +387,7 @@ class LSTM:
             for name, value in arrays.items():
                 label = f"{what}[{name!r}]"
                 arr = self._be.asarray(label, value, copy=False)   # the caller's memory, never a copy
-                ck.check_dtype(label, arr, self.dtype if what == "params" else self._be.wide)
+                ck.check_dtype(label, arr, self.dtype if what == "params" else self._be.wide, self._be)
                 ck.check_shape(label, arr, shapes[name])
                 if not arr.flags.c_contiguous:   # kernels and plans address parameters as dense rows
                     raise ValueError(f"{label}: expected a C-contiguous array, got strides {arr.strides}")
@@ -525,7 +525,7 @@ class LSTM:
 
     def _array(self, name, value):
         arr = ck.as_array(self._be, name, value)
-        ck.check_dtype(name, arr, self.dtype)
+        ck.check_dtype(name, arr, self.dtype, self._be)
         return arr
 
     def _state_pair(self, name, pair, B):
@@ -652,7 +652,7 @@ class LSTM:
         if self.check_finite if check_finite is None else check_finite:
             for name, arr in (("x", x), ("h0", h0), ("c0", c0)):
                 if arr is not None:
-                    ck.check_finite(name, arr, xp)
+                    ck.check_finite(name, arr, xp, be)
         engine = _plan.engine(self, T, B)
         if engine in ("graph", "plan"):
             return _plan.forward(self, x, h0, c0, host_lengths, return_cells, engine)
@@ -665,7 +665,10 @@ class LSTM:
             self._mask_calls += 1        # every training forward draws fresh masks
         if lengths is not None:
             valid, rev = dirn.length_indices(host_lengths, T)                     # (T, B) each
-            ws.valid = xp.asarray(valid.astype(self.dtype))[:, :, None]           # (T, B, 1)
+            # 0/1 per (t, b). A GPU bfloat16 model's arrays are uint16 bit patterns: there the mask is
+            # uint16 0/1, and multiplying a bit pattern by it keeps the value or gives +0 exactly.
+            vdt = np.uint16 if be.storage != self.dtype else self.dtype
+            ws.valid = xp.asarray(valid.astype(vdt))[:, :, None]                 # (T, B, 1)
             ws.rev_index = (xp.asarray(rev), xp.arange(B)[None, :])
         else:
             ws.valid = None
@@ -696,7 +699,7 @@ class LSTM:
         y = (y.transpose(1, 0, 2) if self.batch_first else y).copy()
         h_n = xp.stack([ws.dirs[k][d].h[T] for k in range(L) for d in range(D)])   # (L*D, B, P)
         c_n = xp.stack([ws.dirs[k][d].c[T] for k in range(L) for d in range(D)])   # (L*D, B, H)
-        c_n = c_n.astype(self.dtype, copy=False)   # c is float32 inside a 16-bit model
+        c_n = be.astype(c_n, self.dtype)   # c is float32 inside a 16-bit model
         if not return_cells:
             return y, (h_n, c_n)
         if ws.valid is not None:
@@ -846,7 +849,7 @@ class LSTM:
             if d == 0:
                 din[...] = scratch.dx[k]
             else:
-                din += scratch.dx[k][ws.rev_index]             # back to forward time order
+                be.add_into(din, scratch.dx[k][ws.rev_index])  # back to forward time order
         return din
 
     def __repr__(self):

@@ -413,6 +413,11 @@ class LossScaler:
         self.skipped_steps = int(sd.get("skipped_steps", 0))
 
 
+def _widened_copy(p):
+    w = _backend(p).astype(p, np.float32)
+    return w.copy() if w is p else w
+
+
 class MixedPrecision:
     """Float32 master weights for a bfloat16/float16 model.
 
@@ -431,7 +436,8 @@ class MixedPrecision:
         for k, g in grads.items():
             if np.dtype(g.dtype) != np.float32:
                 raise TypeError(f"grads[{k!r}]: mixed precision expects float32 gradients, got {g.dtype}")
-        self.master = {k: p.astype(np.float32) for k, p in params.items()}
+        # widened exactly, on the parameters' device (a GPU bfloat16 model's arrays are uint16 bits)
+        self.master = {k: _widened_copy(p) for k, p in params.items()}
         self.inner = optimizer_cls(self.master, grads, **kwargs)
         self.loss_scaler = loss_scaler
         self._finite = True

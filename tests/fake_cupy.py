@@ -61,6 +61,7 @@ class ndarray(np.ndarray):
             if isinstance(a, np.ndarray) and not isinstance(a, ndarray) and a.ndim > 0:
                 raise TypeError(f"Unsupported type {type(a)} (fake cupy: a NumPy array as an operand of "
                                 f"cupy.{ufunc.__name__}; CuPy raises here too)")
+        _check_bits_ufunc(ufunc, inputs + tuple(kwargs.get("out", ())))
         args = tuple(a.view(np.ndarray) if isinstance(a, ndarray) else a for a in inputs)
         outs = kwargs.get("out")
         if outs is not None:
@@ -77,6 +78,43 @@ class ndarray(np.ndarray):
 ndarray.__module__ = "cupy"
 
 
+# ---- bfloat16 as uint16 bit patterns ---------------------------------------------------------------
+# The GPU backend keeps bfloat16 in uint16 arrays (CuPy's own bfloat16 is not relied on). Nothing in
+# gpu_lstm has other uint16 device arrays, so the fake treats every uint16 array as bfloat16 bits and
+# refuses what would silently compute on the bit patterns as integers: arithmetic ufuncs (only the
+# product of two uint16 arrays is let through: the 0/1 length mask times bits, exact), numeric casts
+# between uint16 and float types, and float values written into uint16 arrays or back. Arrays of
+# ml_dtypes.bfloat16 itself are refused on the "device" (not every CuPy holds them).
+def _is_bits(a):
+    return isinstance(a, np.ndarray) and a.dtype == np.uint16
+
+
+def _check_bits_ufunc(ufunc, operands):
+    bits = [a for a in operands if _is_bits(a)]
+    if not bits:
+        return
+    if ufunc is np.multiply and all(_is_bits(a) for a in operands):
+        return
+    raise TypeError(f"fake cupy: {ufunc.__name__} on uint16 (bfloat16 bit pattern) arrays computes on "
+                    "the bits as integers; widen to float32 first")
+
+
+def _check_bits_mix(what, dst_dtype, src):
+    sd = getattr(src, "dtype", None)
+    if sd is None or np.ndim(src) == 0 and not isinstance(src, np.ndarray):
+        return
+    sd = np.dtype(sd)
+    if (dst_dtype == np.uint16) != (sd == np.uint16) and (sd.kind == "f" or np.dtype(dst_dtype).kind == "f"):
+        raise TypeError(f"fake cupy: {what} converts between {sd.name} and {np.dtype(dst_dtype).name} "
+                        "numerically; uint16 arrays are bfloat16 bit patterns")
+
+
+def _no_bf16_dtype(dtype):
+    if dtype is not None and np.dtype(dtype).name == "bfloat16":
+        raise TypeError("fake cupy: a bfloat16 device array; the GPU backend keeps bfloat16 as uint16 "
+                        "bit patterns (CuPy's own bfloat16 is not relied on)")
+
+
 def _fake(x):
     if isinstance(x, np.ndarray) and not isinstance(x, ndarray):
         return x.view(ndarray)
@@ -87,11 +125,17 @@ def _fake(x):
 
 def _wrap(fn):
     def wrapped(*args, **kwargs):
-        return _fake(fn(*args, **kwargs))
+        _no_bf16_dtype(kwargs.get("dtype"))
+        res = _fake(fn(*args, **kwargs))
+        for r in (res if isinstance(res, tuple) else (res,)):
+            if isinstance(r, np.ndarray):
+                _no_bf16_dtype(r.dtype)
+        return res
     return wrapped
 
 
 def asarray(a, dtype=None):
+    _no_bf16_dtype(dtype if dtype is not None else getattr(a, "dtype", None))
     if isinstance(a, ndarray) and (dtype is None or np.dtype(dtype) == a.dtype):
         return a
     return np.array(a, dtype=dtype).view(ndarray)      # host -> "device": a copy, as in CuPy
@@ -150,11 +194,18 @@ def _signatures():
     return sigs
 
 
+_DEVICE_DTYPES = {"float": np.float32, "double": np.float64, "gl_bf16": np.uint16, "gl_half": np.float16}
+_SUFFIXES = {"float": "f32", "double": "f64", "gl_bf16": "bf16", "gl_half": "f16"}
+
+
 class _Kernel:
     def __init__(self, name, ctype, fn, kinds):
         self.name, self.fn, self.kinds = name, fn, kinds
-        self.dtype = np.dtype({"float": np.float32, "double": np.float64}[ctype])
-        self.acc = self.dtype   # gl_acc_t<T>: the arithmetic type (T itself for float and double)
+        # The device dtype of T: gl_bf16 lives in uint16 arrays (bfloat16 bit patterns, what the GPU
+        # backend allocates), gl_half in float16 ones.
+        self.dtype = np.dtype(_DEVICE_DTYPES[ctype])
+        # gl_acc_t<T>: the arithmetic type (T itself for float and double, float for the 16-bit types)
+        self.acc = np.dtype(np.float32) if ctype in ("gl_bf16", "gl_half") else self.dtype
         self.launches = 0
 
     def __call__(self, grid, block, args):
@@ -206,7 +257,8 @@ _HOST_NAMES = {"lstm_cell_forward": "gl_cell_forward", "lstm_cell_backward": "gl
                "sum_rows": "gl_sum_rows", "sum_rows_partial": "gl_sum_rows_partial",
                "softmax_xent": "gl_softmax_xent", "adam_step": "gl_adam_step", "sgd_step": "gl_sgd_step",
                "grad_sumsq_partial": "gl_grad_sumsq_partial", "grad_norm_finish": "gl_grad_norm_finish",
-               "grad_clip_coef": "gl_grad_clip_coef", "grad_scale": "gl_grad_scale"}
+               "grad_clip_coef": "gl_grad_clip_coef", "grad_scale": "gl_grad_scale",
+               "narrow_copy": "gl_narrow_copy"}
 compiled = []   # (code, options, name_expressions) of every RawModule made
 
 
@@ -222,8 +274,13 @@ class RawModule:
         if expr not in self._names:
             raise ValueError(f"{expr} was not among the name expressions {sorted(self._names)}")
         name, ctype = re.fullmatch(r"(\w+)<(\w+)>", expr).groups()
-        suffix = {"float": "f32", "double": "f64"}[ctype]
-        return _Kernel(name, ctype, getattr(self._lib, f"{_HOST_NAMES[name]}_{suffix}"), self._sigs[name])
+        suffix = _SUFFIXES[ctype]
+        host_name = f"{_HOST_NAMES[name]}_{suffix}"
+        fn = getattr(self._lib, host_name, None)
+        if fn is None:   # a 16-bit instantiation the host build leaves out (the clip kernels: gradients are float32)
+            def fn(*args, _n=host_name):
+                raise NotImplementedError(f"fake cupy: {_n} has no host build; the GPU backend should not launch it")
+        return _Kernel(name, ctype, fn, self._sigs[name])
 
 
 # ---- cuBLAS: column-major GEMM on raw pointers -----------------------------------------------------
@@ -253,33 +310,66 @@ def _gemm(ctype, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C
 
 _cublas_state = {"pointer_mode": 1, "calls": 0}   # starts NOT in host mode: the backend must set it
 
-_CUDA_TYPES = {0: ctypes.c_float}          # cudaDataType_t the fake's gemmEx accepts: CUDA_R_32F
+# cudaDataType_t the fake's gemmEx accepts: CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14, as
+# (ctypes element, NumPy dtype of the values); bfloat16 is read from uint16 memory as ml_dtypes.bfloat16.
+_CUDA_TYPES = {0: (ctypes.c_float, "float32"), 2: (ctypes.c_uint16, "float16"), 14: (ctypes.c_uint16, "bfloat16")}
 _COMPUTE = {68: "32F", 77: "32F_FAST_TF32"}  # cublasComputeType_t
+# (A/B type, C type) pairs cuBLAS takes with each compute type (cublasGemmEx's table, as we know it)
+_EX_PAIRS = {"32F": {(0, 0), (2, 2), (2, 0), (14, 14), (14, 0)}, "32F_FAST_TF32": {(0, 0)}}
+
+
+def _ex_dtype(name):
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _ex_view(ptr, t, rows, cols, ld):
+    """A column-major (rows, cols) view of cudaDataType_t ``t`` at ``ptr`` (16-bit: reinterpreted)."""
+    ct, name = _CUDA_TYPES[t]
+    v = _view(ptr, ct, rows, cols, ld)
+    return v if name == "float32" else v.view(_ex_dtype(name))
 
 
 def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
              compute, algo):
-    """cublasGemmEx, strictly: float32 operands only (the 16-bit storage path is not wired to the
-    GPU backend yet), compute type 32F or 32F_FAST_TF32 (operands rounded to TF32 first, as the
-    CPU reference does), algo CUBLAS_GEMM_DEFAULT."""
+    """cublasGemmEx, strictly: A and B of one type (float32, float16 or bfloat16), C of that type or
+    float32, compute type 32F (16-bit operands widened exactly, float32 products and sums, the result
+    alpha AB + beta C formed in float32 and rounded once to C's type, to nearest even through NumPy /
+    ml_dtypes) or 32F_FAST_TF32 (float32 only; operands rounded to TF32 first, as the CPU reference
+    does), algo CUBLAS_GEMM_DEFAULT, float32 host scalars, integer sizes and leading dimensions."""
     for what, t in (("Atype", Atype), ("Btype", Btype), ("Ctype", Ctype)):
-        if t not in _CUDA_TYPES:
+        if type(t) is not int or t not in _CUDA_TYPES:
             raise TypeError(f"fake cublasGemmEx: {what} {t!r} is not a supported cudaDataType_t")
-    if compute not in _COMPUTE or algo != -1:
+    if type(compute) is not int or compute not in _COMPUTE or algo != -1:
         raise TypeError(f"fake cublasGemmEx: computeType {compute!r} / algo {algo!r} not supported")
+    if Atype != Btype or (Atype, Ctype) not in _EX_PAIRS[_COMPUTE[compute]]:
+        raise TypeError(f"fake cublasGemmEx: Atype {Atype}, Btype {Btype}, Ctype {Ctype} with compute "
+                        f"{_COMPUTE[compute]}: not a combination cuBLAS supports")
+    for v in (transa, transb, m, n, k, lda, ldb, ldc):
+        if not isinstance(v, int):
+            raise TypeError(f"fake cuBLAS: integer arguments expected, got {type(v).__name__}")
     if _cublas_state["pointer_mode"] != 0:
         raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
-    a = ctypes.cast(alpha, ctypes.POINTER(ctypes.c_float)).contents.value
-    b = ctypes.cast(beta, ctypes.POINTER(ctypes.c_float)).contents.value
-    opA = _view(A, ctypes.c_float, k, m, lda).T if transa == 1 else _view(A, ctypes.c_float, m, k, lda)
-    opB = _view(B, ctypes.c_float, n, k, ldb).T if transb == 1 else _view(B, ctypes.c_float, k, n, ldb)
+    a = np.float32(ctypes.cast(alpha, ctypes.POINTER(ctypes.c_float)).contents.value)
+    b = np.float32(ctypes.cast(beta, ctypes.POINTER(ctypes.c_float)).contents.value)
+    opA = _ex_view(A, Atype, k, m, lda).T if transa == 1 else _ex_view(A, Atype, m, k, lda)
+    opB = _ex_view(B, Btype, n, k, ldb).T if transb == 1 else _ex_view(B, Btype, k, n, ldb)
+    opA, opB = opA.astype(np.float32), opB.astype(np.float32)      # exact for 16-bit values
     if _COMPUTE[compute] == "32F_FAST_TF32":
         from gpu_lstm.backend.numpy_backend import tf32_round
         opA, opB = tf32_round(opA), tf32_round(opB)
-    Cm = _view(C, ctypes.c_float, m, n, ldc)
-    Cm[...] = np.float32(a) * (opA @ opB) + (np.float32(b) * Cm if b != 0 else 0)
+    Cm = _ex_view(C, Ctype, m, n, ldc)
+    r = a * (opA @ opB)
+    if b != 0:
+        r = r + b * Cm.astype(np.float32)
+    Cm[...] = r.astype(Cm.dtype)                                     # one rounding to C's type
     _cublas_state["calls"] += 1
     _cublas_state["gemm_ex"] = _cublas_state.get("gemm_ex", 0) + 1
+    key = (_CUDA_TYPES[Atype][1], _CUDA_TYPES[Ctype][1])
+    counts = _cublas_state.setdefault("gemm_ex_types", {})
+    counts[key] = counts.get(key, 0) + 1
 
 
 def _make_cublas():
@@ -724,6 +814,7 @@ def _array_ufunc(self, ufunc, method, *inputs, **kwargs):
 
 
 def _cap_copyto(dst, src, **kw):
+    _check_bits_mix("copyto", dst.dtype, src)
     if _cap.capturing is not None:
         _check_device_operand("copyto", src)
     _issue("copyto", functools.partial(np.copyto, _plain(dst), _plain(src), **kw), _fp((src,), (dst,)))
@@ -780,6 +871,19 @@ def _tracked(name, fn, writes_self=False, syncs=False):
     return wrapped
 
 
+def _bits_checked_setitem(self, key, value):
+    _check_bits_mix("__setitem__", self.dtype, value)
+    return np.ndarray.__setitem__(self, key, value)
+
+
+def _bits_checked_astype(self, dtype, *args, **kwargs):
+    _no_bf16_dtype(dtype)
+    _check_bits_mix("astype", dtype, self)
+    return np.ndarray.astype(self, dtype, *args, **kwargs)
+
+
+ndarray.__setitem__ = _bits_checked_setitem
+ndarray.astype = _bits_checked_astype
 ndarray.__array_ufunc__ = _array_ufunc
 ndarray.fill = _cap_fill
 ndarray.set = _set

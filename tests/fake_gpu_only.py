@@ -10,10 +10,13 @@ from gpu_lstm.backend import kernels
 def test_runtime_compiles_what_the_nvrtc_check_compiles():
     import fake_cupy
     gl.LSTM(3, 4, device="gpu", dtype="float64")(np.zeros((2, 1, 3)))
-    code, options, exprs = fake_cupy.compiled[-1]
-    assert code == kernels.kernel_source()
-    assert options == kernels.compile_options()
-    assert exprs == kernels.name_expressions()
+    # every module made: the float module, and the 16-bit one where a 16-bit model ran before
+    assert fake_cupy.compiled
+    for code, options, exprs in fake_cupy.compiled:
+        assert code == kernels.kernel_source()
+        assert options == kernels.compile_options()
+        assert exprs in (kernels.name_expressions(), kernels.name_expressions(tuple(kernels.LOWP_CTYPES)))
+    assert kernels.name_expressions() in [e for _, _, e in fake_cupy.compiled]
 
 
 def test_the_fake_catches_wrong_kernel_arguments():
@@ -617,3 +620,39 @@ def test_tf32_gemms_go_through_gemm_ex():
     yc, _ = c(x)
     assert state.get("gemm_ex", 0) > n0
     assert np.allclose(gl.to_numpy(yg), yc, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, name", [("bfloat16", "bfloat16"), ("float16", "float16")])
+def test_16_bit_gemms_go_through_gemm_ex_with_float32_gradients(dtype, name):
+    """Every GEMM of a 16-bit model is cublasGemmEx with 16-bit A/B: C 16-bit (gates, delta-h, dx)
+    or float32 (the parameter gradients); the fake checks each type/compute/ld argument."""
+    pytest.importorskip("ml_dtypes")
+    import cupy
+    from cupy_backends.cuda.libs import cublas
+    m = gl.LSTM(4, 8, device="gpu", dtype=dtype, seed=0)
+    assert m._be.storage == (np.uint16 if dtype == "bfloat16" else np.float16)
+    cublas.state["gemm_ex_types"] = {}
+    calls = cublas.state["calls"]
+    x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype(m.dtype)
+    y, _ = m(x)
+    m.backward(np.ones(y.shape, m.dtype))
+    types = cublas.state["gemm_ex_types"]
+    assert set(types) == {(name, name), (name, "float32")}, types
+    assert sum(types.values()) == cublas.state["calls"] - calls      # no Sgemm/Dgemm in between
+    assert isinstance(y, cupy.ndarray) and y.dtype == m._be.storage
+    assert gl.to_numpy(y).dtype == m.dtype
+
+
+def test_fake_refuses_integer_maths_on_bfloat16_bits():
+    import cupy
+    a = cupy.zeros((3,), dtype=cupy.uint16)
+    with pytest.raises(TypeError, match="bit pattern"):
+        a + a
+    with pytest.raises(TypeError, match="numerically"):
+        a.astype(cupy.float32)
+    with pytest.raises(TypeError, match="numerically"):
+        a[...] = cupy.ones(3, dtype=cupy.float32)
+    pytest.importorskip("ml_dtypes")
+    import ml_dtypes
+    with pytest.raises(TypeError, match="bfloat16 device array"):
+        cupy.zeros((3,), dtype=ml_dtypes.bfloat16)

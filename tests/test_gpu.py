@@ -387,3 +387,116 @@ def test_fused_clip_grad_norm_matches_numpy(dtype):
     np.testing.assert_allclose(gl.to_numpy(n_dev), n_ref, rtol=norm_rtol(sizes, fma=True), atol=0)
     for a, b in zip(dev, host):
         np.testing.assert_allclose(gl.to_numpy(a), b, rtol=clipped_rtol(sizes, dtype, fma=True), atol=0)
+
+
+# ---- 16-bit models (bfloat16, float16) against the NumPy rounding reference --------------------------
+# Not bitwise: the GPU adds its float32 GEMM products in cuBLAS's order and uses CUDA's expf/tanhf, the
+# reference NumPy's. Both are approximations of the float64 model with the same (rounded) weights and
+# inputs, and each obeys docs/precision.md's first-order bounds, relative Frobenius norms:
+# ||y - y64|| <= b_f ||y64||, b_f = 3 u + K u32, gradients b_g = 5 u + K u32 (u the storage type's unit
+# roundoff, K <= T B the longest float32 sum; the same analysis covers both, since they round at the
+# same places). By the triangle inequality ||y_gpu - y_ref|| <= 2 b ||y64|| <= 2 b ||y_ref|| / (1 - b).
+# tests/test_lowp.py checks the reference against float64 at this configuration.
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def _bits(a):
+    return np.asarray(a).view(np.uint16)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_models_match_the_rounding_reference(dtype):
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.backend import lowp
+    H, B, T, I = 64, 4, 30, 8
+    kw = dict(bidirectional=True, peephole=True, proj_size=32, num_layers=2, seed=3, dtype=dtype)
+    g = gl.LSTM(I, H, device="gpu", **kw)
+    c = gl.LSTM(I, H, device="cpu", **kw)
+    for k in c.params:   # the same weights, rounded once on the host and uploaded as bit patterns
+        assert np.array_equal(_bits(gl.to_numpy(g.params[k])), _bits(c.params[k])), k
+    u, K = lowp.unit_roundoff(dtype), T * B
+    b_f, b_g = 3 * u + K * 2.0 ** -24, 5 * u + K * 2.0 ** -24
+    tol_f, tol_g = 2 * b_f / (1 - b_f), 2 * b_g / (1 - b_g)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, B, I)).astype(c.dtype)
+    lengths = rng.integers(T // 2, T + 1, B)
+    yg, (hg, cg) = g(x, lengths=lengths)           # host input: uploaded
+    yc, (hc, cc) = c(x, lengths=lengths)
+    for got, want in ((yg, yc), (hg, hc), (cg, cc)):
+        got = gl.to_numpy(got)
+        assert got.dtype == c.dtype and got.shape == want.shape
+        assert _rel(got, want) <= tol_f, (_rel(got, want), tol_f)
+    dy = rng.standard_normal(yc.shape).astype(c.dtype)
+    dxg, _ = g.backward(dy)
+    dxc, _ = c.backward(dy)
+    assert _rel(gl.to_numpy(dxg), dxc) <= tol_g
+    for k in c.grads:
+        gk = gl.to_numpy(g.grads[k])
+        assert gk.dtype == np.float32
+        assert _rel(gk, c.grads[k]) <= tol_g, (k, _rel(gk, c.grads[k]), tol_g)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_mixed_precision_training_on_gpu(dtype):
+    """LSTM + Dense + mse_loss + MixedPrecision(Adam) on GPU arrays, against the CPU reference.
+    After one Adam step from the same state each master weight moved by lr g / (|g| + eps), at most
+    lr, on each side: GPU and CPU masters differ by at most 2 lr (plus a float32 rounding of each
+    master). The 16-bit parameters are the masters rounded once (narrow_copy): bitwise."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.losses import mse_loss
+    from gpu_lstm.model import SequenceModel
+    from gpu_lstm.optim import Adam, LossScaler, MixedPrecision
+    lr = 1e-3
+    runs = {}
+    for device in ("gpu", "cpu"):
+        model = SequenceModel(3, 16, 2, head="last", dtype=dtype, device=device, seed=0)
+        scaler = LossScaler(init_scale=2.0 ** 8) if dtype == "float16" else None
+        opt = MixedPrecision(Adam, model.params, model.grads, scaler, lr=lr)
+        rng = np.random.default_rng(0)
+        losses = []
+        for step in range(3):
+            x = rng.standard_normal((12, 5, 3)).astype(model.dtype)
+            y = rng.standard_normal((5, 2)).astype(model.dtype)
+            for gr in model.grads.values():
+                gr[...] = 0
+            pred = model(x)[0]
+            loss, dpred = mse_loss(pred, y)
+            losses.append(float(loss))
+            model.backward(opt.scale_grad(dpred))
+            opt.unscale_()
+            assert opt.step()
+            if step == 0:
+                masters = {k: np.asarray(gl.to_numpy(v)).copy() for k, v in opt.master.items()}
+        for k, p in model.params.items():
+            m = gl.to_numpy(opt.master[k])
+            assert m.dtype == np.float32 and np.isfinite(m).all()
+            assert np.array_equal(_bits(gl.to_numpy(p)), _bits(m.astype(gl.to_numpy(p).dtype))), k
+        runs[device] = (masters, losses)
+    (mg, lg), (mc, lc) = runs["gpu"], runs["cpu"]
+    assert np.isfinite(lg).all()
+    for k in mc:
+        assert np.all(np.abs(mg[k] - mc[k]) <= 2 * lr + 2.0 ** -24 * (np.abs(mc[k]) + lr)), k
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_softmax_cross_entropy_on_gpu(dtype):
+    """16-bit logits: float32 loss rows, 16-bit gradient. The GPU kernel and the reference compute in
+    float32 with different exp/log (a few float32 ulps apart), so the gradient differs by at most one
+    16-bit ulp (<= 2 u |g|, docs/precision.md) and the float32 loss by a few float32 ulps (64, as
+    tests/test_lowp.py allows for the same kernel pair)."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.backend import lowp
+    from gpu_lstm.losses import softmax_cross_entropy
+    d = lowp.dtype_of(dtype)
+    u = lowp.unit_roundoff(dtype)
+    z = np.random.default_rng(0).standard_normal((40, 7)).astype(d)
+    t = np.random.default_rng(1).integers(0, 7, 40)
+    t[3] = -100
+    be = gl.LSTM(2, 2, device="gpu", dtype=dtype)._be
+    lg, gg = softmax_cross_entropy(be.asarray("z", z), t)
+    lc, gc = softmax_cross_entropy(z, t)
+    gg, gc = gl.to_numpy(gg).astype(np.float32), gc.astype(np.float32)
+    assert np.all(np.abs(gg - gc) <= 2 * u * np.abs(gc))
+    assert abs(float(lg) - float(lc)) <= 64 * 2.0 ** -24 * (1 + abs(float(lc)))

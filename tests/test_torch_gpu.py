@@ -59,3 +59,20 @@ def test_cuda_compile_fullgraph_matches_eager():
     eager = m(x)[0].square().sum()
     compiled = torch.compile(m, fullgraph=True)(x)[0].square().sum()
     torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("tdtype", ["bfloat16", "float16"])
+def test_16_bit_tensors_cross_without_a_copy(tdtype):
+    """torch bf16/fp16 CUDA tensors to gpu_lstm arrays and back share memory (bfloat16 through an
+    int16 view, since CuPy is not relied on to hold bfloat16). Not yet run on a GPU."""
+    import cupy
+    from gpu_lstm.interop import _to_gl, _to_torch
+    t = torch.randn(4, 3, device="cuda").to(getattr(torch, tdtype))
+    a = _to_gl(t)
+    assert a.data.ptr == t.data_ptr() and a.dtype == (cupy.uint16 if tdtype == "bfloat16" else cupy.float16)
+    back = _to_torch(a)
+    assert back.dtype == t.dtype and back.data_ptr() == t.data_ptr()
+    import gpu_lstm as gl
+    m = gl.LSTM(3, 5, device="gpu", dtype=tdtype, seed=0)
+    y, _ = m(t.reshape(4, 1, 3))                  # the model's asarray: DLPack, zero-copy
+    assert torch.equal(_to_torch(y).cpu().float(), torch.from_numpy(gl.to_numpy(y).astype("float32")))

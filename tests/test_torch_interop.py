@@ -73,3 +73,15 @@ def test_torch_state_dict_gives_tensors_that_torch_loads():
     x = np.random.default_rng(0).standard_normal((4, 2, 3))
     np.testing.assert_allclose(ref(torch.from_numpy(x))[0].detach().numpy(), m(x)[0], rtol=1e-12, atol=1e-13)
     assert all(isinstance(v, np.ndarray) for v in m.torch_state_dict(as_tensors=False).values())
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float16"])
+def test_16_bit_tensors_cross_to_and_from_torch_without_a_copy(name):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.interop import _to_gl, _to_torch
+    t = torch.randn(4, 3).to(getattr(torch, name))
+    a = _to_gl(t)
+    assert a.dtype.name == name and a.ctypes.data == t.data_ptr()   # bfloat16: an ml_dtypes view
+    back = _to_torch(a)
+    assert back.dtype == t.dtype and back.data_ptr() == t.data_ptr() and torch.equal(back, t)

@@ -132,6 +132,9 @@ def backend_for(array, dtype=None):
     import numpy as np
     dtype = np.dtype(dtype if dtype is not None else array.dtype)
     device = "gpu" if type(array).__module__.startswith("cupy") else "cpu"
+    if device == "gpu" and dtype == np.uint16:   # a GPU bfloat16 array: uint16 bit patterns
+        from .lowp import dtype_of
+        dtype = dtype_of("bfloat16")
     key = (device, dtype.name)
     if key not in _instances:
         _instances[key] = get_backend(device, dtype)

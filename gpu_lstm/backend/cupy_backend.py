@@ -20,6 +20,9 @@ from . import blas, cublas_capture, kernels, reduce
 CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
 CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT = 68, 77, -1
 _BLOCK = 256
+_LOW = ("bfloat16", "float16")
+# cudaDataType_t of a device array dtype; uint16 arrays are bfloat16 bit patterns (see storage).
+_CUDA_TYPES = {"float32": CUDA_R_32F, "float16": CUDA_R_16F, "uint16": CUDA_R_16BF}
 _XENT_BLOCK = 256   # = GL_XENT_BLOCK; a power of two
 
 
@@ -48,6 +51,18 @@ def _has_cuda_array_interface(value):
         return getattr(value, "__cuda_array_interface__", None) is not None
     except Exception:
         return False
+
+
+def _bf16_as_int16(value):
+    """A torch bfloat16 tensor as an int16 view of the same memory (``tensor.view(torch.int16)``:
+    zero-copy), so that DLPack hands CuPy a type it holds on every version; other values unchanged.
+    CuPy before v14 refuses kDLBfloat in from_dlpack ("CuPy does not support bfloat16 yet");
+    v14 accepts it only with ml_dtypes installed (cupy/cupy#9670), and we do not rely on that."""
+    dtype = getattr(value, "dtype", None)
+    if str(dtype) == "torch.bfloat16" and hasattr(value, "view"):
+        import torch
+        return value.view(torch.int16)
+    return value
 
 
 def _run_all(ops):
@@ -112,13 +127,25 @@ class CupyBackend:
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
-        self.wide = self.dtype   # the cell state / gradient dtype (float32 for 16-bit storage)
+        self.low = self.dtype.name in _LOW
+        # The cell state / gradient dtype: float32 for 16-bit storage (docs/precision.md).
+        self.wide = np.dtype(np.float32) if self.low else self.dtype
+        # The device array dtype of the storage type. bfloat16 lives in CuPy uint16 arrays holding the
+        # bfloat16 bit patterns: CuPy up to v13 has no bfloat16 dtype, and its ml_dtypes.bfloat16
+        # support in v14 (cupy/cupy#9494) is marked experimental; we do not rely on it. The kernels'
+        # gl_bf16 is a 16-bit struct, so a uint16 buffer is exactly their memory. float16 is native.
+        self.storage = np.dtype(np.uint16) if self.dtype.name == "bfloat16" else self.dtype
         self.device_id = cp.cuda.Device().id
+        # Kernels per buffer type: _k holds the storage type's instantiations (gates, h, x), _kw the
+        # wide type's (float32 c and its carry, column-sum partials, optimizers on master weights).
         self._k = kernels.load_module(self.device_id, self.dtype.name)
+        self._kw = kernels.load_module(self.device_id, self.wide.name) if self.low else self._k
         self._gemm_fn = cublas.sgemm if self.dtype == np.float32 else cublas.dgemm
-        self._gemm_name = "cublasSgemm" if self.dtype == np.float32 else "cublasDgemm"
-        # Host scalars for alpha/beta, made once: nothing is allocated per GEMM call.
-        self._scalars = {v: np.array(v, dtype=self.dtype) for v in (0.0, 1.0)}
+        self._gemm_name = ("cublasGemmEx" if self.low else
+                           "cublasSgemm" if self.dtype == np.float32 else "cublasDgemm")
+        # Host scalars for alpha/beta, made once: nothing is allocated per GEMM call. With compute type
+        # CUBLAS_COMPUTE_32F (16-bit models, TF32) the scale type is CUDA_R_32F: float32 scalars.
+        self._scalars = {v: np.array(v, dtype=self.wide) for v in (0.0, 1.0)}
         sms = cp.cuda.Device(self.device_id).attributes["MultiProcessorCount"]
         self._max_grid = sms * 16   # enough blocks to fill the GPU; grid-stride covers the rest
 
@@ -137,13 +164,76 @@ class CupyBackend:
     def activate(self):
         return cp.cuda.Device(self.device_id)
 
+    def device_dtype(self, dtype=None):
+        """The device array dtype for a logical dtype (None: this model's): bfloat16 -> uint16."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        return np.dtype(np.uint16) if dtype.name == "bfloat16" else dtype
+
+    def dtype_of(self, a):
+        """The logical dtype of a device array: uint16 arrays of a bfloat16 model are bfloat16."""
+        return self.dtype if (self.storage != self.dtype and a.dtype == self.storage) else a.dtype
+
     def empty(self, shape, dtype=None):
         with self.activate():
-            return cp.empty(shape, dtype=self.dtype if dtype is None else dtype)
+            return cp.empty(shape, dtype=self.device_dtype(dtype))
 
     def zeros(self, shape, dtype=None):
         with self.activate():
-            return cp.zeros(shape, dtype=self.dtype if dtype is None else dtype)
+            return cp.zeros(shape, dtype=self.device_dtype(dtype))
+
+    # ---- 16-bit conversions on the device ---------------------------------------------------------
+    def widen(self, a):
+        """A float32 copy of a storage-type array (exact). bfloat16 bits b widen to the float32 bits
+        b << 16 (bfloat16 is the upper half of a float32), so no kernel is needed."""
+        if a.dtype == self.wide:
+            return a
+        with self.activate():
+            if a.dtype == np.uint16 and self.storage == np.uint16:
+                return (a.astype(cp.uint32) << 16).view(cp.float32)
+            return a.astype(self.wide)
+
+    def narrow(self, a, out=None):
+        """``a`` (float32) rounded once, to nearest even, to the storage type: the narrow_copy kernel
+        (the same rounding as every kernel's stores). Into ``out`` when given (C-contiguous)."""
+        with self.activate():
+            src = cp.ascontiguousarray(a, dtype=cp.float32)
+            dst = cp.empty(src.shape, dtype=self.storage) if out is None else out
+            self.narrow_copy(src, dst)
+            return dst
+
+    def astype(self, a, dtype):
+        """``a`` (a device array) in the logical ``dtype``, a copy only where the type changes; the
+        16-bit conversions round once (to nearest even) from float32. float64 -> 16-bit goes through
+        float32 (two roundings; the parameters' float64 host values are rounded on the host instead)."""
+        dtype = np.dtype(dtype)
+        src = self.dtype_of(a)
+        if src == dtype:
+            return a
+        if not self.low:
+            return a.astype(dtype)
+        if src == self.dtype:                                  # storage -> wide or other
+            w = self.widen(a)
+            return w if dtype == self.wide else w.astype(dtype)
+        if dtype == self.dtype:                                # anything -> storage
+            return self.narrow(a)
+        return a.astype(dtype)
+
+    def add_into(self, dst, src):
+        """dst += src, in float32 for 16-bit storage and rounded once (what the CPU reference's
+        ml_dtypes/float16 addition does); bfloat16 bit patterns cannot be added as integers."""
+        if dst.dtype == np.uint16 and self.storage == np.uint16:
+            w = self.widen(dst) + self.widen(src)
+            if dst.flags.c_contiguous:
+                self.narrow(w, dst)
+            else:
+                dst[...] = self.narrow(w)
+        else:
+            dst += src
+
+    def narrow_copy(self, src, dst):
+        """dst = src (float32, C-contiguous) rounded to the storage type: the 16-bit parameter copies
+        of optim.MixedPrecision, one launch."""
+        self._launch("narrow_copy", dst.size, (np.int64(dst.size), src, dst))
 
     def asarray(self, name, value, copy=True):
         """Device arrays are used as they are, without a copy: cupy arrays, and any object that speaks
@@ -161,14 +251,23 @@ class CupyBackend:
                 if getattr(value, "requires_grad", False) and hasattr(value, "detach"):
                     value = value.detach()
                 if hasattr(value, "__dlpack__") and _dlpack_on_cuda(value):
-                    value = cp.from_dlpack(value)                # zero-copy view
+                    bits = _bf16_as_int16(value)
+                    was_bf16 = bits is not value
+                    value = cp.from_dlpack(bits)                 # zero-copy view
+                    if was_bf16:
+                        value = value.view(cp.uint16)            # bfloat16 bits (zero-copy)
                 elif _has_cuda_array_interface(value):
                     value = cp.asarray(value)                    # zero-copy view
                 elif not copy:
                     raise TypeError(f"{name}: expected an array on GPU {self.device_id}, used in place; got "
                                     f"host data ({type(value).__name__}), which would be copied")
                 else:
-                    return cp.asarray(np.asarray(value))         # host data: one copy to the device
+                    host = np.asarray(value)
+                    if host.dtype.name == "bfloat16":            # uploaded as its bit patterns
+                        host = host.view(np.uint16)
+                    return cp.asarray(host)                      # host data: one copy to the device
+            if value.dtype.name == "bfloat16":   # a CuPy that holds ml_dtypes.bfloat16 (v14, experimental)
+                value = value.view(cp.uint16)
             if value.device.id != self.device_id:
                 raise ValueError(f"{name}: array is on GPU {value.device.id}, the model is on GPU "
                                  f"{self.device_id}; move it there first (e.g. cupy.asarray under "
@@ -176,7 +275,11 @@ class CupyBackend:
             return value
 
     def to_numpy(self, a):
-        return cp.asnumpy(a)
+        """A host copy; a bfloat16 model's uint16 device arrays come back as ml_dtypes.bfloat16."""
+        host = cp.asnumpy(a)
+        if self.storage != self.dtype and host.dtype == self.storage:
+            host = host.view(self.dtype)
+        return host
 
     # ---- plans and graphs (gpu_lstm/plan.py) -----------------------------------------------------
     def graph_support(self):
@@ -214,16 +317,16 @@ class CupyBackend:
     def prepare(self, name, *args):
         """The kernel launch(es) of ``name(*args)`` with grid, block and argument tuple built once."""
         launches = []
-        self._launch = lambda kname, n, kargs: launches.append((kname, n, kargs))   # record, not run
+        self._launch = lambda kname, n, kargs, wide=False: launches.append((kname, n, kargs, wide))   # record
         try:
             getattr(self, name)(*args)
         finally:
             del self._launch
         ops = []
-        for kname, n, kargs in launches:
+        for kname, n, kargs, wide in launches:
             if n:
                 grid = min((n + _BLOCK - 1) // _BLOCK, self._max_grid)
-                ops.append(functools.partial(self._k[kname], (grid,), (_BLOCK,), kargs))
+                ops.append(functools.partial((self._kw if wide else self._k)[kname], (grid,), (_BLOCK,), kargs))
         if not ops:
             raise RuntimeError(f"prepare({name}): no kernel launch went through _launch")
         # Several launches (the two-level column sums) replay in order; any buffer they need was
@@ -317,10 +420,10 @@ class CupyBackend:
             return None
         if K == 0:  # empty sum: cuBLAS would be asked for lda = 0
             return "fill"
-        item = self.dtype.itemsize
-        lda = blas.leading_dim("a", a.shape, a.strides, item)
-        ldb = blas.leading_dim("b", b.shape, b.strides, item)
-        ldc = blas.leading_dim("out", out.shape, out.strides, item)
+        # each operand's own element size: a 16-bit model's dW GEMMs write float32 from 16-bit operands
+        lda = blas.leading_dim("a", a.shape, a.strides, a.itemsize)
+        ldb = blas.leading_dim("b", b.shape, b.strides, b.itemsize)
+        ldc = blas.leading_dim("out", out.shape, out.strides, out.itemsize)
         ta, tb, m, n, k, _, ld1, _, ld2, ldc = blas.colmajor_args(M, N, K, lda, ldb, ldc, trans_a, trans_b)
         return ta, tb, m, n, k, ld1, ld2, ldc
 
@@ -339,6 +442,9 @@ class CupyBackend:
             # current stream: set both rather than rely on the handle's state.
             cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
             cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+            if self.low:
+                self._gemm_low(handle, a, b, out, ta, tb, m, n, k, ld1, ld2, ldc, beta)
+                return
             if self.math == "tf32":
                 # cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb,
                 #              beta, C, Ctype, ldc, computeType, algo): all three operands CUDA_R_32F
@@ -355,14 +461,43 @@ class CupyBackend:
         except Exception as exc:
             raise RuntimeError(f"{self._gemm_name}(m={m}, n={n}, k={k}) failed: {exc}") from exc
 
-    def _launch(self, name, n, args):
+    def _wide(self, a):
+        """True when ``a`` is a wide (float32) buffer of a 16-bit model: its kernels are the float
+        instantiations (the host backend's _fn picks by buffer dtype the same way)."""
+        return self.low and a.dtype == self.wide
+
+    def _gemm_low(self, handle, a, b, out, ta, tb, m, n, k, ld1, ld2, ldc, beta):
+        """A 16-bit model's GEMM: cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda,
+        B, Btype, ldb, beta, C, Ctype, ldc, computeType, algo) with A and B in the storage type
+        (CUDA_R_16BF = 14 or CUDA_R_16F = 2), C in the output buffer's type (the storage type, or
+        CUDA_R_32F = 0 for the float32 parameter gradients), CUBLAS_COMPUTE_32F (= 68: float32
+        products and sums, one rounding to C's type) and CUBLAS_GEMM_DEFAULT (= -1). For compute type
+        32F the scale type is CUDA_R_32F, so alpha and beta point to float32 host values. These enum
+        values and the 32F scale type are from cuBLAS's library_types.h / cublas_api.h (CUDA 11+) as
+        we know them; not yet run on a GPU. cuBLAS accepts exactly these (A/B, C) pairs with compute
+        32F: (16BF, 16BF), (16BF, 32F), (16F, 16F), (16F, 32F)."""
+        ta_ = _CUDA_TYPES.get(a.dtype.name)
+        if a.dtype != self.storage or b.dtype != self.storage or out.dtype not in (self.storage, self.wide):
+            raise TypeError(f"cublasGemmEx: a {self.dtype.name} model's GEMM needs A and B in the storage "
+                            f"type ({self.storage.name}) and C in it or in float32, got {a.dtype.name}, "
+                            f"{b.dtype.name} -> {out.dtype.name}")
+        tc = _CUDA_TYPES[out.dtype.name]
+        # Column-major: C^T = op(B)^T op(A)^T, so cuBLAS's A is our b (as for Sgemm below).
+        cublas.gemmEx(handle, ta, tb, m, n, k, self._scalars[1.0].ctypes.data,
+                      b.data.ptr, ta_, ld1, a.data.ptr, ta_, ld2,
+                      self._scalars[float(beta)].ctypes.data, out.data.ptr, tc, ldc,
+                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+
+    def _launch(self, name, n, args, wide=False):
+        """One launch of ``name`` instantiated for the storage type, or with ``wide`` for the wide
+        type (float32 buffers of a 16-bit model; the same table otherwise)."""
         if n == 0:
             return
         grid = min((n + _BLOCK - 1) // _BLOCK, self._max_grid)
         try:
-            self._k[name]((grid,), (_BLOCK,), args)
+            (self._kw if wide else self._k)[name]((grid,), (_BLOCK,), args)
         except Exception as exc:
-            raise RuntimeError(f"CUDA kernel {name}<{kernels.CTYPES[self.dtype.name]}> "
+            raise RuntimeError(f"CUDA kernel {name}<{kernels.ctype(self.wide.name if wide else self.dtype.name)}> "
                                f"(grid {grid}, block {_BLOCK}) failed: {exc}") from exc
 
     def cell_forward(self, gates, bias, peep, c_prev, c, h):
@@ -391,31 +526,33 @@ class CupyBackend:
         return np.int64(mask.key), np.int64(mask.call), at, np.int64(mask.offset), np.int64(mask.thr)
 
     def zoneout_mix(self, mask, z, prev, cur, out):
+        wide = self._wide(out)   # h (storage) or c (float32 in a 16-bit model)
         self._launch("zoneout_mix", out.size, (np.int64(out.size), *self._mask_args(mask),
-                                               self.dtype.type(z), prev, cur, out))
+                                               self.wide.type(z), prev, cur, out), wide)
 
     def zoneout_split(self, mask, z, grad, into, accumulate):
         self._launch("zoneout_split", grad.size, (np.int64(grad.size), *self._mask_args(mask),
-                                                  self.dtype.type(z), grad, into, np.int32(1 if accumulate else 0)))
+                                                  self.wide.type(z), grad, into, np.int32(1 if accumulate else 0)),
+                     self._wide(grad))
 
     def dropout(self, mask, x, out):
         key, call, at, _, thr = self._mask_args(mask.slice)
         self._launch("dropout_apply", x.size, (np.int64(x.size), key, call, at, thr,
-                                               self.dtype.type(mask.scale), x, out))
+                                               self.wide.type(mask.scale), x, out))
 
     def adam_step(self, p, g, m, v, c):
         """One fused Adam/AdamW launch for one parameter (cuda/optim_kernels.cuh); ``c`` from
         gpu_lstm.optim.adam_constants. Scalars go by value: no host sync, capturable."""
-        T = self.dtype.type
+        T = self.wide.type   # optimizers run on wide arrays (a 16-bit model's float32 master weights)
         self._launch("adam_step", p.size,
                      (np.int64(p.size), p, g, m, v,
                       *(T(c[k]) for k in ("lr_c1", "b1", "omb1", "b2", "omb2", "c2", "eps", "wd")),
-                      np.int32(c["l2"]), T(c["decay"]), np.int32(c["decoupled"])))
+                      np.int32(c["l2"]), T(c["decay"]), np.int32(c["decoupled"])), True)
 
     def sgd_step(self, p, g, vel, c):
-        T = self.dtype.type
+        T = self.wide.type
         self._launch("sgd_step", p.size, (np.int64(p.size), p, g, np.uintp(0) if vel is None else vel,
-                                          T(c["lr"]), T(c["mu"]), T(c["wd"]), np.int32(c["l2"])))
+                                          T(c["lr"]), T(c["mu"]), T(c["wd"]), np.int32(c["l2"])), True)
 
     def grad_norm(self, grads, max_norm=None, eps=1e-6):
         """The global L2 norm of ``grads`` (a list of C-contiguous arrays of this dtype) reduced on the
@@ -437,20 +574,20 @@ class CupyBackend:
             slots = cp.empty(max(1, len(sizes)), dtype=cp.float64)
             out = cp.empty(2, dtype=cp.float64)
         for g, n, a, b in zip(grads, sizes, starts, starts[1:]):
-            self._launch("grad_sumsq_partial", b - a, (np.int64(n), np.int64(b - a), g, partial[a:b]))
-        self._launch("grad_norm_finish", len(sizes) * _BLOCK, (np.int64(len(sizes)), offs, partial, slots))
+            self._launch("grad_sumsq_partial", b - a, (np.int64(n), np.int64(b - a), g, partial[a:b]), True)
+        self._launch("grad_norm_finish", len(sizes) * _BLOCK, (np.int64(len(sizes)), offs, partial, slots), True)
         self._launch("grad_clip_coef", 1, (np.int64(len(sizes)), slots,
                                            np.float64("nan" if max_norm is None else max_norm),
-                                           np.float64(eps), out))
+                                           np.float64(eps), out), True)
         if max_norm is not None:
             for g, n in zip(grads, sizes):
-                self._launch("grad_scale", n, (np.int64(n), g, out[1:]))
+                self._launch("grad_scale", n, (np.int64(n), g, out[1:]), True)
         return out[0:1].reshape(())   # a 0-d device array (CuPy's out[0] is one too; NumPy's is a scalar)
 
     def seq_carry(self, lengths, t, src, dst, move):
         B, N = dst.shape
         self._launch("seq_carry", B * N, (np.int64(B), np.int64(N), lengths, np.int64(t), src, dst,
-                                          np.int32(1 if move else 0)))
+                                          np.int32(1 if move else 0)), self._wide(dst))
 
     def sum_rows(self, x, out):
         """out += column sums of x: the deterministic two-level reduction of cuda/reduce_kernels.cuh."""
@@ -468,11 +605,13 @@ class CupyBackend:
         chunk = reduce.row_chunk(rows, cols)
         nchunks = reduce.num_chunks(rows, chunk)
         # Per call from CuPy's pool (no shared scratch: concurrent directions cannot race on it).
-        partial = cp.empty((nchunks, cols), dtype=self.dtype)
+        # The partials are of the arithmetic type (float32 for 16-bit x): the second pass is sum_rows
+        # instantiated for that type (sum_rows<float> over float32 partials into float32 out).
+        partial = cp.empty((nchunks, cols), dtype=self.wide)
         self._launch("sum_rows_partial", nchunks * cols,
                      (np.int64(rows), np.int64(cols), np.int64(chunk), x, np.int64(ldx), np.int64(x_off),
                       np.uintp(0) if y is None else y, partial))
-        self._launch("sum_rows", cols, (np.int64(nchunks), np.int64(cols), partial, out))
+        self._launch("sum_rows", cols, (np.int64(nchunks), np.int64(cols), partial, out), self.low)
 
     def softmax_xent(self, logits, targets, ignore_index, inv_count, loss_rows, grad):
         rows, V = logits.shape
@@ -487,5 +626,5 @@ class CupyBackend:
         try:
             self._k["softmax_xent"]((grid,), (_XENT_BLOCK,), args)
         except Exception as exc:
-            raise RuntimeError(f"CUDA kernel softmax_xent<{kernels.CTYPES[self.dtype.name]}> "
+            raise RuntimeError(f"CUDA kernel softmax_xent<{kernels.ctype(self.dtype.name)}> "
                                f"(grid {grid}, block {_XENT_BLOCK}) failed: {exc}") from exc

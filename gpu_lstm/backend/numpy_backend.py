@@ -42,6 +42,24 @@ class NumpyBackend:
     def zeros(self, shape, dtype=None):
         return np.zeros(shape, dtype=self.dtype if dtype is None else dtype)
 
+    # Device-array dtype helpers shared with the GPU backend, whose bfloat16 arrays are uint16 bit
+    # patterns (cupy_backend.CupyBackend.storage); on the CPU every array holds its own dtype.
+    @property
+    def storage(self):
+        return self.dtype
+
+    def device_dtype(self, dtype=None):
+        return self.dtype if dtype is None else np.dtype(dtype)
+
+    def dtype_of(self, a):
+        return a.dtype
+
+    def astype(self, a, dtype):
+        return a.astype(dtype, copy=False)
+
+    def add_into(self, dst, src):
+        dst += src
+
     def asarray(self, name, value, copy=True):
         """Accept NumPy arrays (or array-likes); a GPU array is an error on the CPU backend. With
         ``copy=False`` only a NumPy array is accepted (an array-like would be converted into new
