@@ -667,3 +667,23 @@ def test_fake_refuses_integer_maths_on_bfloat16_bits():
     import ml_dtypes
     with pytest.raises(TypeError, match="bfloat16 device array"):
         cupy.zeros((3,), dtype=ml_dtypes.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gradient_flow_of_a_16_bit_gpu_model(dtype):
+    """track_gradient_flow on a 16-bit GPU model: delta-h (bfloat16 bit patterns, or float16) is
+    widened through the backend before it is squared (CuPy would multiply the bits as integers, which
+    the fake refuses); the norms are float32 and equal the float64 norms of the stored delta-h to the
+    float32 sum's error ((B H + 2) u32 relative)."""
+    pytest.importorskip("ml_dtypes")
+    T, B, H = 6, 4, 16
+    m = gl.LSTM(3, H, 1, dtype=dtype, device="gpu", seed=2)
+    m.track_gradient_flow = True
+    rng = np.random.default_rng(0)
+    y, _ = m(rng.standard_normal((T, B, 3)).astype(m.dtype))
+    m.backward(rng.standard_normal(y.shape).astype(m.dtype))
+    flow = m.gradient_flow["l0"]
+    dh = gl.to_numpy(m._scratch.dh).astype(np.float64)
+    assert flow["dh"].dtype == np.float32 and flow["dc"].dtype == np.float32 and flow["dh"].shape == (T,)
+    np.testing.assert_allclose(flow["dh"], np.sqrt((dh * dh).sum(axis=(1, 2))), rtol=(B * H + 2) * 2.0 ** -24)
+    assert np.all(np.isfinite(flow["dc"])) and np.all(flow["dc"] > 0)
