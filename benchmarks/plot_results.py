@@ -25,7 +25,8 @@ def plot(results, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [r for r in results["rows"] if r["dtype"] == "float32"]
+    # the FP32 rows (files from before the precision column: dtype 'float32'; their TF32 rows said 'tf32')
+    rows = [r for r in results["rows"] if r.get("precision", "fp32" if r["dtype"] == "float32" else None) == "fp32"]
     timed = [r for r in rows if r["ours_ms"] is not None]
     modes = [m for m in ("inference", "training") if any(r["mode"] == m for r in timed)]
     algos = []

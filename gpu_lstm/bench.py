@@ -2,9 +2,21 @@
 in one process, following shared/guide/benchmarks.md.
 
 * GPU: CUDA events around the timed region, warm-up first (compilation, cuBLAS handles, workspaces),
-  median of ``reps`` (>= 20 by default), inputs rotated over several random sets. FP32 with TF32 off on
-  both sides; TF32 and bf16 rows where torch supports them (gpu_lstm: "not yet supported").
+  median of ``reps`` (>= 20 by default), inputs rotated over several random sets.
 * CPU: the NumPy path against torch's CPU LSTM, perf_counter, small default shapes.
+* Precisions (``precision`` column, PRECISIONS per device), the same math on both sides: 'fp32'
+  (float32, TF32 off on both sides), 'tf32' (GPU only: float32 tensors, gpu_lstm ``math='tf32'``,
+  torch's ``allow_tf32`` flags on), 'bf16' and 'fp16' (16-bit tensors on both sides; gpu_lstm's
+  16-bit models keep c and the gradients in float32, docs/precision.md). torch's two ``allow_tf32``
+  flags are set for each torch measurement and restored afterwards. Where torch's LSTM refuses a
+  16-bit dtype on this build (a tiny probe, once per run), its columns stay empty and the note says so.
+  TF32 and 16-bit models run gpu_lstm's eager engine only (plans are float32/float64), so those
+  precisions have one gpu_lstm row (algo 'eager').
+* Memory per training step (training rows, ``ours_mem_bytes`` / ``opponent_mem_bytes``, measured, see
+  MEMORY): on the GPU the peak of the memory one training step adds (CuPy's memory pool for
+  gpu_lstm, ``torch.cuda.max_memory_allocated`` for torch); on the CPU the bytes of the activations a
+  forward saves for its backward (gpu_lstm's tape; the tensors torch's autograd saves, through
+  ``saved_tensors_hooks``), parameters excluded.
 * "inference" = forward; "training" = forward + backward giving dx, dh0, dc0, dW, dR, db.
 * Each row: shape, dtype, mode, engine (``algo``), our time, opponent's time, ratio (ours / opponent:
   < 1 means we are faster), achieved TFLOP/s (forward 16 H^2 B T, training 48 H^2 B T, I = H) and a
@@ -40,6 +52,24 @@ CPU_QUICK = [(128, 8, 20)]
 MODES = ("inference", "training")
 # The engines timed side by side (gl.LSTM's ``algo``), per device.
 ENGINES = {"gpu": ("eager", "graph", "persistent"), "cpu": ("eager", "plan")}
+# The precisions per device: (storage dtype, TF32 on). TF32 is a GPU tensor-core mode (torch's CPU
+# LSTM has none; gpu_lstm's CPU path only emulates its rounding), so it is not a CPU row.
+PRECISION_DTYPES = {"fp32": ("float32", False), "tf32": ("float32", True), "bf16": ("bfloat16", False),
+                    "fp16": ("float16", False)}
+PRECISIONS = {"gpu": ("fp32", "tf32", "bf16", "fp16"), "cpu": ("fp32", "bf16", "fp16")}
+# What the memory columns measure, per device (recorded in the environment).
+MEMORY = {"gpu": "peak bytes one training step adds on the device: gpu_lstm: CuPy memory pool "
+                 "(total_bytes after free_all_blocks, a fresh model, its first step); torch: "
+                 "torch.cuda.max_memory_allocated - memory_allocated before the step (after the timed runs)",
+          "cpu": "bytes of the activations one forward saves for the backward, parameters excluded: "
+                 "gpu_lstm: its tape (input copy, layer outputs, gates, h, c, ...); torch: the distinct "
+                 "storages autograd saves (saved_tensors_hooks)"}
+
+
+def engines_for(precision, engines):
+    """The engines that run ``precision``: plans, graphs and the persistent kernels are float32/float64
+    without TF32 (docs/precision.md), so the other precisions run the eager loop only."""
+    return tuple(engines) if precision == "fp32" else tuple(a for a in engines if a == "eager")
 
 
 class EngineNotRun(Exception):
@@ -116,40 +146,102 @@ def engine_ran(m):
     return "eager"
 
 
-def time_ours(device, H, B, T, mode, reps, warmup, sets=3, seed=0, algo="auto", info=None):
-    """Median ms of our forward (inference) or forward + backward (training) with engine ``algo``;
-    ``info``, a dict if given, receives 'ran' (engine_ran after the timed calls) and 'reason'."""
-    m = LSTM(H, H, 1, dtype="float32", device=device, seed=seed, algo=algo)
+def _ours_setup(device, H, B, T, mode, sets, seed, algo, precision):
+    """A model for ``precision`` with engine ``algo``, ``sets`` input sets and dy, on its device."""
+    dtype, tf32 = PRECISION_DTYPES[precision]
+    m = LSTM(H, H, 1, dtype=dtype, device=device, seed=seed, algo=algo, math="tf32" if tf32 else "default")
     if algo == "persistent":
         from .backend.persistent import persistent_supported
         ok, why = persistent_supported(m, T, B)
         if not ok:
             raise EngineNotRun(why)
-    xp = m._be.xp
+    be = m._be
     rng = np.random.default_rng(seed)
-    xs = [xp.asarray(rng.standard_normal((T, B, H)).astype(np.float32)) for _ in range(sets)]
-    states = [(xp.asarray(rng.standard_normal((1, B, H)).astype(np.float32)),
-               xp.asarray(rng.standard_normal((1, B, H)).astype(np.float32))) for _ in range(sets)]
-    dy = xp.asarray(rng.standard_normal((T, B, H)).astype(np.float32))
+    # In the model's dtype on the host, then through the backend (a GPU bfloat16 model takes the bits).
+    new = lambda *shape: be.asarray("x", rng.standard_normal(shape).astype(np.float32).astype(m.dtype))  # noqa: E731
+    xs = [new(T, B, H) for _ in range(sets)]
+    states = [(new(1, B, H), new(1, B, H)) for _ in range(sets)]
+    dy = new(T, B, H)
 
     def run(i):
         m(xs[i % sets], states[i % sets])
         if mode == "training":
             m.backward(dy)
+    return m, run
 
+
+def time_ours(device, H, B, T, mode, reps, warmup, sets=3, seed=0, algo="auto", info=None, precision="fp32"):
+    """Median ms of our forward (inference) or forward + backward (training) with engine ``algo`` in
+    ``precision`` (PRECISION_DTYPES); ``info``, a dict if given, receives 'ran' (engine_ran after the
+    timed calls) and 'reason'."""
+    m, run = _ours_setup(device, H, B, T, mode, sets, seed, algo, precision)
     ms = _median_ms(run, reps, warmup, _cupy_timer if device == "gpu" else _cpu_timer)
     if info is not None:
         info.update(ran=engine_ran(m), reason=getattr(m, "algo_reason", None))
     return ms
 
 
-def time_torch(device, H, B, T, mode, reps, warmup, dtype="float32", tf32=False, sets=3, seed=0):
+def _owner(a):
+    """The array that owns ``a``'s memory (views count once, as the whole buffer they keep alive)."""
+    while getattr(a, "base", None) is not None and hasattr(a.base, "nbytes"):
+        a = a.base
+    return a
+
+
+def tape_bytes(tape):
+    """Bytes of the buffers a forward's tape keeps for the backward: the input copy, the layer
+    outputs (and dropout outputs), and per direction gates, h, c (and m, zoneout c, reversed x).
+    Each buffer counts once, whole."""
+    arrays = [tape.x, *tape.out, *tape.dropped]
+    for layer in tape.dirs:
+        for d in layer:
+            arrays += [d.gates, d.h, d.c, d.m, d.ct, d.x]
+    owners = {id(o): o for o in (_owner(a) for a in arrays if a is not None)}
+    return int(sum(o.nbytes for o in owners.values()))
+
+
+def memory_ours(device, H, B, T, precision="fp32", algo="auto", seed=0):
+    """Measured memory of one training step (MEMORY): on the GPU the growth of CuPy's memory pool over
+    the first training step of a fresh model (its parameters, inputs and dy allocated before), on the
+    CPU the bytes of the tape that step's forward saved."""
+    m, run = _ours_setup(device, H, B, T, "training", 1, seed, algo, precision)
+    if device == "gpu":
+        import cupy as cp
+        pool = cp.get_default_memory_pool()
+        cp.cuda.Device().synchronize()
+        pool.free_all_blocks()
+        base = pool.total_bytes()
+        run(0)
+        cp.cuda.Device().synchronize()
+        return int(pool.total_bytes() - base)
+    run(0)
+    return tape_bytes(m.detach_tape())
+
+
+class torch_math:
+    """Context: torch's ``allow_tf32`` flags (cuBLAS matmul and cuDNN) set for one precision (on only
+    for 'tf32') and restored on exit, whatever happens inside."""
+
+    def __init__(self, precision):
+        self.tf32 = PRECISION_DTYPES[precision][1]
+
+    def __enter__(self):
+        import torch
+        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+        return False
+
+
+def _torch_setup(device, H, B, T, mode, sets, seed, precision):
     import torch
     dev = torch.device("cuda" if device == "gpu" else "cpu")
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
-    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    tdtype = getattr(torch, PRECISION_DTYPES[precision][0])
     torch.manual_seed(seed)
     lstm = torch.nn.LSTM(H, H, 1).to(dev, tdtype)
     if dev.type == "cuda":
@@ -161,16 +253,78 @@ def time_torch(device, H, B, T, mode, reps, warmup, dtype="float32", tf32=False,
     states = [(mk(1, B, H), mk(1, B, H)) for _ in range(sets)]
     dy = torch.randn(T, B, H, generator=g).to(dev, tdtype)
 
+    def forward(i):
+        return lstm(xs[i % sets], states[i % sets])
+
     def run(i):
         if train:
-            y, _ = lstm(xs[i % sets], states[i % sets])
+            y, _ = forward(i)
             y.backward(dy)   # dx, dh0, dc0 and every weight gradient
         else:
             with torch.no_grad():
-                lstm(xs[i % sets], states[i % sets])
+                forward(i)
+    return lstm, dev, forward, run, dy
 
-    timer = _torch_cuda_timer if dev.type == "cuda" else _cpu_timer
-    return _median_ms(run, reps, warmup, timer)
+
+def time_torch(device, H, B, T, mode, reps, warmup, precision="fp32", sets=3, seed=0):
+    """Median ms of torch.nn.LSTM in ``precision``, its allow_tf32 flags set for it (torch_math)."""
+    with torch_math(precision):
+        _, dev, _, run, _ = _torch_setup(device, H, B, T, mode, sets, seed, precision)
+        timer = _torch_cuda_timer if dev.type == "cuda" else _cpu_timer
+        return _median_ms(run, reps, warmup, timer)
+
+
+def memory_torch(device, H, B, T, precision="fp32", seed=0):
+    """Measured memory of one torch training step (MEMORY): on the GPU the peak allocation it adds
+    (after a warm-up step), on the CPU the distinct storages autograd saves in the forward, the
+    parameters excluded."""
+    import torch
+    with torch_math(precision):
+        lstm, dev, forward, run, dy = _torch_setup(device, H, B, T, "training", 1, seed, precision)
+        if dev.type == "cuda":
+            run(0)                                   # warm-up: cuDNN plans, workspaces
+            lstm.zero_grad(set_to_none=False)
+            torch.cuda.synchronize(dev)
+            base = torch.cuda.memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            run(0)
+            torch.cuda.synchronize(dev)
+            return int(torch.cuda.max_memory_allocated(dev) - base)
+        params = {p.untyped_storage().data_ptr() for p in lstm.parameters()}
+        saved = {}
+
+        def pack(t):
+            st = t.untyped_storage()
+            if st.data_ptr() not in params:
+                saved[st.data_ptr()] = st.nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y, _ = forward(0)
+        y.backward(dy)
+        return int(sum(saved.values()))
+
+
+_TORCH_PROBES = {}
+
+
+def torch_supports(device, precision):
+    """(True, '') when torch's LSTM runs a forward and backward in ``precision`` on this device, else
+    (False, why): a tiny probe, once per process, so a build without a bf16 LSTM is a note, not a
+    failure."""
+    key = (device, precision)
+    if key not in _TORCH_PROBES:
+        try:
+            with torch_math(precision):
+                _, _, _, run, _ = _torch_setup(device, 8, 2, 3, "training", 1, 0, precision)
+                run(0)
+            _TORCH_PROBES[key] = (True, "")
+        except Exception as exc:   # noqa: BLE001 - the reason goes to the rows' note
+            _TORCH_PROBES[key] = (False, _describe(exc))
+    return _TORCH_PROBES[key]
+
+
+def _describe(exc):
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
 
 
 # ---- the run --------------------------------------------------------------------------------------------
@@ -205,10 +359,12 @@ def _torch_available():
 
 
 def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=MODES, log=print, on_row=None,
-        engines=None):
-    """Benchmark every (shape, mode, engine); returns {'environment': ..., 'rows': [...]}. ``engines``
-    defaults to ENGINES[device]; torch is measured once per (shape, mode) and every engine's ratio is
-    to that measurement.
+        engines=None, precisions=None):
+    """Benchmark every (shape, mode, precision, engine); returns {'environment': ..., 'rows': [...]}.
+    ``engines`` defaults to ENGINES[device] (precisions other than 'fp32' run 'eager' only, see
+    engines_for), ``precisions`` to PRECISIONS[device]; torch is measured once per (shape, mode,
+    precision) and every engine's ratio is to that measurement. Training rows also get the measured
+    memory of one training step on each side (MEMORY).
 
     A measurement that raises is recorded as None with the error in the row's ``note``, and the run
     goes on. ``on_row(result)``, if given, is called after every row with the result so far (the
@@ -222,7 +378,12 @@ def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=M
     reps = reps or (20 if gpu else (5 if quick else 20))
     warmup = warmup if warmup is not None else (5 if gpu else 2)
     engines = tuple(engines or ENGINES[device])
+    precisions = tuple(precisions or PRECISIONS[device])
+    for prec in precisions:
+        if prec not in PRECISION_DTYPES or (prec == "tf32" and not gpu):
+            raise ValueError(f"precisions: expected some of {PRECISIONS[device]} on {device!r}, got {prec!r}")
     env = environment(device)
+    env["memory"] = MEMORY[device]
     fp32_note = ("CUPY_TF32=1: gpu_lstm's GEMMs may use TF32, not a true FP32 row"
                  if gpu and env.get("cupy_tf32") == "1" else "")
     have_torch = _torch_available()
@@ -239,49 +400,55 @@ def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=M
             on_row(result)
 
     def attempt(fn, *args, **kwargs):
-        """(ms, None) or (None, 'ExcType: message'): one failing measurement (a torch build without
-        a bf16 LSTM, an out-of-memory shape) is recorded on its row and the run goes on."""
+        """(value, None) or (None, 'ExcType: message'): one failing measurement (an out-of-memory
+        shape) is recorded on its row and the run goes on."""
         try:
             return fn(*args, **kwargs), None
         except Exception as exc:   # noqa: BLE001 - reported in the row, never swallowed silently
-            return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+            return None, _describe(exc)
 
     for (H, B, T) in shapes:
         for mode in modes:
-            theirs, err_theirs = attempt(time_torch, device, H, B, T, mode, reps, warmup) if have_torch \
-                else (None, None)
-            for algo in engines:
-                info = {}
-                try:
-                    ours, err_ours, skipped = time_ours(device, H, B, T, mode, reps, warmup, algo=algo, info=info), \
-                        None, None
-                except EngineNotRun as exc:
-                    ours, err_ours, skipped = None, None, f"{algo} not run: {exc}"
-                except Exception as exc:   # noqa: BLE001 - reported in the row
-                    ours, skipped = None, None
-                    err_ours = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
-                notes = [n for n in (skipped, fp32_note) if n]
-                if info.get("ran") not in (None, algo):
-                    notes.append(f"ran {info['ran']} ({info.get('reason')})")
-                notes += [f"{who} failed: {e}" for who, e in (("gpu_lstm", err_ours), ("torch", err_theirs)) if e]
-                row = {"H": H, "B": B, "T": T, "dtype": "float32", "tf32": False, "mode": mode,
-                       "algo": algo, "ran": info.get("ran"),
-                       "ours_ms": ours, "opponent_ms": theirs,
-                       "ratio": ours / theirs if ours and theirs else None,
-                       "ours_tflops": flops(H, B, T, mode) / (ours * 1e-3) / 1e12 if ours else None,
-                       "opponent_tflops": flops(H, B, T, mode) / (theirs * 1e-3) / 1e12 if theirs else None,
-                       "floor_ms": floor_ms(H, B, T, mode, env["device_name"]) if gpu else None,
-                       "note": "; ".join(notes)}
-                add(row)
-            if gpu and have_torch:   # each side allowed its fast math; ours has none yet
-                for dt, tf32 in (("tf32", True), ("bfloat16", False)):
-                    t, err = attempt(time_torch, device, H, B, T, mode, reps, warmup,
-                                     dtype="bfloat16" if dt == "bfloat16" else "float32", tf32=tf32)
-                    r = dict(row, dtype=dt, tf32=tf32, algo=None, ran=None, ours_ms=None, ratio=None,
-                             ours_tflops=None, opponent_ms=t,
-                             opponent_tflops=flops(H, B, T, mode) / (t * 1e-3) / 1e12 if t else None,
-                             note="gpu_lstm: not yet supported" + (f"; torch failed: {err}" if err else ""))
-                    add(r)
+            train = mode == "training"
+            for prec in precisions:
+                dtype, tf32 = PRECISION_DTYPES[prec]
+                theirs = err_theirs = their_mem = err_their_mem = None
+                torch_note = ""
+                if have_torch:
+                    ok, why = torch_supports(device, prec)
+                    if ok:
+                        theirs, err_theirs = attempt(time_torch, device, H, B, T, mode, reps, warmup, precision=prec)
+                        if train:
+                            their_mem, err_their_mem = attempt(memory_torch, device, H, B, T, precision=prec)
+                    else:
+                        torch_note = f"torch not run: its LSTM refuses {dtype} on {device} in this build ({why})"
+                for algo in engines_for(prec, engines):
+                    info = {}
+                    ours = err_ours = skipped = mem = err_mem = None
+                    try:
+                        ours = time_ours(device, H, B, T, mode, reps, warmup, algo=algo, info=info, precision=prec)
+                    except EngineNotRun as exc:
+                        skipped = f"{algo} not run: {exc}"
+                    except Exception as exc:   # noqa: BLE001 - reported in the row
+                        err_ours = _describe(exc)
+                    if train and skipped is None:
+                        mem, err_mem = attempt(memory_ours, device, H, B, T, precision=prec, algo=algo)
+                    notes = [n for n in (skipped, fp32_note if prec == "fp32" else "", torch_note) if n]
+                    if info.get("ran") not in (None, algo):
+                        notes.append(f"ran {info['ran']} ({info.get('reason')})")
+                    notes += [f"{who} failed: {e}" for who, e in (
+                        ("gpu_lstm", err_ours), ("gpu_lstm", err_mem and f"memory: {err_mem}"),
+                        ("torch", err_theirs), ("torch", err_their_mem and f"memory: {err_their_mem}")) if e]
+                    row = {"H": H, "B": B, "T": T, "precision": prec, "dtype": dtype, "tf32": tf32, "mode": mode,
+                           "algo": algo, "ran": info.get("ran"),
+                           "ours_ms": ours, "opponent_ms": theirs,
+                           "ratio": ours / theirs if ours and theirs else None,
+                           "ours_tflops": flops(H, B, T, mode) / (ours * 1e-3) / 1e12 if ours else None,
+                           "opponent_tflops": flops(H, B, T, mode) / (theirs * 1e-3) / 1e12 if theirs else None,
+                           "floor_ms": floor_ms(H, B, T, mode, env["device_name"]) if gpu and prec == "fp32" else None,
+                           "ours_mem_bytes": mem, "opponent_mem_bytes": their_mem,
+                           "note": "; ".join(notes)}
+                    add(row)
     return {"environment": env, "rows": rows}
 
 
@@ -289,15 +456,20 @@ def _f(v, fmt):
     return "-" if v is None else format(v, fmt)
 
 
-HEADER = (f"{'H':>5} {'B':>4} {'T':>5} {'dtype':>8} {'mode':>9} {'algo':>10} {'ours ms':>9} {'torch ms':>9} "
-          f"{'ratio':>6} {'TFLOP/s':>8} {'floor ms':>9}  note")
+HEADER = (f"{'H':>5} {'B':>4} {'T':>5} {'prec':>4} {'mode':>9} {'algo':>10} {'ours ms':>9} {'torch ms':>9} "
+          f"{'ratio':>6} {'TFLOP/s':>8} {'floor ms':>9} {'ours MiB':>9} {'torch MiB':>9}  note")
+
+
+def _mib(v):
+    return None if v is None else v / 2 ** 20
 
 
 def format_row(r):
-    return (f"{r['H']:>5} {r['B']:>4} {r['T']:>5} {r['dtype']:>8} {r['mode']:>9} {r.get('algo') or '-':>10} "
-            f"{_f(r['ours_ms'], '9.3f')} "
+    return (f"{r['H']:>5} {r['B']:>4} {r['T']:>5} {r.get('precision') or r['dtype']:>4} {r['mode']:>9} "
+            f"{r.get('algo') or '-':>10} {_f(r['ours_ms'], '9.3f')} "
             f"{_f(r['opponent_ms'], '9.3f')} {_f(r['ratio'], '6.2f')} {_f(r['ours_tflops'], '8.3f')} "
-            f"{_f(r['floor_ms'], '9.3f')}  {r['note']}")
+            f"{_f(r['floor_ms'], '9.3f')} {_f(_mib(r.get('ours_mem_bytes')), '9.2f')} "
+            f"{_f(_mib(r.get('opponent_mem_bytes')), '9.2f')}  {r['note']}")
 
 
 def write_json(path, result):
@@ -310,7 +482,8 @@ def write_json(path, result):
 
 
 def main(args):
-    print("ratio = ours / torch (below 1: gpu_lstm faster); TFLOP/s are gpu_lstm's")
+    print("ratio = ours / torch (below 1: gpu_lstm faster); TFLOP/s are gpu_lstm's; MiB: memory of one "
+          "training step (see the JSON's environment.memory)")
     print(HEADER)
     on_row = (lambda result: write_json(args.json, result)) if args.json else None
     result = run(device=args.device, quick=args.quick, reps=args.reps, log=print, on_row=on_row)

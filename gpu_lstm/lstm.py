@@ -840,7 +840,10 @@ class LSTM:
                 None if dh_n is None else dh_n[i], None if dc_n is None else dc_n[i],
                 dh0[i], dc0[i], scratch.dx[k], ws.lengths, dc_all)
             if self.track_gradient_flow:
-                dh_flow = xp.sqrt((dh * dh).sum(axis=(1, 2)))
+                # In the wide type: a 16-bit model's delta-h is 16-bit (on a GPU bfloat16 bit patterns,
+                # which CuPy must not multiply), and its squares summed in 16 bits would lose the norm.
+                dh_w = be.astype(dh, be.wide)
+                dh_flow = xp.sqrt((dh_w * dh_w).sum(axis=(1, 2)))
                 dc_flow = xp.sqrt((dc_all * dc_all).sum(axis=(1, 2)))
                 self.gradient_flow[prefix] = {"dh": be.to_numpy(dh_flow), "dc": be.to_numpy(dc_flow)}
             if ws.learned_state:

@@ -26,6 +26,7 @@ import re
 import sys
 import time
 import types
+import weakref
 
 import numpy as np
 
@@ -76,6 +77,57 @@ class ndarray(np.ndarray):
 
 
 ndarray.__module__ = "cupy"
+
+
+# ---- the memory pool ---------------------------------------------------------------------------------
+# cupy.get_default_memory_pool(): used_bytes, total_bytes, free_all_blocks. The fake counts the memory of
+# "device" arrays (each owning buffer once, released when it is garbage-collected) from the first call
+# of free_all_blocks on; total_bytes is the peak of that count since the last free_all_blocks (a caching
+# pool holds what was ever needed at once). Buffers allocated before tracking began are not counted, so
+# only differences are meaningful (what gpu_lstm.bench measures). Block rounding is not modelled.
+class _MemoryPool:
+    def __init__(self):
+        self.tracking = False
+        self.used = self.peak = 0
+        self._seen = set()
+
+    def _track(self, owner):
+        key = id(owner)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        self.used += owner.nbytes
+        self.peak = max(self.peak, self.used)
+        weakref.finalize(owner, self._release, key, owner.nbytes)
+
+    def _release(self, key, nbytes):
+        self._seen.discard(key)
+        self.used -= nbytes
+
+    def used_bytes(self):
+        return self.used
+
+    def total_bytes(self):
+        return self.peak
+
+    def free_all_blocks(self):
+        self.tracking = True
+        self.peak = self.used
+
+
+_pool = _MemoryPool()
+
+
+def _array_finalize(self, obj):
+    if _pool.tracking:
+        owner = self if self.base is None else self.base
+        while isinstance(owner.base, np.ndarray):
+            owner = owner.base
+        if isinstance(owner, np.ndarray) and owner.flags.owndata:
+            _pool._track(owner)
+
+
+ndarray.__array_finalize__ = _array_finalize
 
 
 # ---- bfloat16 as uint16 bit patterns ---------------------------------------------------------------
@@ -470,6 +522,7 @@ def install():
         getDeviceProperties=lambda i: {"name": b"fake GPU (host-built kernels)", "major": 9, "minor": 0,
                                        "multiProcessorCount": 4})
     cupy.cuda = cuda
+    cupy.get_default_memory_pool = lambda: _pool
     _global = np.random.RandomState(0)
     cupy.random = types.SimpleNamespace(
         RandomState=RandomState,

@@ -37,11 +37,22 @@ def test_cli_profile_and_bench_on_the_fake_gpu(capsys):
     assert main(["profile", "--device", "gpu", "-H", "16", "-B", "4", "-T", "5", "--reps", "2"]) == 0
     assert "fused cell forward" in capsys.readouterr().out
     result = bench.run(device="gpu", shapes=[(16, 4, 5)], reps=3, warmup=1, log=lambda s: None)
-    rows = [r for r in result["rows"] if r["dtype"] == "float32"]
+    rows = [r for r in result["rows"] if r["precision"] == "fp32"]
     assert [(r["mode"], r["algo"]) for r in rows] == [(m, a) for m in ("inference", "training")
                                                       for a in ("eager", "graph", "persistent")]
     assert [r["ran"] for r in rows] == [r["algo"] for r in rows]     # each engine ran what it names
     assert all(r["ours_ms"] > 0 and r["note"] == "" for r in rows)
+    # TF32, bf16 and fp16 rows: the eager engine, their dtype and TF32 flag, no failure; every training
+    # row has its step's memory from the (fake) CuPy pool, the 16-bit ones less than float32's
+    assert [(r["mode"], r["precision"], r["algo"], r["dtype"], r["tf32"]) for r in result["rows"]
+            if r["precision"] != "fp32"] == [(m, p, "eager", d, p == "tf32") for m in ("inference", "training")
+                                             for p, d in (("tf32", "float32"), ("bf16", "bfloat16"),
+                                                          ("fp16", "float16"))]
+    assert all(r["ours_ms"] > 0 and r["note"] == "" and r["ran"] == "eager" for r in result["rows"]
+               if r["precision"] != "fp32")
+    mem = {(r["precision"], r["algo"]): r["ours_mem_bytes"] for r in result["rows"] if r["mode"] == "training"}
+    assert all(v > 0 for v in mem.values()) and mem["bf16", "eager"] < mem["fp32", "eager"], mem
+    assert all(r["ours_mem_bytes"] is None for r in result["rows"] if r["mode"] == "inference")
     big = bench.run(device="gpu", shapes=[(4096, 2, 2)], reps=1, warmup=0, log=lambda s: None,
                     modes=("inference",), engines=("persistent",))["rows"][0]
     assert big["ours_ms"] is None and big["note"].startswith("persistent not run: R does not fit on chip")
@@ -656,3 +667,23 @@ def test_fake_refuses_integer_maths_on_bfloat16_bits():
     import ml_dtypes
     with pytest.raises(TypeError, match="bfloat16 device array"):
         cupy.zeros((3,), dtype=ml_dtypes.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gradient_flow_of_a_16_bit_gpu_model(dtype):
+    """track_gradient_flow on a 16-bit GPU model: delta-h (bfloat16 bit patterns, or float16) is
+    widened through the backend before it is squared (CuPy would multiply the bits as integers, which
+    the fake refuses); the norms are float32 and equal the float64 norms of the stored delta-h to the
+    float32 sum's error ((B H + 2) u32 relative)."""
+    pytest.importorskip("ml_dtypes")
+    T, B, H = 6, 4, 16
+    m = gl.LSTM(3, H, 1, dtype=dtype, device="gpu", seed=2)
+    m.track_gradient_flow = True
+    rng = np.random.default_rng(0)
+    y, _ = m(rng.standard_normal((T, B, 3)).astype(m.dtype))
+    m.backward(rng.standard_normal(y.shape).astype(m.dtype))
+    flow = m.gradient_flow["l0"]
+    dh = gl.to_numpy(m._scratch.dh).astype(np.float64)
+    assert flow["dh"].dtype == np.float32 and flow["dc"].dtype == np.float32 and flow["dh"].shape == (T,)
+    np.testing.assert_allclose(flow["dh"], np.sqrt((dh * dh).sum(axis=(1, 2))), rtol=(B * H + 2) * 2.0 ** -24)
+    assert np.all(np.isfinite(flow["dc"])) and np.all(flow["dc"] > 0)

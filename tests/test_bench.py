@@ -18,18 +18,30 @@ def test_cpu_bench_rows_and_json(tmp_path, capsys):
     env = data["environment"]
     for key in ("gpu_lstm", "numpy", "date", "command", "device_name"):
         assert env[key]
+    assert "saved" in env["memory"]
     rows = data["rows"]
-    # one row per engine, side by side, each against the same torch measurement
-    assert [(r["mode"], r["algo"]) for r in rows] == [(m, a) for m in ("inference", "training")
-                                                      for a in bench.ENGINES["cpu"]]
+    # per precision one row per engine that runs it (16-bit: eager only), side by side, each against
+    # the same torch measurement of that precision
+    assert [(r["mode"], r["precision"], r["algo"]) for r in rows] == [
+        (m, p, a) for m in ("inference", "training") for p in ("fp32", "bf16", "fp16")
+        for a in (bench.ENGINES["cpu"] if p == "fp32" else ("eager",))]
     assert [r["ran"] for r in rows] == [r["algo"] for r in rows]      # eager ran eager, plan ran a plan
-    assert len({r["opponent_ms"] for r in rows if r["mode"] == "training"}) == 1
+    assert [(r["dtype"], r["tf32"]) for r in rows] == [(bench.PRECISION_DTYPES[r["precision"]][0], False)
+                                                       for r in rows]
+    assert len({r["opponent_ms"] for r in rows if r["mode"] == "training" and r["precision"] == "fp32"}) == 1
     for r in rows:
         assert r["ours_ms"] > 0 and r["ours_tflops"] > 0 and r["note"] == ""
         if env["torch"]:
             assert r["opponent_ms"] > 0 and r["ratio"] == pytest.approx(r["ours_ms"] / r["opponent_ms"])
         else:
             assert r["opponent_ms"] is None and r["ratio"] is None
+        # memory of a training step, measured on both sides (torch's CPU LSTM runs bf16 and fp16 here)
+        if r["mode"] == "training":
+            assert r["ours_mem_bytes"] > 0 and (r["opponent_mem_bytes"] > 0 if env["torch"] else True)
+        else:
+            assert r["ours_mem_bytes"] is None and r["opponent_mem_bytes"] is None
+    mem = {(r["precision"], r["algo"]): r["ours_mem_bytes"] for r in rows if r["mode"] == "training"}
+    assert mem["bf16", "eager"] == mem["fp16", "eager"] < mem["fp32", "eager"] == mem["fp32", "plan"]
 
 
 def test_flops_and_floor():
@@ -87,7 +99,7 @@ def test_a_failing_measurement_is_recorded_and_the_json_is_written_per_row(monke
     monkeypatch.setattr(bench, "time_torch", broken_torch)
     monkeypatch.setattr(bench, "time_ours", fake_ours)
     path = tmp_path / "r.json"
-    result = bench.run(device="cpu", quick=True, reps=2, log=lambda s: None,
+    result = bench.run(device="cpu", quick=True, reps=2, log=lambda s: None, precisions=("fp32",),
                        on_row=lambda r: (calls.append(len(r["rows"])), bench.write_json(path, r)))
     rows = result["rows"]
     assert calls == list(range(1, len(rows) + 1))                    # written after every row
@@ -99,8 +111,8 @@ def test_a_failing_measurement_is_recorded_and_the_json_is_written_per_row(monke
     assert tr["ours_ms"] is None and tr["ours_tflops"] is None and "gpu_lstm failed: MemoryError" in tr["note"]
     # the CLI exits non-zero when gpu_lstm's own measurement failed, after writing the JSON
     assert main(["bench", "--device", "cpu", "--quick", "--reps", "2", "--json", str(path)]) == 1
-    assert len(json.loads(path.read_text())["rows"]) == 4
-    assert "4 measurement(s) failed" in capsys.readouterr().out
+    assert len(json.loads(path.read_text())["rows"]) == 8          # fp32 eager, plan; bf16, fp16 eager
+    assert "8 measurement(s) failed" in capsys.readouterr().out
 
 
 def test_gpu_verify_fails_loudly_without_a_gpu(tmp_path):
@@ -135,7 +147,7 @@ def test_an_engine_that_cannot_run_a_shape_says_why_and_is_not_a_failure(monkeyp
     monkeypatch.setattr(bench, "time_ours", ours)
     monkeypatch.setattr(bench, "_torch_available", lambda: False)
     rows = bench.run(device="cpu", quick=True, reps=2, log=lambda s: None, modes=("inference",),
-                     engines=("eager", "persistent", "plan"))["rows"]
+                     engines=("eager", "persistent", "plan"), precisions=("fp32",))["rows"]
     assert [r["algo"] for r in rows] == ["eager", "persistent", "plan"]
     p = rows[1]
     assert p["ours_ms"] is None and p["ratio"] is None and p["note"] == "persistent not run: R does not fit on chip: ..."
@@ -167,3 +179,89 @@ def test_plot_script_handles_engine_rows_and_old_files(tmp_path):
     old = [{k: v for k, v in r.items() if k != "algo"} for r in rows[:1]]     # a file from before the engine rows
     assert mod.plot({"environment": env, "rows": old}, str(tmp_path / "b.png")).endswith("b.png")
     assert (tmp_path / "a.png").stat().st_size > 5000 and (tmp_path / "b.png").stat().st_size > 5000
+
+
+def _record_torch_flags(monkeypatch, fail=False):
+    """Wrap bench._torch_setup: record (precision, allow_tf32 flags) as each torch measurement sees them."""
+    import torch
+    seen, real = [], bench._torch_setup
+
+    def setup(device, H, B, T, mode, sets, seed, precision):
+        seen.append((precision, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        if fail:
+            raise RuntimeError("boom")
+        return real(device, H, B, T, mode, sets, seed, precision)
+    monkeypatch.setattr(bench, "_torch_setup", setup)
+    return seen
+
+
+@pytest.mark.parametrize("before", [(True, False), (False, True)])
+def test_torch_tf32_flags_are_set_per_row_and_restored(monkeypatch, before):
+    """Every torch measurement runs with both allow_tf32 flags set for its precision (on only for
+    'tf32'); afterwards, also after a failure inside, the flags are what they were before."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(bench, "_TORCH_PROBES", {})
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    try:
+        seen = _record_torch_flags(monkeypatch)
+        bench.run(device="cpu", quick=True, reps=1, warmup=0, log=lambda s: None)
+        assert {p for p, _, _ in seen} == {"fp32", "bf16", "fp16"}
+        assert all((a, b) == (False, False) for _, a, b in seen)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+        seen.clear()
+        bench.time_torch("cpu", 8, 2, 3, "inference", 1, 0, precision="tf32")   # the GPU's TF32 row's setting
+        assert seen == [("tf32", True, True)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+        seen = _record_torch_flags(monkeypatch, fail=True)
+        with pytest.raises(RuntimeError, match="boom"):
+            bench.memory_torch("cpu", 8, 2, 3, precision="tf32")
+        assert seen == [("tf32", True, True)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def test_a_torch_without_a_16_bit_lstm_gives_a_note_not_a_failure(monkeypatch, capsys):
+    """Where torch's LSTM refuses bfloat16 (the probe fails), the bf16 rows have gpu_lstm's time and
+    memory, no torch columns and a note saying why; the run does not count that as a failure."""
+    pytest.importorskip("torch")
+    real = bench._torch_setup
+
+    def setup(device, H, B, T, mode, sets, seed, precision):
+        if precision == "bf16":
+            raise RuntimeError("\"_thnn_fused_lstm_cell\" not implemented for 'BFloat16'\nmore")
+        return real(device, H, B, T, mode, sets, seed, precision)
+    monkeypatch.setattr(bench, "_torch_setup", setup)
+    monkeypatch.setattr(bench, "_TORCH_PROBES", {})
+    rows = bench.run(device="cpu", quick=True, reps=1, warmup=0, log=lambda s: None)["rows"]
+    bf16 = [r for r in rows if r["precision"] == "bf16"]
+    assert len(bf16) == 2
+    for r in bf16:
+        assert r["ours_ms"] > 0 and r["opponent_ms"] is None and r["ratio"] is None
+        assert r["opponent_mem_bytes"] is None and (r["ours_mem_bytes"] or 0) >= (r["mode"] == "training")
+        assert r["note"] == ("torch not run: its LSTM refuses bfloat16 on cpu in this build (RuntimeError: "
+                             "\"_thnn_fused_lstm_cell\" not implemented for 'BFloat16')")
+    assert all(r["opponent_ms"] > 0 and r["note"] == "" for r in rows if r["precision"] != "bf16")
+    assert main(["bench", "--device", "cpu", "--quick", "--reps", "1"]) == 0
+    assert "measurement(s) failed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype, per_unit", [("float32", 4 * (1 + 1 + 4 + 1 + 1)), ("bfloat16", 2 * (1 + 1 + 4 + 1) + 4),
+                                             ("float16", 2 * (1 + 1 + 4 + 1) + 4)])
+def test_cpu_memory_column_is_the_tape_byte_count(dtype, per_unit):
+    """The CPU memory column counts the tape: input copy (T, B, I), layer output (T, B, H), gates
+    (T, B, 4H), h and c (T+1, B, H), c in float32 for the 16-bit types (docs/precision.md "Memory")."""
+    pytest.importorskip("ml_dtypes")
+    H, B, T = 16, 3, 5      # I = H
+    prec = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype]
+    got = bench.memory_ours("cpu", H, B, T, precision=prec, algo="eager")
+    size = 4 if dtype == "float32" else 2
+    expect = (T * B * H * size) * (1 + 1 + 4) + (T + 1) * B * H * (size + 4)
+    assert got == expect
+    assert per_unit * T * B * H < expect    # the (T + 1)-th h and c on top of the per-step table
+
+
+def test_tf32_is_not_a_cpu_precision():
+    with pytest.raises(ValueError, match="precisions: expected some of .*'fp32', 'bf16', 'fp16'.* got 'tf32'"):
+        bench.run(device="cpu", quick=True, reps=1, precisions=("tf32",), log=lambda s: None)

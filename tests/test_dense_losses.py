@@ -149,3 +149,23 @@ def test_gradient_flow_diagnostics():
     # delta-c(0) from the diagnostics times f(0) is what the fused backward returned as dc0.
     f0 = lstm._saved.dirs[0][0].gates[0][:, gl.gates.gate_slice("f", 4)]
     assert abs(flow["l0"]["dc"][0] - np.linalg.norm(dc0[0] / f0)) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gradient_flow_of_a_16_bit_model_is_summed_in_float32(dtype):
+    """A 16-bit model's delta-h is 16-bit: its per-step norms are formed from float32 squares summed in
+    float32, so they equal the float64 norms of the stored delta-h to the float32 sum's error
+    ((B H + 2) u32 relative); summed in 16 bits they would be off by about u (2^-8 for bfloat16)."""
+    pytest.importorskip("ml_dtypes")
+    T, B, H = 7, 16, 64
+    lstm = gl.LSTM(5, H, 1, dtype=dtype, device="cpu", seed=0)
+    lstm.track_gradient_flow = True
+    rng = np.random.default_rng(6)
+    y, _ = lstm(rng.standard_normal((T, B, 5)).astype(lstm.dtype))
+    lstm.backward(rng.standard_normal(y.shape).astype(lstm.dtype))
+    flow = lstm.gradient_flow["l0"]
+    dh = lstm._scratch.dh.astype(np.float64)        # the layer's stored delta-h, 16-bit values
+    expect = np.sqrt((dh * dh).sum(axis=(1, 2)))
+    assert flow["dh"].dtype == np.float32 and flow["dc"].dtype == np.float32
+    np.testing.assert_allclose(flow["dh"], expect, rtol=(B * H + 2) * 2.0 ** -24)
+    assert np.all(np.isfinite(flow["dc"])) and np.all(flow["dc"] > 0)

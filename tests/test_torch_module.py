@@ -318,8 +318,9 @@ def test_bad_input_names_the_argument():
         m(torch.zeros(2, 2, 3), lengths=[1, 3])
     with pytest.raises(ValueError, match="proj_size: expected less than hidden_size"):
         glt.LSTM(3, 4, proj_size=4)
-    with pytest.raises(TypeError, match="input: gpu_lstm computes in float32 or float64"):
-        glt.LSTM(3, 4, dtype=torch.float16)(torch.zeros(2, 1, 3, dtype=torch.float16))
+    with pytest.raises(TypeError, match="input: gpu_lstm computes in float32, float64, bfloat16 or float16, "
+                                        "got torch.complex64"):
+        glt.LSTM(3, 4, dtype=torch.complex64)(torch.zeros(2, 1, 3, dtype=torch.complex64))
 
 
 @pytest.mark.parametrize("call, exc, message", [
@@ -478,3 +479,137 @@ def test_steady_state_calls_rebuild_no_plan(monkeypatch, kw):
     assert counts == {"forward": 1, "backward": 1}
     core = next(iter(m._engine.cores.values()))
     assert core._saved is None and core._algo == "plan"
+
+
+# ---- bfloat16 / float16 ------------------------------------------------------------------------------
+LOW = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+U32 = 2.0 ** -24
+
+
+def _low_pair(name, I, H, L, seed=0, **kw):
+    """A 16-bit gpu_lstm.torch.LSTM and a float64 torch.nn.LSTM with the same (rounded) weights and the
+    same effective bias: the module's core holds ONE 16-bit bias, fl(bias_ih + bias_hh), so the
+    reference gets bias_hh = fl(bias_ih + bias_hh) - bias_ih (exact in float64) and only the rounding
+    inside the computation is compared, as in docs/precision.md "Expected error against float64"."""
+    pytest.importorskip("ml_dtypes")
+    torch.manual_seed(seed)
+    m = glt.LSTM(I, H, L, dtype=LOW[name], **kw)
+    ref = torch.nn.LSTM(I, H, L, dtype=F64, **kw)
+    sd = {k: v.to(F64) for k, v in m.state_dict().items()}
+    for k in list(sd):
+        if k.startswith("bias_hh"):
+            b_ih = getattr(m, k.replace("bias_hh", "bias_ih")).detach()
+            summed = (b_ih + getattr(m, k).detach()).to(F64)     # torch's 16-bit add: one rounding
+            sd[k] = summed - b_ih.to(F64)
+    ref.load_state_dict(sd, strict=True)
+    return m, ref
+
+
+def _relf(a, b):
+    a, b = a.detach().to(F64), b.detach().to(F64)
+    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-300)).item()
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float16"])
+def test_16_bit_module_against_float64_torch(name):
+    """Outputs, states and every gradient of a bfloat16/float16 module against torch.nn.LSTM in float64
+    with the same rounded weights, within docs/precision.md's first-order bounds: forward 3 u + K u32,
+    gradients 5 u + K u32 (u = 2^-8 bfloat16, 2^-11 float16; K = T B, the longest float32 reduction,
+    the weight gradients'). The parameter gradients, float32 in the core, are rounded once more to the
+    Parameters' dtype on return: one more u for them (6 u + K u32); dx, dh0, dc0 are already 16-bit
+    outputs of the core (within 5 u + K u32)."""
+    from gpu_lstm.backend import lowp
+    I, H, L, T, B = 16, 64, 2, 30, 8
+    m, ref = _low_pair(name, I, H, L, bidirectional=True)
+    dt, u, K = LOW[name], lowp.unit_roundoff(name), T * B
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, B, I, generator=g).to(dt)
+    hx = (torch.randn(2 * L, B, H, generator=g).to(dt), torch.randn(2 * L, B, H, generator=g).to(dt))
+    w = [torch.randn(T, B, 2 * H, generator=g).to(dt), torch.randn(2 * L, B, H, generator=g).to(dt),
+         torch.randn(2 * L, B, H, generator=g).to(dt)]
+    outs = []
+    for model, cast in ((m, lambda t: t), (ref, lambda t: t.to(F64))):
+        xi = cast(x).requires_grad_()
+        hi = tuple(cast(t).requires_grad_() for t in hx)
+        y, (h, c) = model(xi, hi)
+        assert y.dtype == h.dtype == c.dtype == xi.dtype
+        (y * cast(w[0])).sum().backward(inputs=[xi, *hi, *model.parameters()], retain_graph=True)
+        (h * cast(w[1]) + c * cast(w[2])).sum().backward(inputs=[xi, *hi, *model.parameters()])
+        grads = {"x": xi.grad, "h0": hi[0].grad, "c0": hi[1].grad}
+        grads.update({n: p.grad for n, p in model.named_parameters()})
+        outs.append((y, h, c, grads))
+    (y, h, c, gr), (y64, h64, c64, gr64) = outs
+    tol_fwd, tol_bwd = 3 * u + K * U32, 5 * u + K * U32
+    for what, a, b in (("y", y, y64), ("h_n", h, h64), ("c_n", c, c64)):
+        assert _relf(a, b) <= tol_fwd, (what, _relf(a, b), tol_fwd)
+    assert _relf(y, y64) > u / 64          # the 16-bit rounding happened (not a float32 run)
+    for k in gr:
+        assert gr[k].dtype == dt, k
+        tol = tol_bwd if k in ("x", "h0", "c0") else tol_bwd + u
+        assert _relf(gr[k], gr64[k]) <= tol, (k, _relf(gr[k], gr64[k]), tol)
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float16"])
+def test_16_bit_tensors_cross_without_a_copy(name):
+    """CPU tensors reach the core as NumPy views of their memory: float16 directly, bfloat16 through an
+    int16 view as ml_dtypes.bfloat16; outputs come back the same way."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.torch import _ops
+    t = torch.randn(4, 3).to(LOW[name])
+    a = _ops._view(t)
+    assert a.dtype.name == name and a.ctypes.data == t.data_ptr() and a.shape == (4, 3)
+    back = _ops._tensor(a)
+    assert back.dtype == LOW[name] and back.data_ptr() == t.data_ptr() and torch.equal(back, t)
+
+
+def test_bfloat16_adam_training_steps():
+    """torch.optim.Adam on the bfloat16 module's Parameters: the first step moves each element by
+    -lr sign(g) rounded to bfloat16 (Adam's first update is g / (|g| + eps) lr), the loss falls."""
+    m, _ = _low_pair("bfloat16", 3, 16, 1)
+    torch.manual_seed(2)
+    head = torch.nn.Linear(16, 1, dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 8, 3, generator=g).to(torch.bfloat16)
+    target = torch.randn(8, 1, generator=g).to(torch.bfloat16)
+    params = list(m.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2)
+    losses = []
+    for step in range(8):
+        opt.zero_grad()
+        y, _ = m(x)
+        loss = (head(y[-1]).float() - target.float()).square().mean()
+        loss.backward()
+        if step == 0:
+            before = [p.detach().clone() for p in m.parameters()]
+            grads = [p.grad.clone() for p in m.parameters()]
+        opt.step()
+        if step == 0:
+            for p, p0, gp in zip(m.parameters(), before, grads):
+                assert gp.dtype == torch.bfloat16 and torch.isfinite(gp).all()
+                moved = p.detach() != p0
+                assert moved.any()
+                assert torch.equal(torch.sign(p.detach() - p0)[moved], -torch.sign(gp)[moved])
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
+def test_bfloat16_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    m, _ = _low_pair("bfloat16", 3, 5, 2, batch_first=True, bidirectional=True)
+    x = torch.randn(3, 5, 3).to(torch.bfloat16).requires_grad_()
+
+    def step(model, x):
+        y, (h, c) = model(x)
+        return y.float().square().sum() + h.float().sum() + c.float().sum()
+
+    eager = step(m, x)
+    eager.backward()
+    g_eager = {n: p.grad.clone() for n, p in m.named_parameters()}
+    gx = x.grad.clone()
+    m.zero_grad()
+    x.grad = None
+    out = step(torch.compile(m, fullgraph=True, backend="aot_eager"), x)
+    out.backward()
+    assert torch.equal(out.detach(), eager.detach()) and torch.equal(x.grad, gx)
+    for n, p in m.named_parameters():
+        assert p.grad.dtype == torch.bfloat16 and torch.equal(p.grad, g_eager[n]), n

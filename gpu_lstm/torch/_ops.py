@@ -29,6 +29,12 @@ gradient tensor allocated per call would be new memory every call, and the plan 
 (the graph recaptured) on every call. The price is one copy of the gradients per backward (the
 returned tensors are autograd's to keep and accumulate into, so they cannot be the buffers).
 
+bfloat16/float16 (16-bit Parameters and inputs): the core is a 16-bit gpu_lstm model (eager: plans are
+float32/float64), fed zero-copy views (bfloat16 through an int16 view: ml_dtypes.bfloat16 NumPy arrays
+on the CPU, uint16 bit patterns on the GPU, ``gpu_lstm.interop``). The one bias is the 16-bit rounding
+of bias_ih + bias_hh (torch's add: float32 sum, one rounding). The core's gradients are float32 and
+its gradient buffers float32; each is narrowed to its Parameter's dtype on return, once.
+
 GPU path (CUDA tensors): CuPy views through DLPack and the work queued on torch's current CUDA stream
 (a ``cupy.cuda.ExternalStream``). Not yet run on a GPU machine.
 """
@@ -115,11 +121,19 @@ def register_engine(uid, config):
     return eng
 
 
+_LOW = (torch.bfloat16, torch.float16)
+
+
 def _view(t):
-    """Zero-copy backend view of a tensor: NumPy for CPU tensors, CuPy (DLPack) for CUDA tensors."""
+    """Zero-copy backend view of a tensor: NumPy for CPU tensors, CuPy (DLPack) for CUDA tensors;
+    bfloat16 through an int16 view (ml_dtypes.bfloat16 on the CPU, uint16 bits on the GPU), as
+    ``gpu_lstm.interop`` does."""
     if t is None:
         return None
     t = t.detach()
+    if t.dtype == torch.bfloat16:
+        from ..interop import _to_gl
+        return _to_gl(t)
     if t.device.type == "cpu":
         return t.numpy()
     import cupy
@@ -127,9 +141,14 @@ def _view(t):
 
 
 def _tensor(a):
-    if isinstance(a, np.ndarray):
-        return torch.from_numpy(a)
-    return torch.from_dlpack(a)
+    """A backend array as a tensor without a copy (bfloat16 back through an int16 view)."""
+    from ..interop import _to_torch
+    return _to_torch(a)
+
+
+def _grad_dtype(dtype):
+    """The dtype of the core's gradients: float32 for a 16-bit model (docs/precision.md)."""
+    return torch.float32 if dtype in _LOW else dtype
 
 
 @contextlib.contextmanager
@@ -144,12 +163,12 @@ def _on_stream(device):
         yield
 
 
-def _buffers(core, kind, shapes, like):
-    """The core's persistent torch buffers of one kind (made on first use, on ``like``'s device and
-    dtype); one set per core, i.e. per (device, dtype)."""
+def _buffers(core, kind, shapes, like, dtype=None):
+    """The core's persistent torch buffers of one kind (made on first use, on ``like``'s device, in
+    ``dtype`` or ``like``'s); one set per core, i.e. per (device, dtype)."""
     bufs = core.torch_buffers.get(kind)
     if bufs is None:
-        bufs = core.torch_buffers[kind] = {n: torch.zeros(shape, dtype=like.dtype, device=like.device)
+        bufs = core.torch_buffers[kind] = {n: torch.zeros(shape, dtype=dtype or like.dtype, device=like.device)
                                            for n, shape in shapes.items()}
     return bufs
 
@@ -235,14 +254,17 @@ def lstm_backward(handle: torch.Tensor, dy: torch.Tensor, dh_n: torch.Tensor, dc
     with _on_stream(dy.device):
         # The core's gradient buffers, zeroed (the core ADDS into its grads), handed over as views;
         # the results are copies: autograd keeps (and may accumulate into) what we return.
-        grads = _buffers(core, "grads", core.param_shapes(), dy)
+        # A 16-bit model's gradients are float32 (the core's); they are narrowed to the parameters'
+        # dtype on return, once (that conversion is the copy).
+        grads = _buffers(core, "grads", core.param_shapes(), dy, _grad_dtype(dy.dtype))
         for g in grads.values():
             g.zero_()
         with core.use_arrays(_core_params(core, names, weights), {k: _view(g) for k, g in grads.items()}):
             dx, (dh0, dc0) = core.backward(_view(dy), (_view(dh_n), _view(dc_n)), tape=tape)
         out = [_tensor(dx), _tensor(dh0), _tensor(dc0)]
-        for _, ours, kind in names:
-            out.append(grads[ours].clone())   # db to both biases: two copies
+        for (_, ours, kind), w in zip(names, weights):
+            g = grads[ours]   # db to both biases: two copies
+            out.append(g.clone() if g.dtype == w.dtype else g.to(w.dtype))
         return out
 
 

@@ -60,7 +60,12 @@ class LSTM(nn.Module):
 
     With any of the first four the ``state_dict`` has keys ``torch.nn.LSTM`` does not know; otherwise
     it is exactly torch.nn.LSTM's, and loads strictly both ways.
-    Supported dtypes: float32 and float64.
+    Supported dtypes: float32, float64, bfloat16 and float16. The 16-bit ones run gpu_lstm's 16-bit
+    models (docs/precision.md): activations and Parameters in 16 bits, arithmetic, GEMM accumulation and
+    the cell state in float32, the gradients computed in float32 and returned in the Parameters' dtype
+    (rounded once); the bias the core uses is the 16-bit sum bias_ih + bias_hh. bfloat16 on the CPU
+    needs the ml_dtypes package. A torch optimizer then updates the 16-bit Parameters themselves
+    (an update below half a 16-bit ulp of a weight is lost, as for any 16-bit torch module).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
@@ -171,8 +176,8 @@ class LSTM(nn.Module):
         if x.dtype != weights[0].dtype or x.device != weights[0].device:
             raise TypeError(f"input: expected dtype {weights[0].dtype} on {weights[0].device} (the "
                             f"parameters'), got {x.dtype} on {x.device}")
-        if x.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"input: gpu_lstm computes in float32 or float64, got {x.dtype}")
+        if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            raise TypeError(f"input: gpu_lstm computes in float32, float64, bfloat16 or float16, got {x.dtype}")
         h0 = c0 = None
         if hx is not None:
             if not isinstance(hx, (tuple, list)):
