@@ -16,7 +16,6 @@ Run from a checkout: python benchmarks/host_overhead.py  (or: gpu-lstm bench --h
 """
 
 import datetime
-import os
 import pathlib
 import platform
 import statistics

@@ -72,17 +72,10 @@ __global__ void lstm_cell_backward(const long long B, const long long H, const T
             if (dc_out != 0) dc_out[k] = A(0);
             continue;
         }
-        A pi = A(0), pf = A(0), po = A(0);
-        if (peep != 0) {
-            pi = gl_load(peep[j]); pf = gl_load(peep[H + j]); po = gl_load(peep[2 * H + j]);
-        }
-        A dzi, dzf, dzg, dzo, carry, dc;
-        gl_cell_backward(gl_load(gb[ki]), gl_load(gb[kf]), gl_load(gb[kg]), gl_load(gb[ko]),
-                         gl_load(c[k]), gl_load(c_prev[k]), pi, pf, po, gl_load(dh[k]),
-                         gl_load(dc_carry[k]), &dzi, &dzf, &dzg, &dzo, &carry, &dc);
+        A carry, dc;
+        gl_cell_backward_row(gb, db, peep, H, j, gl_load(c[k]), gl_load(c_prev[k]), gl_load(dh[k]),
+                             gl_load(dc_carry[k]), &carry, &dc);
         if (dc_out != 0) dc_out[k] = dc;
-        db[ki] = gl_store<T>(dzi); db[kf] = gl_store<T>(dzf);
-        db[kg] = gl_store<T>(dzg); db[ko] = gl_store<T>(dzo);
         dc_carry[k] = carry;
     }
 }

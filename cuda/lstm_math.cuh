@@ -109,3 +109,25 @@ __host__ __device__ __forceinline__ void gl_cell_backward(const A i, const A f, 
     // feeds eq. (16) at step t-1: through f(t), and through the i/f peepholes on c(t-1)
     *dc_carry = dc * f + (*dzi) * pi + (*dzf) * pf;
 }
+
+// Eqs. (16)-(20) for hidden unit j of one sample: reads the activated gates from the sample's gate row
+// gb, writes the pre-activation gradients into its row db, returns the carry for step t-1 and
+// delta-c(t) (for diagnostics). A row of padding (a sample already past its length) is the caller's
+// business. Shared by lstm_cell_backward and the persistent kernels' backward phase.
+template <typename T, typename A>
+__host__ __device__ __forceinline__ void gl_cell_backward_row(const T* __restrict__ gb, T* __restrict__ db,
+                                                             const T* __restrict__ peep, const long long H,
+                                                             const long long j, const A c, const A c_prev,
+                                                             const A dh, const A dc_next, A* carry, A* dc_t) {
+    const long long ki = GL_GATE_I * H + j, kf = GL_GATE_F * H + j;
+    const long long kg = GL_GATE_G * H + j, ko = GL_GATE_O * H + j;
+    A pi = A(0), pf = A(0), po = A(0);
+    if (peep != 0) {
+        pi = gl_load(peep[j]); pf = gl_load(peep[H + j]); po = gl_load(peep[2 * H + j]);
+    }
+    A dzi, dzf, dzg, dzo;
+    gl_cell_backward(gl_load(gb[ki]), gl_load(gb[kf]), gl_load(gb[kg]), gl_load(gb[ko]), c, c_prev, pi, pf,
+                     po, dh, dc_next, &dzi, &dzf, &dzg, &dzo, carry, dc_t);
+    db[ki] = gl_store<T>(dzi); db[kf] = gl_store<T>(dzf);
+    db[kg] = gl_store<T>(dzg); db[ko] = gl_store<T>(dzo);
+}

@@ -175,16 +175,8 @@ __host__ __device__ __forceinline__ void gl_pers_backward_cell(
         db[kg] = gl_store<T>(A(0)); db[ko] = gl_store<T>(A(0));
         return;
     }
-    const T* gb = gates_t + b * 4 * H;
-    A pi = A(0), pf = A(0), po = A(0);
-    if (peep != 0) {
-        pi = gl_load(peep[j]); pf = gl_load(peep[H + j]); po = gl_load(peep[2 * H + j]);
-    }
-    A dzi, dzf, dzg, dzo, carry, dct;
-    gl_cell_backward(gl_load(gb[ki]), gl_load(gb[kf]), gl_load(gb[kg]), gl_load(gb[ko]),
-                     gl_load(c_t[k]), gl_load(c_prev[k]), pi, pf, po, gl_load(dh_t[k]),
-                     gl_load(dc[k]), &dzi, &dzf, &dzg, &dzo, &carry, &dct);
-    db[ki] = gl_store<T>(dzi); db[kf] = gl_store<T>(dzf);
-    db[kg] = gl_store<T>(dzg); db[ko] = gl_store<T>(dzo);
+    A carry, dct;   // lstm_cell_backward's maths (gl_cell_backward_row, lstm_math.cuh)
+    gl_cell_backward_row(gates_t + b * 4 * H, db, peep, H, j, gl_load(c_t[k]), gl_load(c_prev[k]),
+                         gl_load(dh_t[k]), gl_load(dc[k]), &carry, &dct);
     dc[k] = gl_store<T>(carry);
 }

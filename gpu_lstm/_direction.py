@@ -78,8 +78,7 @@ def start(be, prm, ws, x, h0, c0):
 
 def forward(be, prm, ws, x, h0, c0, lengths, zoneout=None):
     """Eqs. (1)-(6) over the sequence x (T, B, I). h0 (B, P) and c0 (B, H) may be None (zeros)."""
-    T, B = x.shape[0], x.shape[1]
-    H = ws.c.shape[-1]
+    T = x.shape[0]
     gates, h, c, m, ct = ws.gates, ws.h, ws.c, ws.m, ws.ct
     ws.zoneout = zoneout
     if not start(be, prm, ws, x, h0, c0):
@@ -111,8 +110,7 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
     Outputs dh0, dc0 (B, P)/(B, H) and dx (T, B, I). ``dc_all`` (T, B, H), if given, receives
     delta-c(t) (eq. 16) for diagnostics.
     """
-    T, B = x.shape[0], x.shape[1]
-    H = ws.c.shape[-1]
+    T = x.shape[0]
     gates, h, c, m, ct, zoneout = ws.gates, ws.h, ws.c, ws.m, ws.ct, ws.zoneout
     dgates, dc, dm = shared.dgates, shared.dc, shared.dm
     dc[...] = 0 if dc_n is None else be.astype(dc_n, dc.dtype)   # nothing flows back from past the last step

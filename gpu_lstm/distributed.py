@@ -49,7 +49,6 @@ def free_port():
 
 
 def _build(task, hidden, layers, dtype, device, V=None):
-    import torch
     from torch import nn
 
     from .torch import LSTM

@@ -348,7 +348,7 @@ class Plan:
     def _build_backward(self, m, dy_given, dhc_given):
         be, xp = m._be, m._be.xp
         t, s, T, B = self.template, self.scratch, self.T, self.B
-        L, D, H, P = m.num_layers, m.num_directions, m.hidden_size, m.output_size
+        L, D, P = m.num_layers, m.num_directions, m.output_size
         TB = T * B
         ops = _Ops()
         dout = self.dy if dy_given else None
@@ -404,8 +404,7 @@ class Plan:
 
     def _direction_backward(self, be, xp, ops, tag, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx):
         """_direction.backward, prepared (same operations, same order); T > 0 here."""
-        T, B = self.T, self.B
-        H = ws.c.shape[-1]
+        T = self.T
         gates, h, c, m, ct, zo = ws.gates, ws.h, ws.c, ws.m, ws.ct, ws.zoneout
         dgates, dc, dm = shared.dgates, shared.dc, shared.dm
         lengths = self.lengths

@@ -96,7 +96,6 @@ def test_plan_mode_uses_the_capture_binding_not_cupys_wrapper():
 def test_the_fake_refuses_what_capture_refuses():
     import cupy
     import fake_cupy
-    from cupy_backends.cuda.libs import cublas
     be = gl.LSTM(3, 4, device="gpu", dtype="float64", algo="eager")._be
     a = be.zeros((2, 2))
     s = cupy.cuda.Stream(non_blocking=True)

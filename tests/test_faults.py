@@ -15,7 +15,6 @@ import subprocess
 import sys
 import types
 
-import numpy as np
 import pytest
 
 from gpu_lstm import checkpoint, cli, training

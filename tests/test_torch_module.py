@@ -459,7 +459,7 @@ def test_steady_state_calls_rebuild_no_plan(monkeypatch, kw):
         monkeypatch.setattr(plan.Plan, name, counted)
     kw = dict(kw)
     ref, m = _pair(**kw)
-    L, D = kw.pop("L"), 2 if kw.get("bidirectional") else 1
+    kw.pop("L")
     T, B = 5, 3
     g = torch.Generator().manual_seed(7)
     opts = [torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) for model in (ref, m)]

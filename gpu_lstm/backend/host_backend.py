@@ -42,28 +42,33 @@ def build_command(output):
             str(root / "host_entry.cpp"), "-o", str(output)]
 
 
+def build_cached(prefix, sources, command, what):
+    """Build a host library from cuda/ once per version of its ``sources`` and build ``command``
+    (cached as ``<prefix>_<hash>.so`` under $XDG_CACHE_HOME or the temp dir) and load it."""
+    root = kernels.cuda_dir()
+    digest = hashlib.sha256()
+    for name in sources:
+        digest.update((root / name).read_bytes())
+    digest.update(" ".join(command("x")).encode())
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", tempfile.gettempdir()), "gpu_lstm-host-kernels")
+    os.makedirs(cache, exist_ok=True)
+    path = os.path.join(cache, f"{prefix}_{digest.hexdigest()[:16]}.so")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        res = subprocess.run(command(tmp), capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"host build of {what} failed:\n{' '.join(command(tmp))}\n{res.stderr}")
+        os.replace(tmp, path)   # atomic: a concurrent test process never loads a half-written file
+    return ctypes.CDLL(path)
+
+
 def load_library():
     """Build (once per source version) and load the host kernel library."""
     global _lib
     if _lib is not None:
         return _lib
-    root = kernels.cuda_dir()
-    digest = hashlib.sha256()
-    for name in (*kernels.SOURCE_FILES, "host_shim.h", "host_entry.cpp"):
-        digest.update((root / name).read_bytes())
-    digest.update(" ".join(build_command("x")).encode())
-    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.join(tempfile.gettempdir())),
-                         "gpu_lstm-host-kernels")
-    os.makedirs(cache, exist_ok=True)
-    path = os.path.join(cache, f"lstm_host_{digest.hexdigest()[:16]}.so")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        res = subprocess.run(build_command(tmp), capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"host build of the CUDA kernels failed:\n{' '.join(build_command(tmp))}\n"
-                               f"{res.stderr}")
-        os.replace(tmp, path)   # atomic: a concurrent test process never loads a half-written file
-    lib = ctypes.CDLL(path)
+    lib = build_cached("lstm_host", (*kernels.SOURCE_FILES, "host_shim.h", "host_entry.cpp"), build_command,
+                       "the CUDA kernels")
     ll, vp = ctypes.c_longlong, ctypes.c_void_p
     # (suffix, C type of the arithmetic scalars): the 16-bit storage types compute in float
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double), ("bf16", ctypes.c_float),

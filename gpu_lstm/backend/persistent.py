@@ -21,18 +21,15 @@ layers and bidirectional models are outside a direction, so they are unaffected.
 """
 
 import ctypes
-import hashlib
 import os
 import re
-import subprocess
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import _direction as dirn
 from . import kernels
-from .host_backend import _ptr   # pointer to a C-contiguous array of a dtype, checked
+from .host_backend import _ptr, build_cached   # checked array pointers; the cached host build
 
 SOURCE_FILE = "persistent_lstm.cu"
 HEADER_FILE = "persistent_lstm.cuh"
@@ -236,22 +233,8 @@ def load_host_library():
     global _host_lib
     if _host_lib is not None:
         return _host_lib
-    root = kernels.cuda_dir()
-    digest = hashlib.sha256()
-    for name in ("lstm_math.cuh", "lowp_types.cuh", HEADER_FILE, "host_shim.h", HOST_ENTRY):
-        digest.update((root / name).read_bytes())
-    digest.update(" ".join(_host_build_command("x")).encode())
-    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", tempfile.gettempdir()), "gpu_lstm-host-kernels")
-    os.makedirs(cache, exist_ok=True)
-    path = os.path.join(cache, f"persistent_host_{digest.hexdigest()[:16]}.so")
-    if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
-        res = subprocess.run(_host_build_command(tmp), capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"host build of the persistent kernels failed:\n"
-                               f"{' '.join(_host_build_command(tmp))}\n{res.stderr}")
-        os.replace(tmp, path)
-    lib = ctypes.CDLL(path)
+    lib = build_cached("persistent_host", ("lstm_math.cuh", "lowp_types.cuh", HEADER_FILE, "host_shim.h", HOST_ENTRY),
+                       _host_build_command, "the persistent kernels")
     ll, vp, i = ctypes.c_longlong, ctypes.c_void_p, ctypes.c_int
     for suffix in ("f32", "f64"):
         getattr(lib, f"gl_persistent_forward_{suffix}").argtypes = [ll, ll, ll, ll, i] + [vp] * 7
@@ -451,8 +434,7 @@ def run_backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0
     _check(prm, ws, ws.zoneout)
     if dc_all is not None:
         raise ValueError("persistent engine: dc_all (gradient-flow diagnostics) not supported")
-    T, B = x.shape[0], x.shape[1]
-    H = ws.c.shape[-1]
+    T = x.shape[0]
     gates, h, c = ws.gates, ws.h, ws.c
     dgates, dc = shared.dgates, shared.dc
     dc[...] = 0 if dc_n is None else dc_n
