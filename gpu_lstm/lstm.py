@@ -88,8 +88,9 @@ class LSTM:
         If True, x and y are (B, T, features) instead of (T, B, features).
     dtype : 'float32', 'float64', 'bfloat16' or 'float16'
         The 16-bit types store activations, saved gates and parameters in 16 bits and compute in
-        float32: the cell state c and the gradients (``grads``) are float32, GEMMs accumulate in
-        float32 (docs/precision.md). 'bfloat16' arrays are ``ml_dtypes.bfloat16`` on the CPU (the
+        float32: the cell state c inside a call and the gradients (``grads``) are float32, GEMMs
+        accumulate in float32 (docs/precision.md). At the boundary c takes the model's dtype:
+        ``c_n``/``dc0`` are returned and ``c0``/``dc_n`` accepted in 16 bits (rounded once per call). 'bfloat16' arrays are ``ml_dtypes.bfloat16`` on the CPU (the
         ml_dtypes package is needed). Train them with float32 master weights
         (``gpu_lstm.optim.MixedPrecision``). They run the eager engine; no persistent kernels.
     math : 'default' or 'tf32'

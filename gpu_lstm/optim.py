@@ -55,6 +55,13 @@ class Optimizer:
             if params[k].shape != grads[k].shape:
                 raise ValueError(f"grads[{k!r}]: expected the parameter's shape {tuple(params[k].shape)}, "
                                  f"got {tuple(grads[k].shape)}")
+            # A 16-bit model has float32 gradients; updating its 16-bit parameters (and keeping 16-bit
+            # moments) directly loses small updates and underflows the second moment.
+            pd, gd = _backend(params[k]).dtype_of(params[k]), _backend(grads[k]).dtype_of(grads[k])
+            if pd != gd:
+                raise TypeError(f"params[{k!r}]: expected the dtype of its gradient ({gd.name}), got {pd.name}; "
+                                "for a bfloat16/float16 model use optim.MixedPrecision (float32 master "
+                                "weights), e.g. gpu_lstm.training.make_optimizer")
         self.params, self.grads = params, grads
         self.lr = ck.nonnegative_float("lr", lr)
         self.step_count = 0
@@ -381,18 +388,20 @@ class LossScaler:
         self.skipped_steps = 0
 
     def scale_grad(self, dpred):
-        """dpred * scale, in dpred's dtype."""
-        return dpred * dpred.dtype.type(self.scale)
+        """dpred * scale, computed in float32 and rounded once to dpred's dtype (the default scale 2^16
+        is itself beyond float16's range, 65504, so it is never a float16 number)."""
+        be = _backend(dpred)
+        return be.astype(be.astype(dpred, np.float32) * np.float32(self.scale), be.dtype_of(dpred))
 
     def unscale_(self, grads):
-        """Divide the (float32) gradients by the scale in place; True when all are finite. Reading the
-        flag is one host synchronisation per step on a GPU."""
+        """Divide the (float32) gradients by the scale in place; True when all are finite. The flags
+        are combined on the device and read once: one host synchronisation per step on a GPU."""
         inv = 1.0 / self.scale
-        finite = True
+        flags = []
         for g in grads.values():
             g *= g.dtype.type(inv)
-            finite = finite and bool(_xp(g).isfinite(g).all())
-        return finite
+            flags.append(_xp(g).isfinite(g).all())
+        return bool(_xp(flags[0]).stack(flags).all()) if flags else True
 
     def update(self, finite):
         if finite:

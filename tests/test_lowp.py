@@ -393,3 +393,29 @@ def test_16_bit_checkpoint_round_trip_is_bitwise(dtype, tmp_path):
     for k in a.params:
         assert b.params[k].dtype == a.params[k].dtype
         np.testing.assert_array_equal(b.params[k].view(np.uint16), a.params[k].view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_plain_optimizers_refuse_16_bit_parameters_with_float32_gradients(dtype):
+    """Adam/SGD straight on 16-bit parameters would keep 16-bit moments (float16's second moment
+    underflows, eps = 1e-8 rounds to 0) and lose small updates: refused, pointing to MixedPrecision."""
+    from gpu_lstm.optim import SGD, Adam
+    m = gl.LSTM(3, 4, dtype=dtype, device="cpu", seed=0)
+    for cls in (Adam, SGD):
+        with pytest.raises(TypeError, match=r"params\['l0.W'\]: expected the dtype of its gradient \(float32\), "
+                                            rf"got {dtype}; .*MixedPrecision"):
+            cls(m.params, m.grads, lr=1e-3)
+
+
+def test_loss_scaler_default_scale_is_not_a_float16_overflow():
+    """2^16 is beyond float16's range (65504): scaling in float16 turned every dpred into Inf and
+    skipped the first step after every start and every growth. The product is formed in float32 and
+    rounded once."""
+    from gpu_lstm.optim import LossScaler
+    s = LossScaler()
+    d = np.full((2, 3), 1e-3, np.float16)
+    out = s.scale_grad(d)
+    assert out.dtype == np.float16 and np.isfinite(out).all()
+    assert out[0, 0] == np.float16(np.float32(np.float16(1e-3)) * np.float32(2 ** 16))
+    assert s.unscale_({"a": np.ones(3, np.float32)}) is True
+    assert s.unscale_({"a": np.ones(3, np.float32), "b": np.array([1.0, np.inf], np.float32)}) is False
