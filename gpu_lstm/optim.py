@@ -397,11 +397,12 @@ class LossScaler:
         """Divide the (float32) gradients by the scale in place; True when all are finite. The flags
         are combined on the device and read once: one host synchronisation per step on a GPU."""
         inv = 1.0 / self.scale
-        flags = []
+        flags, xp = [], None
         for g in grads.values():
+            xp = xp or _xp(g)       # the gradients' array module (not the flags': bool has no backend)
             g *= g.dtype.type(inv)
-            flags.append(_xp(g).isfinite(g).all())
-        return bool(_xp(flags[0]).stack(flags).all()) if flags else True
+            flags.append(xp.isfinite(g).all())
+        return bool(xp.stack(flags).all()) if flags else True
 
     def update(self, finite):
         if finite:
