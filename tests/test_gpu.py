@@ -500,3 +500,32 @@ def test_16_bit_softmax_cross_entropy_on_gpu(dtype):
     gg, gc = gl.to_numpy(gg).astype(np.float32), gc.astype(np.float32)
     assert np.all(np.abs(gg - gc) <= 2 * u * np.abs(gc))
     assert abs(float(lg) - float(lc)) <= 64 * 2.0 ** -24 * (1 + abs(float(lc)))
+
+
+# ---- 16-bit GPU models: checkpoints, cells, masks, integer arrays, parameter uploads -----------------
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_gpu_checkpoint_round_trip_across_devices(dtype, tmp_path):
+    """A GPU model's parameters are compared and uploaded in their logical dtype (a bfloat16 model's
+    uint16 device arrays are bfloat16): GPU -> GPU, GPU -> CPU and CPU -> GPU are bitwise, and the
+    sampler's model_from_checkpoint loads a GPU model."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm import sampling
+    from gpu_lstm.checkpoint import load_checkpoint, save_checkpoint
+    from gpu_lstm.model import SequenceModel
+    from gpu_lstm.optim import Adam, LossScaler, MixedPrecision
+    a = SequenceModel(3, 8, 4, dtype=dtype, device="gpu", seed=0)
+    opt_a = MixedPrecision(Adam, a.params, a.grads, LossScaler() if dtype == "float16" else None, lr=1e-2)
+    path = save_checkpoint(tmp_path / "g.npz", a, opt_a)
+    want = {k: _bits(gl.to_numpy(v)) for k, v in a.params.items()}   # bits, whatever the host dtype
+    for device in ("gpu", "cpu"):
+        b = SequenceModel(3, 8, 4, dtype=dtype, device=device, seed=1)
+        opt_b = MixedPrecision(Adam, b.params, b.grads, LossScaler() if dtype == "float16" else None, lr=1e-2)
+        load_checkpoint(path, b, opt_b)
+        for k in want:
+            assert np.array_equal(_bits(gl.to_numpy(b.params[k])), want[k]), (device, k)
+    c = SequenceModel(3, 8, 4, dtype=dtype, device="cpu", seed=2)
+    load_checkpoint(save_checkpoint(tmp_path / "c.npz", c), a)           # CPU -> GPU
+    for k in c.params:
+        assert np.array_equal(_bits(gl.to_numpy(a.params[k])), _bits(c.params[k])), k
+    s, _ = sampling.model_from_checkpoint(path, device="gpu")
+    assert s.device == "gpu" and all(np.array_equal(_bits(gl.to_numpy(s.params[k])), want[k]) for k in want)
