@@ -343,12 +343,18 @@ class LSTM:
         if unknown:
             raise KeyError(f"values: expected a subset of the parameter names {sorted(shapes)}, got unknown "
                            f"name(s) {unknown}")
-        arrays = {}
+        be, arrays = self._be, {}
         for name, value in values.items():
-            arr = ck.as_array(self._be, name, value)
-            ck.check_shape(name, arr, shapes[name])
-            ck.real_array(name, arr)
-            arrays[name] = self._be.astype(arr, self.dtype)
+            if be.is_device_array(value):
+                arr = ck.as_array(be, name, value)
+                ck.check_shape(name, arr, shapes[name])
+                ck.real_array(name, arr)
+                arrays[name] = be.astype(arr, self.dtype)
+            else:   # host data: rounded once to the model dtype on the host, then uploaded (as _init_params)
+                arr = ck.host_array(name, value)
+                ck.check_shape(name, arr, shapes[name])
+                ck.real_array(name, arr)
+                arrays[name] = be.asarray(name, arr.astype(self.dtype, copy=False))
         for name, arr in arrays.items():   # everything checked and converted: now write
             self.params[name][...] = arr
 

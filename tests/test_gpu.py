@@ -529,3 +529,21 @@ def test_16_bit_gpu_checkpoint_round_trip_across_devices(dtype, tmp_path):
         assert np.array_equal(_bits(gl.to_numpy(a.params[k])), _bits(c.params[k])), k
     s, _ = sampling.model_from_checkpoint(path, device="gpu")
     assert s.device == "gpu" and all(np.array_equal(_bits(gl.to_numpy(s.params[k])), want[k]) for k in want)
+
+
+@pytest.mark.parametrize("dtype, v, once", [
+    ("float16", 1 + 2.0 ** -11 + 2.0 ** -30, 1 + 2.0 ** -10),
+    ("bfloat16", 1 + 2.0 ** -8 + 2.0 ** -7, 1 + 2.0 ** -6)])
+def test_16_bit_set_params_rounds_host_values_once_like_the_cpu(dtype, v, once):
+    """float64 host values are rounded to the model dtype on the host, then uploaded: the GPU holds
+    the CPU's bits. 1 + 2^-11 + 2^-30 is just above a float16 tie, so one rounding gives 1 + 2^-10;
+    through float32 first it would become the tie 1 + 2^-11 and round to even, 1."""
+    pytest.importorskip("ml_dtypes")
+    out = {}
+    for device in ("cpu", "gpu"):
+        m = gl.LSTM(1, 1, dtype=dtype, device=device, seed=0)
+        m.set_params({"l0.b": np.full(4, v)})
+        out[device] = _bits(gl.to_numpy(m.params["l0.b"])).view(m.dtype)
+    assert np.array_equal(_bits(out["gpu"]), _bits(out["cpu"]))
+    assert np.array_equal(_bits(out["gpu"]), _bits(np.full(4, v).astype(out["cpu"].dtype)))
+    assert np.all(out["gpu"].astype(np.float64) == once)

@@ -393,3 +393,13 @@ def test_16_bit_checkpoint_round_trip_is_bitwise(dtype, tmp_path):
     for k in a.params:
         assert b.params[k].dtype == a.params[k].dtype
         np.testing.assert_array_equal(b.params[k].view(np.uint16), a.params[k].view(np.uint16))
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_set_params_takes_16_bit_values(name):
+    """Values already in the model's 16-bit dtype (ml_dtypes.bfloat16 is real, though not of NumPy kind
+    'f') are copied as they are."""
+    m = gl.LSTM(1, 1, dtype=name, device="cpu", seed=0)
+    v = np.array([0.5, -1.25, 3.0, 2.0 ** -3], dtype=m.dtype)
+    m.set_params({"l0.b": v})
+    np.testing.assert_array_equal(m.params["l0.b"].view(np.uint16), v.view(np.uint16))
