@@ -547,3 +547,19 @@ def test_16_bit_set_params_rounds_host_values_once_like_the_cpu(dtype, v, once):
     assert np.array_equal(_bits(out["gpu"]), _bits(out["cpu"]))
     assert np.array_equal(_bits(out["gpu"]), _bits(np.full(4, v).astype(out["cpu"].dtype)))
     assert np.all(out["gpu"].astype(np.float64) == once)
+
+
+def test_bfloat16_torch_state_dict_of_a_gpu_model():
+    """torch_state_dict of a GPU bfloat16 model gives torch.bfloat16 tensors of its values (not of its
+    uint16 bits), and load_torch_state_dict of them restores the same bits."""
+    pytest.importorskip("ml_dtypes")
+    torch = pytest.importorskip("torch")
+    m = gl.LSTM(3, 4, dtype="bfloat16", device="gpu", seed=0)
+    sd = m.torch_state_dict()
+    assert all(t.dtype == torch.bfloat16 for t in sd.values())
+    w = _bits(gl.to_numpy(m.params["l0.W"]))
+    assert torch.equal(sd["weight_ih_l0"].view(torch.int16), torch.from_numpy(w.view(np.int16)))
+    m2 = gl.LSTM(3, 4, dtype="bfloat16", device="gpu", seed=1)
+    m2.load_torch_state_dict(sd)
+    for k in m.params:
+        assert np.array_equal(_bits(gl.to_numpy(m2.params[k])), _bits(gl.to_numpy(m.params[k]))), k

@@ -403,3 +403,26 @@ def test_set_params_takes_16_bit_values(name):
     v = np.array([0.5, -1.25, 3.0, 2.0 ** -3], dtype=m.dtype)
     m.set_params({"l0.b": v})
     np.testing.assert_array_equal(m.params["l0.b"].view(np.uint16), v.view(np.uint16))
+
+
+def test_bfloat16_torch_state_dict_round_trip():
+    """bfloat16 models to and from torch.nn.LSTM state dicts (bfloat16 through int16 views): the
+    tensors hold the model's values; a torch bfloat16 LSTM's weights load bitwise and its two biases
+    are summed in float64 (exact) and rounded once."""
+    torch = pytest.importorskip("torch")
+    m = gl.LSTM(3, 4, dtype="bfloat16", device="cpu", seed=0)
+    sd = m.torch_state_dict()
+    assert all(t.dtype == torch.bfloat16 for t in sd.values())
+    assert torch.equal(sd["weight_ih_l0"].view(torch.int16), torch.from_numpy(m.params["l0.W"].view(np.int16)))
+    torch.manual_seed(0)
+    t = torch.nn.LSTM(3, 4).to(torch.bfloat16)
+    t.load_state_dict(sd)                                   # torch takes ours
+    m2 = gl.LSTM(3, 4, dtype="bfloat16", device="cpu", seed=1)
+    m2.load_torch_state_dict(t.state_dict())                # and we take torch's
+    for k in m.params:
+        np.testing.assert_array_equal(m2.params[k].view(np.uint16), m.params[k].view(np.uint16))
+    t2 = torch.nn.LSTM(3, 4).to(torch.bfloat16)
+    m2.load_torch_state_dict(t2.state_dict())
+    np.testing.assert_array_equal(m2.params["l0.W"].view(np.int16), t2.weight_ih_l0.detach().view(torch.int16).numpy())
+    b64 = t2.bias_ih_l0.detach().double().numpy() + t2.bias_hh_l0.detach().double().numpy()
+    np.testing.assert_array_equal(m2.params["l0.b"].view(np.uint16), b64.astype(m2.dtype).view(np.uint16))
