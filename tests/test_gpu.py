@@ -563,3 +563,30 @@ def test_bfloat16_torch_state_dict_of_a_gpu_model():
     m2.load_torch_state_dict(sd)
     for k in m.params:
         assert np.array_equal(_bits(gl.to_numpy(m2.params[k])), _bits(gl.to_numpy(m.params[k]))), k
+
+
+@pytest.mark.parametrize("mask_on", ["host", "device"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mse_loss_with_a_16_bit_mask_on_the_gpu(dtype, mask_on):
+    """A 16-bit mask (host, or bit patterns on the device) is converted by the backend, not as
+    integers: the gradient is bitwise the CPU's (the same float32 operations on the same inputs, one
+    rounding) and the loss equals it to the float32 sum's error (n - 1) u32 of the sum of n >= 0 terms.
+    A complex mask is a dtype error naming mask, a wrong shape a shape error."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.backend import lowp
+    from gpu_lstm.losses import mse_loss
+    d = lowp.dtype_of(dtype)
+    be = gl.LSTM(2, 3, device="gpu", dtype=dtype)._be
+    rng = np.random.default_rng(0)
+    pred = rng.standard_normal((4, 2, 3)).astype(d)
+    tgt = rng.standard_normal((4, 2, 3)).astype(d)
+    mask = np.ones((4, 2, 1), d)
+    mask[2:, 1] = 0
+    lc, gc = mse_loss(pred, tgt, mask=mask)
+    lg, gg = mse_loss(be.asarray("pred", pred), tgt, mask=mask if mask_on == "host" else be.asarray("mask", mask))
+    assert np.array_equal(_bits(be.to_numpy(gg)), _bits(gc))
+    assert abs(float(lg) - float(lc)) <= pred.size * 2.0 ** -24 * float(lc)
+    with pytest.raises(TypeError, match="mask: expected bool, integer or real floating values.*complex"):
+        mse_loss(be.asarray("pred", pred), tgt, mask=np.ones((4, 2, 1), np.complex64))
+    with pytest.raises(ValueError, match=r"mask: expected an array broadcastable to \(4, 2, 3\).*\(4, 3\)"):
+        mse_loss(be.asarray("pred", pred), tgt, mask=np.ones((4, 3), d))

@@ -426,3 +426,17 @@ def test_bfloat16_torch_state_dict_round_trip():
     np.testing.assert_array_equal(m2.params["l0.W"].view(np.int16), t2.weight_ih_l0.detach().view(torch.int16).numpy())
     b64 = t2.bias_ih_l0.detach().double().numpy() + t2.bias_hh_l0.detach().double().numpy()
     np.testing.assert_array_equal(m2.params["l0.b"].view(np.uint16), b64.astype(m2.dtype).view(np.uint16))
+
+
+def test_mse_loss_mask_dtype_errors_name_the_mask():
+    """A mask that is not real numbers is a TypeError saying so (not a shape error, and not a complex
+    mask silently cast to its real part); bool masks count as 1/0."""
+    from gpu_lstm.losses import mse_loss
+    pred = np.ones((4, 2, 3), _dt("bfloat16"))
+    tgt = np.zeros((4, 2, 3), _dt("bfloat16"))
+    with pytest.raises(TypeError, match="mask: expected bool, integer or real floating values.*complex64"):
+        mse_loss(pred, tgt, mask=np.ones((4, 2, 1), np.complex64))
+    mask = np.ones((4, 2, 1), bool)
+    mask[2:] = False
+    loss, _ = mse_loss(pred, tgt, mask=mask)
+    assert float(loss) == 1.0
