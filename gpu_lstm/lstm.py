@@ -20,6 +20,7 @@ from . import _direction as dirn
 from . import philox
 from . import plan as _plan
 from ._arrays import to_numpy  # noqa: F401  (re-exported: gpu_lstm.lstm.to_numpy)
+from ._arrays import to_numpy_as as _to_numpy_as
 from ._nvtx import annotate
 from .backend import get_backend
 from .gates import GATE_INDEX
@@ -413,6 +414,13 @@ class LSTM:
         """Set every gradient to zero (backward accumulates)."""
         for g in self.grads.values():
             g[...] = 0
+
+    def to_numpy(self, value: Any) -> Any:
+        """Bring this model's arrays (outputs, parameters, gradients; nested in tuples, lists and dicts)
+        back to host NumPy arrays in their logical dtypes: a GPU bfloat16 model's uint16 device arrays
+        (bfloat16 bit patterns) come back as ``ml_dtypes.bfloat16``, which :func:`gpu_lstm.to_numpy`,
+        not knowing where an array came from, does not guess (it returns the uint16 bits)."""
+        return _to_numpy_as(self._be, value)
 
     def train(self) -> "LSTM":
         """Training mode: dropout and zoneout draw random masks (the default).

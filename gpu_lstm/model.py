@@ -91,6 +91,10 @@ class SequenceModel:
         self.lstm.zero_grad()
         self.head.zero_grad()
 
+    def to_numpy(self, value: Any) -> Any:
+        """This model's arrays on the host in their logical dtypes (:meth:`gpu_lstm.LSTM.to_numpy`)."""
+        return self.lstm.to_numpy(value)
+
     def forward(self, x: Any, state: Optional[Tuple[Any, Any]] = None,
                 lengths: Any = None) -> Tuple[Any, Tuple[Any, Any]]:
         """Predict from a sequence.

@@ -425,13 +425,13 @@ def test_16_bit_models_match_the_rounding_reference(dtype):
     yg, (hg, cg) = g(x, lengths=lengths)           # host input: uploaded
     yc, (hc, cc) = c(x, lengths=lengths)
     for got, want in ((yg, yc), (hg, hc), (cg, cc)):
-        got = gl.to_numpy(got)
+        got = g.to_numpy(got)
         assert got.dtype == c.dtype and got.shape == want.shape
         assert _rel(got, want) <= tol_f, (_rel(got, want), tol_f)
     dy = rng.standard_normal(yc.shape).astype(c.dtype)
     dxg, _ = g.backward(dy)
     dxc, _ = c.backward(dy)
-    assert _rel(gl.to_numpy(dxg), dxc) <= tol_g
+    assert _rel(g.to_numpy(dxg), dxc) <= tol_g
     for k in c.grads:
         gk = gl.to_numpy(g.grads[k])
         assert gk.dtype == np.float32
@@ -472,7 +472,7 @@ def test_16_bit_mixed_precision_training_on_gpu(dtype):
         for k, p in model.params.items():
             m = gl.to_numpy(opt.master[k])
             assert m.dtype == np.float32 and np.isfinite(m).all()
-            assert np.array_equal(_bits(gl.to_numpy(p)), _bits(m.astype(gl.to_numpy(p).dtype))), k
+            assert np.array_equal(_bits(model.to_numpy(p)), _bits(m.astype(model.to_numpy(p).dtype))), k
         runs[device] = (masters, losses)
     (mg, lg), (mc, _) = runs["gpu"], runs["cpu"]
     assert np.isfinite(lg).all()
@@ -497,7 +497,7 @@ def test_16_bit_softmax_cross_entropy_on_gpu(dtype):
     be = gl.LSTM(2, 2, device="gpu", dtype=dtype)._be
     lg, gg = softmax_cross_entropy(be.asarray("z", z), t)
     lc, gc = softmax_cross_entropy(z, t)
-    gg, gc = gl.to_numpy(gg).astype(np.float32), gc.astype(np.float32)
+    gg, gc = be.to_numpy(gg).astype(np.float32), gc.astype(np.float32)
     assert np.all(np.abs(gg - gc) <= 2 * u * np.abs(gc))
     assert abs(float(lg) - float(lc)) <= 64 * 2.0 ** -24 * (1 + abs(float(lc)))
 
@@ -529,6 +529,53 @@ def test_16_bit_gpu_checkpoint_round_trip_across_devices(dtype, tmp_path):
         assert np.array_equal(_bits(gl.to_numpy(a.params[k])), _bits(c.params[k])), k
     s, _ = sampling.model_from_checkpoint(path, device="gpu")
     assert s.device == "gpu" and all(np.array_equal(_bits(gl.to_numpy(s.params[k])), want[k]) for k in want)
+
+
+@pytest.mark.parametrize("mask_on", ["host", "device"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mse_loss_with_a_16_bit_mask_on_the_gpu(dtype, mask_on):
+    """A 16-bit mask (host, or bit patterns on the device) is converted by the backend, not as
+    integers: the gradient is bitwise the CPU's (the same float32 operations on the same inputs, one
+    rounding) and the loss equals it to the float32 sum's error (n - 1) u32 of the sum of n >= 0 terms.
+    A complex mask is a dtype error naming mask, a wrong shape a shape error."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.backend import lowp
+    from gpu_lstm.losses import mse_loss
+    d = lowp.dtype_of(dtype)
+    be = gl.LSTM(2, 3, device="gpu", dtype=dtype)._be
+    rng = np.random.default_rng(0)
+    pred = rng.standard_normal((4, 2, 3)).astype(d)
+    tgt = rng.standard_normal((4, 2, 3)).astype(d)
+    mask = np.ones((4, 2, 1), d)
+    mask[2:, 1] = 0
+    lc, gc = mse_loss(pred, tgt, mask=mask)
+    lg, gg = mse_loss(be.asarray("pred", pred), tgt, mask=mask if mask_on == "host" else be.asarray("mask", mask))
+    assert np.array_equal(_bits(be.to_numpy(gg)), _bits(gc))
+    assert abs(float(lg) - float(lc)) <= pred.size * 2.0 ** -24 * float(lc)
+    with pytest.raises(TypeError, match="mask: expected bool, integer or real floating values.*complex"):
+        mse_loss(be.asarray("pred", pred), tgt, mask=np.ones((4, 2, 1), np.complex64))
+    with pytest.raises(ValueError, match=r"mask: expected an array broadcastable to \(4, 2, 3\).*\(4, 3\)"):
+        mse_loss(be.asarray("pred", pred), tgt, mask=np.ones((4, 3), d))
+
+
+def test_uint16_device_integers_are_integers():
+    """A CuPy uint16 array is integers unless the model that made it says otherwise: uint16 lengths
+    on the device run like int64 ones, gl.to_numpy returns uint16 values as they are, and only a
+    bfloat16 model's to_numpy reads its own uint16 arrays as bfloat16."""
+    import cupy
+    m = gl.LSTM(2, 3, device="gpu", dtype="float32", seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 2, 2)).astype(np.float32)
+    want = gl.to_numpy(m(x, lengths=np.array([4, 2]))[0])
+    got = gl.to_numpy(m(x, lengths=cupy.asarray(np.array([4, 2], np.uint16)))[0])
+    assert np.array_equal(got, want)
+    ids = gl.to_numpy(cupy.asarray(np.array([1, 2, 300], np.uint16)))
+    assert ids.dtype == np.uint16 and ids.tolist() == [1, 2, 300]
+    pytest.importorskip("ml_dtypes")
+    b = gl.LSTM(2, 3, device="gpu", dtype="bfloat16", seed=0)
+    y, _ = b(x.astype(b.dtype))
+    assert b.to_numpy(y).dtype == b.dtype and gl.to_numpy(y).dtype == np.uint16
+    assert np.array_equal(b.to_numpy(y).view(np.uint16), gl.to_numpy(y))
+    assert b.to_numpy({"y": [y]})["y"][0].dtype == b.dtype
 
 
 @pytest.mark.parametrize("dtype, v, once", [
@@ -563,30 +610,3 @@ def test_bfloat16_torch_state_dict_of_a_gpu_model():
     m2.load_torch_state_dict(sd)
     for k in m.params:
         assert np.array_equal(_bits(gl.to_numpy(m2.params[k])), _bits(gl.to_numpy(m.params[k]))), k
-
-
-@pytest.mark.parametrize("mask_on", ["host", "device"])
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_mse_loss_with_a_16_bit_mask_on_the_gpu(dtype, mask_on):
-    """A 16-bit mask (host, or bit patterns on the device) is converted by the backend, not as
-    integers: the gradient is bitwise the CPU's (the same float32 operations on the same inputs, one
-    rounding) and the loss equals it to the float32 sum's error (n - 1) u32 of the sum of n >= 0 terms.
-    A complex mask is a dtype error naming mask, a wrong shape a shape error."""
-    pytest.importorskip("ml_dtypes")
-    from gpu_lstm.backend import lowp
-    from gpu_lstm.losses import mse_loss
-    d = lowp.dtype_of(dtype)
-    be = gl.LSTM(2, 3, device="gpu", dtype=dtype)._be
-    rng = np.random.default_rng(0)
-    pred = rng.standard_normal((4, 2, 3)).astype(d)
-    tgt = rng.standard_normal((4, 2, 3)).astype(d)
-    mask = np.ones((4, 2, 1), d)
-    mask[2:, 1] = 0
-    lc, gc = mse_loss(pred, tgt, mask=mask)
-    lg, gg = mse_loss(be.asarray("pred", pred), tgt, mask=mask if mask_on == "host" else be.asarray("mask", mask))
-    assert np.array_equal(_bits(be.to_numpy(gg)), _bits(gc))
-    assert abs(float(lg) - float(lc)) <= pred.size * 2.0 ** -24 * float(lc)
-    with pytest.raises(TypeError, match="mask: expected bool, integer or real floating values.*complex"):
-        mse_loss(be.asarray("pred", pred), tgt, mask=np.ones((4, 2, 1), np.complex64))
-    with pytest.raises(ValueError, match=r"mask: expected an array broadcastable to \(4, 2, 3\).*\(4, 3\)"):
-        mse_loss(be.asarray("pred", pred), tgt, mask=np.ones((4, 3), d))
