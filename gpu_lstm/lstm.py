@@ -643,7 +643,8 @@ class LSTM:
             Final states, shaped like (h0, c0).
         cells : array
             Only with ``return_cells=True``: (T, B, num_directions * H) (or batch-first), an output
-            for inspection (backward takes no gradient for it).
+            for inspection (backward takes no gradient for it). Of dtype float32 in a bfloat16 or
+            float16 model (on every device): the cell state the model computes with, unrounded.
         """
         with self._be.activate():
             return self._forward(x, hc, lengths, check_finite, return_cells)
@@ -688,7 +689,8 @@ class LSTM:
             ws.valid = None
             ws.rev_index = (slice(None, None, -1),)
         ws.learned_state = hc is None and self.learn_initial_state
-        cells = be.empty((T, B, D * H)) if return_cells else None
+        # float32 in a 16-bit model: the cell state as the model carries it, not rounded to 16 bits
+        cells = be.empty((T, B, D * H), be.wide) if return_cells else None
         with annotate("lstm.forward"):
             ws.x[...] = x   # own copy: the backward needs x even if the caller changes theirs
             layer_in = ws.x
@@ -716,8 +718,8 @@ class LSTM:
         c_n = be.astype(c_n, self.dtype)   # c is float32 inside a 16-bit model
         if not return_cells:
             return y, (h_n, c_n)
-        if ws.valid is not None:
-            cells *= ws.valid
+        if ws.valid is not None:   # float32 0/1 (ws.valid is uint16 0/1 in a GPU bfloat16 model)
+            cells *= xp.asarray(valid.astype(cells.dtype))[:, :, None]
         return y, (h_n, c_n), (cells.transpose(1, 0, 2).copy() if self.batch_first else cells)
 
     def _initial_state(self, k, d, ws, h0, c0, B):

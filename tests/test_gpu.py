@@ -531,6 +531,30 @@ def test_16_bit_gpu_checkpoint_round_trip_across_devices(dtype, tmp_path):
     assert s.device == "gpu" and all(np.array_equal(_bits(gl.to_numpy(s.params[k])), want[k]) for k in want)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_return_cells_of_a_16_bit_gpu_model_are_its_float32_cell_states(dtype):
+    """cells are the float32 cell states the model computes with (as on the CPU), copied, not stored
+    into a 16-bit buffer: the forward direction's columns equal the tape's c bitwise, and the whole
+    array matches the CPU reference to the bound of test_16_bit_models_match_the_rounding_reference
+    (c is float32 there too)."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.backend import lowp
+    H, B, T, I = 8, 3, 6, 4
+    kw = dict(bidirectional=True, seed=0, dtype=dtype)
+    g, c = gl.LSTM(I, H, device="gpu", **kw), gl.LSTM(I, H, device="cpu", **kw)
+    x = (np.random.default_rng(0).standard_normal((T, B, I)) * 3).astype(c.dtype)
+    lengths = np.array([T, 2, 4])
+    cg = g(x, lengths=lengths, return_cells=True)[2]
+    cc = c(x, lengths=lengths, return_cells=True)[2]
+    assert cg.dtype == np.float32 and cc.dtype == np.float32 and cg.shape == cc.shape == (T, B, 2 * H)
+    cg = g.to_numpy(cg)
+    tape_c = g.to_numpy(g._saved.dirs[0][0].c[1:]) * (np.arange(T)[:, None] < lengths)[:, :, None]
+    assert np.array_equal(cg[:, :, :H], tape_c)
+    u, K = lowp.unit_roundoff(dtype), T * B
+    b_f = 3 * u + K * 2.0 ** -24
+    assert _rel(cg, cc) <= 2 * b_f / (1 - b_f)
+
+
 @pytest.mark.parametrize("mask_on", ["host", "device"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_mse_loss_with_a_16_bit_mask_on_the_gpu(dtype, mask_on):

@@ -396,13 +396,19 @@ def test_16_bit_checkpoint_round_trip_is_bitwise(dtype, tmp_path):
 
 
 @pytest.mark.parametrize("name", DTYPES)
-def test_set_params_takes_16_bit_values(name):
-    """Values already in the model's 16-bit dtype (ml_dtypes.bfloat16 is real, though not of NumPy kind
-    'f') are copied as they are."""
-    m = gl.LSTM(1, 1, dtype=name, device="cpu", seed=0)
-    v = np.array([0.5, -1.25, 3.0, 2.0 ** -3], dtype=m.dtype)
-    m.set_params({"l0.b": v})
-    np.testing.assert_array_equal(m.params["l0.b"].view(np.uint16), v.view(np.uint16))
+def test_return_cells_of_a_16_bit_model_are_float32(name):
+    """cells are the float32 cell states the model computes with, not rounded to 16 bits: bitwise the
+    tape's c (zero past each sample's length), in both directions."""
+    T, B, H = 5, 2, 4
+    m = gl.LSTM(3, H, dtype=name, device="cpu", seed=0, bidirectional=True)
+    x = (np.random.default_rng(0).standard_normal((T, B, 3)) * 3).astype(m.dtype)
+    lengths = np.array([T, 3])
+    cells = m(x, lengths=lengths, return_cells=True)[2]
+    assert cells.dtype == np.float32 and cells.shape == (T, B, 2 * H)
+    valid = (np.arange(T)[:, None] < lengths)[:, :, None]
+    np.testing.assert_array_equal(cells[:, :, :H], m._saved.dirs[0][0].c[1:] * valid)
+    rev = m._saved.dirs[0][1].c[1:][m._saved.rev_index]
+    np.testing.assert_array_equal(cells[:, :, H:], rev * valid)
 
 
 def test_bfloat16_torch_state_dict_round_trip():
@@ -426,6 +432,16 @@ def test_bfloat16_torch_state_dict_round_trip():
     np.testing.assert_array_equal(m2.params["l0.W"].view(np.int16), t2.weight_ih_l0.detach().view(torch.int16).numpy())
     b64 = t2.bias_ih_l0.detach().double().numpy() + t2.bias_hh_l0.detach().double().numpy()
     np.testing.assert_array_equal(m2.params["l0.b"].view(np.uint16), b64.astype(m2.dtype).view(np.uint16))
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_set_params_takes_16_bit_values(name):
+    """Values already in the model's 16-bit dtype (ml_dtypes.bfloat16 is real, though not of NumPy kind
+    'f') are copied as they are."""
+    m = gl.LSTM(1, 1, dtype=name, device="cpu", seed=0)
+    v = np.array([0.5, -1.25, 3.0, 2.0 ** -3], dtype=m.dtype)
+    m.set_params({"l0.b": v})
+    np.testing.assert_array_equal(m.params["l0.b"].view(np.uint16), v.view(np.uint16))
 
 
 def test_mse_loss_mask_dtype_errors_name_the_mask():
