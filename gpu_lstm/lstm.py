@@ -416,10 +416,22 @@ class LSTM:
             g[...] = 0
 
     def to_numpy(self, value: Any) -> Any:
-        """Bring this model's arrays (outputs, parameters, gradients; nested in tuples, lists and dicts)
-        back to host NumPy arrays in their logical dtypes: a GPU bfloat16 model's uint16 device arrays
-        (bfloat16 bit patterns) come back as ``ml_dtypes.bfloat16``, which :func:`gpu_lstm.to_numpy`,
-        not knowing where an array came from, does not guess (it returns the uint16 bits)."""
+        """Bring this model's arrays back to host NumPy arrays in their logical dtypes.
+
+        A GPU bfloat16 model's uint16 device arrays (bfloat16 bit patterns) come back as
+        ``ml_dtypes.bfloat16``, which :func:`gpu_lstm.to_numpy`, not knowing where an array came
+        from, does not guess (it returns the uint16 bits).
+
+        Parameters
+        ----------
+        value : array, or tuple, list or dict of arrays
+            This model's outputs, parameters or gradients (or host arrays), nested in containers.
+
+        Returns
+        -------
+        same structure as ``value``
+            Every array a ``numpy.ndarray`` on the host.
+        """
         return _to_numpy_as(self._be, value)
 
     def train(self) -> "LSTM":

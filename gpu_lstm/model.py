@@ -92,7 +92,18 @@ class SequenceModel:
         self.head.zero_grad()
 
     def to_numpy(self, value: Any) -> Any:
-        """This model's arrays on the host in their logical dtypes (:meth:`gpu_lstm.LSTM.to_numpy`)."""
+        """This model's arrays on the host in their logical dtypes.
+
+        Parameters
+        ----------
+        value : array, or tuple, list or dict of arrays
+            As for :meth:`gpu_lstm.LSTM.to_numpy`.
+
+        Returns
+        -------
+        same structure as ``value``
+            Every array a ``numpy.ndarray`` on the host (a GPU bfloat16 model's as bfloat16).
+        """
         return self.lstm.to_numpy(value)
 
     def forward(self, x: Any, state: Optional[Tuple[Any, Any]] = None,
