@@ -72,7 +72,7 @@ def rng_state(name, value):
 def real_array(name, arr):
     """Raise TypeError unless ``arr`` holds real numbers (floats or integers), so that casting it to the
     model's dtype cannot fail halfway through a write or silently drop an imaginary part."""
-    if arr.dtype.kind not in "fiu":
+    if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":   # ml_dtypes.bfloat16: kind 'V'
         raise TypeError(f"{name}: expected an array of real numbers, got dtype {arr.dtype.name}")
 _EXPECTED = "'float32', 'float64', 'bfloat16' or 'float16'"
 
@@ -132,6 +132,15 @@ def check_finite(name, arr, xp, backend=None):
         arr = backend.astype(arr, backend.wide)   # 16-bit storage: test the widened (exact) values
     if not bool(xp.isfinite(arr).all()):
         raise ValueError(f"{name}: expected finite values (check_finite=True), got NaN or Inf")
+
+
+def host_array(name, value):
+    """``numpy.asarray(value)`` with NumPy's own conversion errors reported under the argument's name."""
+    try:
+        return np.asarray(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: expected an array, got {type(value).__name__} that NumPy cannot "
+                         f"convert ({exc})") from None
 
 
 def as_array(backend, name, value):

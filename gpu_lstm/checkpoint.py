@@ -18,7 +18,6 @@ from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from ._arrays import to_numpy
 
 FORMAT = "gpu_lstm.checkpoint/1"
 _TMP_PREFIX = ".ckpt-"
@@ -146,7 +145,8 @@ def save_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"path: expected a file name, got the folder {path!r}")
-    arrays = {f"param/{k}": to_numpy(v) for k, v in model.params.items()}
+    host = _model_backend(model).to_numpy   # a GPU bfloat16 model's uint16 bits come back as bfloat16
+    arrays = {f"param/{k}": host(v) for k, v in model.params.items()}
     meta = {"format": FORMAT, "config": getattr(model, "config", {}), "extra": extra or {}}
     rng = _mask_rng(model)
     if rng is not None:      # dropout/zoneout mask generator (seed, call counter): resumes bitwise
@@ -157,7 +157,7 @@ def save_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
                              "hyperparameters": sd["hyperparameters"]}
         for k, slots in sd["state"].items():
             for s, v in slots.items():
-                arrays[f"optim/{k}/{s}"] = to_numpy(v)
+                arrays[f"optim/{k}/{s}"] = host(v)
     # .npz has no bfloat16: such arrays are stored as their uint16 bits, and the metadata says which.
     bits16 = sorted(k for k, v in arrays.items() if v.dtype.name == "bfloat16")
     if bits16:
@@ -247,10 +247,12 @@ def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
     if missing or unexpected:
         raise CheckpointError(f"checkpoint: {path} does not match the model: missing {missing}, "
                               f"unexpected {unexpected}")
+    be = _model_backend(model)
     for k, v in params.items():
-        if tuple(v.shape) != tuple(model.params[k].shape) or v.dtype != model.params[k].dtype:
+        want = be.dtype_of(model.params[k])   # logical: a GPU bfloat16 model's uint16 arrays are bfloat16
+        if tuple(v.shape) != tuple(model.params[k].shape) or v.dtype != want:
             raise CheckpointError(f"checkpoint: {path}: parameter {k!r} is {v.dtype.name} "
-                                  f"{tuple(v.shape)}, the model expects {model.params[k].dtype.name} "
+                                  f"{tuple(v.shape)}, the model expects {want.name} "
                                   f"{tuple(model.params[k].shape)}")
     opt_state = None
     if optimizer is not None:
@@ -293,14 +295,26 @@ def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
             raise CheckpointError(f"checkpoint: {path} has a corrupt dropout/zoneout generator state: "
                                   f"{msg}") from None
     # Everything checked: now write.
-    from .backend import backend_for
-    for k, v in params.items():
-        model.params[k][...] = backend_for(model.params[k]).xp.asarray(v)
+    for k, v in params.items():     # uploaded by the backend (bfloat16 as its bit patterns)
+        model.params[k][...] = be.asarray(f"param/{k}", v)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
     if mask_state is not None:
         rng.set_rng_state(mask_state)
     return meta
+
+
+def _model_backend(model):
+    """The backend of the model's arrays: its own (LSTM, or SequenceModel's LSTM), which knows their
+    logical dtypes; for any other object with a ``params`` dict, the backend its arrays' place and
+    dtype give (``backend_for``)."""
+    for obj in (model, getattr(model, "lstm", None)):
+        be = getattr(obj, "_be", None)
+        if be is not None and hasattr(be, "dtype_of"):
+            return be
+    from .backend import backend_for
+    first = next(iter(model.params.values()), None)
+    return backend_for(first) if first is not None else backend_for(np.zeros(0, np.float32))
 
 
 def _mask_rng(model):

@@ -24,6 +24,12 @@ def _check_array(name, a):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(a).__name__}")
 
 
+def _check_mask_dtype(dtype):
+    if dtype.kind not in "biuf" and dtype.name != "bfloat16":
+        raise TypeError(f"mask: expected bool, integer or real floating values (1 counts, 0 is padding), "
+                        f"got dtype {dtype.name}")
+
+
 def mse_loss(pred: Any, target: Any, mask: Any = None) -> Tuple[Any, Any]:
     """Mean squared error, mean over the counted elements.
 
@@ -57,11 +63,19 @@ def mse_loss(pred: Any, target: Any, mask: Any = None) -> Tuple[Any, Any]:
     if mask is None:
         n = max(diff.size, 1)
         return (diff * diff).sum() / n, be.astype(diff * (2.0 / n), pdt)
+    if be.is_device_array(mask):
+        mask = be.asarray("mask", mask)
+        _check_mask_dtype(be.dtype_of(mask))
+        mask = be.astype(mask, w)   # the backend's conversion: a GPU bfloat16 array is bit patterns
+    else:                           # host mask: converted on the host (ml_dtypes knows bfloat16), uploaded
+        mask = ck.host_array("mask", mask)
+        _check_mask_dtype(mask.dtype)
+        mask = be.asarray("mask", mask.astype(w, copy=False))
     try:
-        mask = xp.broadcast_to(be.asarray("mask", mask).astype(w, copy=False), pred.shape)
-    except (ValueError, TypeError):
+        mask = xp.broadcast_to(mask, pred.shape)
+    except ValueError:
         raise ValueError(f"mask: expected an array broadcastable to {ck.shape_str(pred.shape)} (that of "
-                         f"pred), got shape {ck.shape_str(getattr(mask, 'shape', ()))}") from None
+                         f"pred), got shape {ck.shape_str(mask.shape)}") from None
     n = xp.maximum(mask.sum(), 1)
     diff = diff * mask
     return (diff * diff).sum() / n, be.astype(diff * (2 / n), pdt)

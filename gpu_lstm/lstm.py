@@ -20,6 +20,7 @@ from . import _direction as dirn
 from . import philox
 from . import plan as _plan
 from ._arrays import to_numpy  # noqa: F401  (re-exported: gpu_lstm.lstm.to_numpy)
+from ._arrays import to_numpy_as as _to_numpy_as
 from ._nvtx import annotate
 from .backend import get_backend
 from .gates import GATE_INDEX
@@ -344,12 +345,18 @@ class LSTM:
         if unknown:
             raise KeyError(f"values: expected a subset of the parameter names {sorted(shapes)}, got unknown "
                            f"name(s) {unknown}")
-        arrays = {}
+        be, arrays = self._be, {}
         for name, value in values.items():
-            arr = ck.as_array(self._be, name, value)
-            ck.check_shape(name, arr, shapes[name])
-            ck.real_array(name, arr)
-            arrays[name] = self._be.astype(arr, self.dtype)
+            if be.is_device_array(value):
+                arr = ck.as_array(be, name, value)
+                ck.check_shape(name, arr, shapes[name])
+                ck.real_array(name, arr)
+                arrays[name] = be.astype(arr, self.dtype)
+            else:   # host data: rounded once to the model dtype on the host, then uploaded (as _init_params)
+                arr = ck.host_array(name, value)
+                ck.check_shape(name, arr, shapes[name])
+                ck.real_array(name, arr)
+                arrays[name] = be.asarray(name, arr.astype(self.dtype, copy=False))
         for name, arr in arrays.items():   # everything checked and converted: now write
             self.params[name][...] = arr
 
@@ -408,6 +415,25 @@ class LSTM:
         """Set every gradient to zero (backward accumulates)."""
         for g in self.grads.values():
             g[...] = 0
+
+    def to_numpy(self, value: Any) -> Any:
+        """Bring this model's arrays back to host NumPy arrays in their logical dtypes.
+
+        A GPU bfloat16 model's uint16 device arrays (bfloat16 bit patterns) come back as
+        ``ml_dtypes.bfloat16``, which :func:`gpu_lstm.to_numpy`, not knowing where an array came
+        from, does not guess (it returns the uint16 bits).
+
+        Parameters
+        ----------
+        value : array, or tuple, list or dict of arrays
+            This model's outputs, parameters or gradients (or host arrays), nested in containers.
+
+        Returns
+        -------
+        same structure as ``value``
+            Every array a ``numpy.ndarray`` on the host.
+        """
+        return _to_numpy_as(self._be, value)
 
     def train(self) -> "LSTM":
         """Training mode: dropout and zoneout draw random masks (the default).
@@ -630,7 +656,8 @@ class LSTM:
             Final states, shaped like (h0, c0).
         cells : array
             Only with ``return_cells=True``: (T, B, num_directions * H) (or batch-first), an output
-            for inspection (backward takes no gradient for it).
+            for inspection (backward takes no gradient for it). Of dtype float32 in a bfloat16 or
+            float16 model (on every device): the cell state the model computes with, unrounded.
         """
         with self._be.activate():
             return self._forward(x, hc, lengths, check_finite, return_cells)
@@ -675,7 +702,8 @@ class LSTM:
             ws.valid = None
             ws.rev_index = (slice(None, None, -1),)
         ws.learned_state = hc is None and self.learn_initial_state
-        cells = be.empty((T, B, D * H)) if return_cells else None
+        # float32 in a 16-bit model: the cell state as the model carries it, not rounded to 16 bits
+        cells = be.empty((T, B, D * H), be.wide) if return_cells else None
         with annotate("lstm.forward"):
             ws.x[...] = x   # own copy: the backward needs x even if the caller changes theirs
             layer_in = ws.x
@@ -703,8 +731,8 @@ class LSTM:
         c_n = be.astype(c_n, self.dtype)   # c is float32 inside a 16-bit model
         if not return_cells:
             return y, (h_n, c_n)
-        if ws.valid is not None:
-            cells *= ws.valid
+        if ws.valid is not None:   # float32 0/1 (ws.valid is uint16 0/1 in a GPU bfloat16 model)
+            cells *= xp.asarray(valid.astype(cells.dtype))[:, :, None]
         return y, (h_n, c_n), (cells.transpose(1, 0, 2).copy() if self.batch_first else cells)
 
     def _initial_state(self, k, d, ws, h0, c0, B):

@@ -91,6 +91,21 @@ class SequenceModel:
         self.lstm.zero_grad()
         self.head.zero_grad()
 
+    def to_numpy(self, value: Any) -> Any:
+        """This model's arrays on the host in their logical dtypes.
+
+        Parameters
+        ----------
+        value : array, or tuple, list or dict of arrays
+            As for :meth:`gpu_lstm.LSTM.to_numpy`.
+
+        Returns
+        -------
+        same structure as ``value``
+            Every array a ``numpy.ndarray`` on the host (a GPU bfloat16 model's as bfloat16).
+        """
+        return self.lstm.to_numpy(value)
+
     def forward(self, x: Any, state: Optional[Tuple[Any, Any]] = None,
                 lengths: Any = None) -> Tuple[Any, Tuple[Any, Any]]:
         """Predict from a sequence.

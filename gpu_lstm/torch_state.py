@@ -40,9 +40,12 @@ def load_torch_state_dict(m, state_dict):
     values = {}
     for key, (ours, shape) in expected.items():
         value = state_dict[key]
-        if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU
-            value = value.detach().cpu().numpy()
-        arr = np.asarray(to_numpy(value), dtype=np.float64)
+        if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU; bfloat16 through an int16 view
+            from .interop import _to_gl
+            value = _to_gl(value.detach().cpu())
+        arr = np.asarray(to_numpy(value))
+        ck.real_array(f"state_dict[{key!r}]", arr)
+        arr = arr.astype(np.float64)     # exact from torch's float types; rounded once by set_params
         ck.check_shape(f"state_dict[{key!r}]", arr, shape)
         # the two torch biases only ever appear summed in the gates: b = bias_ih + bias_hh
         values[ours] = values.get(ours, 0.0) + arr if key.startswith("bias_") else arr
@@ -61,9 +64,11 @@ def torch_state_dict(m, as_tensors=None):
             torch = None
     else:
         torch = None
+    if torch is not None:
+        from .interop import _to_torch   # bfloat16 through an int16 view (torch.from_numpy has none)
     sd = {}
     for key, (ours, _) in torch_names(m).items():
-        value = to_numpy(m.params[ours]).copy()
+        value = m._be.to_numpy(m.params[ours]).copy()   # logical dtype: bfloat16, not its GPU bits
         value = np.zeros_like(value) if key.startswith("bias_hh") else value
-        sd[key] = torch.from_numpy(value) if torch is not None else value
+        sd[key] = _to_torch(value) if torch is not None else value
     return sd

@@ -425,13 +425,13 @@ def test_16_bit_models_match_the_rounding_reference(dtype):
     yg, (hg, cg) = g(x, lengths=lengths)           # host input: uploaded
     yc, (hc, cc) = c(x, lengths=lengths)
     for got, want in ((yg, yc), (hg, hc), (cg, cc)):
-        got = gl.to_numpy(got)
+        got = g.to_numpy(got)
         assert got.dtype == c.dtype and got.shape == want.shape
         assert _rel(got, want) <= tol_f, (_rel(got, want), tol_f)
     dy = rng.standard_normal(yc.shape).astype(c.dtype)
     dxg, _ = g.backward(dy)
     dxc, _ = c.backward(dy)
-    assert _rel(gl.to_numpy(dxg), dxc) <= tol_g
+    assert _rel(g.to_numpy(dxg), dxc) <= tol_g
     for k in c.grads:
         gk = gl.to_numpy(g.grads[k])
         assert gk.dtype == np.float32
@@ -472,7 +472,7 @@ def test_16_bit_mixed_precision_training_on_gpu(dtype):
         for k, p in model.params.items():
             m = gl.to_numpy(opt.master[k])
             assert m.dtype == np.float32 and np.isfinite(m).all()
-            assert np.array_equal(_bits(gl.to_numpy(p)), _bits(m.astype(gl.to_numpy(p).dtype))), k
+            assert np.array_equal(_bits(model.to_numpy(p)), _bits(m.astype(model.to_numpy(p).dtype))), k
         runs[device] = (masters, losses)
     (mg, lg), (mc, _) = runs["gpu"], runs["cpu"]
     assert np.isfinite(lg).all()
@@ -497,6 +497,140 @@ def test_16_bit_softmax_cross_entropy_on_gpu(dtype):
     be = gl.LSTM(2, 2, device="gpu", dtype=dtype)._be
     lg, gg = softmax_cross_entropy(be.asarray("z", z), t)
     lc, gc = softmax_cross_entropy(z, t)
-    gg, gc = gl.to_numpy(gg).astype(np.float32), gc.astype(np.float32)
+    gg, gc = be.to_numpy(gg).astype(np.float32), gc.astype(np.float32)
     assert np.all(np.abs(gg - gc) <= 2 * u * np.abs(gc))
     assert abs(float(lg) - float(lc)) <= 64 * 2.0 ** -24 * (1 + abs(float(lc)))
+
+
+# ---- 16-bit GPU models: checkpoints, cells, masks, integer arrays, parameter uploads -----------------
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_16_bit_gpu_checkpoint_round_trip_across_devices(dtype, tmp_path):
+    """A GPU model's parameters are compared and uploaded in their logical dtype (a bfloat16 model's
+    uint16 device arrays are bfloat16): GPU -> GPU, GPU -> CPU and CPU -> GPU are bitwise, and the
+    sampler's model_from_checkpoint loads a GPU model."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm import sampling
+    from gpu_lstm.checkpoint import load_checkpoint, save_checkpoint
+    from gpu_lstm.model import SequenceModel
+    from gpu_lstm.optim import Adam, LossScaler, MixedPrecision
+    a = SequenceModel(3, 8, 4, dtype=dtype, device="gpu", seed=0)
+    opt_a = MixedPrecision(Adam, a.params, a.grads, LossScaler() if dtype == "float16" else None, lr=1e-2)
+    path = save_checkpoint(tmp_path / "g.npz", a, opt_a)
+    want = {k: _bits(gl.to_numpy(v)) for k, v in a.params.items()}   # bits, whatever the host dtype
+    for device in ("gpu", "cpu"):
+        b = SequenceModel(3, 8, 4, dtype=dtype, device=device, seed=1)
+        opt_b = MixedPrecision(Adam, b.params, b.grads, LossScaler() if dtype == "float16" else None, lr=1e-2)
+        load_checkpoint(path, b, opt_b)
+        for k in want:
+            assert np.array_equal(_bits(gl.to_numpy(b.params[k])), want[k]), (device, k)
+    c = SequenceModel(3, 8, 4, dtype=dtype, device="cpu", seed=2)
+    load_checkpoint(save_checkpoint(tmp_path / "c.npz", c), a)           # CPU -> GPU
+    for k in c.params:
+        assert np.array_equal(_bits(gl.to_numpy(a.params[k])), _bits(c.params[k])), k
+    s, _ = sampling.model_from_checkpoint(path, device="gpu")
+    assert s.device == "gpu" and all(np.array_equal(_bits(gl.to_numpy(s.params[k])), want[k]) for k in want)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_return_cells_of_a_16_bit_gpu_model_are_its_float32_cell_states(dtype):
+    """cells are the float32 cell states the model computes with (as on the CPU), copied, not stored
+    into a 16-bit buffer: the forward direction's columns equal the tape's c bitwise, and the whole
+    array matches the CPU reference to the bound of test_16_bit_models_match_the_rounding_reference
+    (c is float32 there too)."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.backend import lowp
+    H, B, T, I = 8, 3, 6, 4
+    kw = dict(bidirectional=True, seed=0, dtype=dtype)
+    g, c = gl.LSTM(I, H, device="gpu", **kw), gl.LSTM(I, H, device="cpu", **kw)
+    x = (np.random.default_rng(0).standard_normal((T, B, I)) * 3).astype(c.dtype)
+    lengths = np.array([T, 2, 4])
+    cg = g(x, lengths=lengths, return_cells=True)[2]
+    cc = c(x, lengths=lengths, return_cells=True)[2]
+    assert cg.dtype == np.float32 and cc.dtype == np.float32 and cg.shape == cc.shape == (T, B, 2 * H)
+    cg = g.to_numpy(cg)
+    tape_c = g.to_numpy(g._saved.dirs[0][0].c[1:]) * (np.arange(T)[:, None] < lengths)[:, :, None]
+    assert np.array_equal(cg[:, :, :H], tape_c)
+    u, K = lowp.unit_roundoff(dtype), T * B
+    b_f = 3 * u + K * 2.0 ** -24
+    assert _rel(cg, cc) <= 2 * b_f / (1 - b_f)
+
+
+@pytest.mark.parametrize("mask_on", ["host", "device"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mse_loss_with_a_16_bit_mask_on_the_gpu(dtype, mask_on):
+    """A 16-bit mask (host, or bit patterns on the device) is converted by the backend, not as
+    integers: the gradient is bitwise the CPU's (the same float32 operations on the same inputs, one
+    rounding) and the loss equals it to the float32 sum's error (n - 1) u32 of the sum of n >= 0 terms.
+    A complex mask is a dtype error naming mask, a wrong shape a shape error."""
+    pytest.importorskip("ml_dtypes")
+    from gpu_lstm.backend import lowp
+    from gpu_lstm.losses import mse_loss
+    d = lowp.dtype_of(dtype)
+    be = gl.LSTM(2, 3, device="gpu", dtype=dtype)._be
+    rng = np.random.default_rng(0)
+    pred = rng.standard_normal((4, 2, 3)).astype(d)
+    tgt = rng.standard_normal((4, 2, 3)).astype(d)
+    mask = np.ones((4, 2, 1), d)
+    mask[2:, 1] = 0
+    lc, gc = mse_loss(pred, tgt, mask=mask)
+    lg, gg = mse_loss(be.asarray("pred", pred), tgt, mask=mask if mask_on == "host" else be.asarray("mask", mask))
+    assert np.array_equal(_bits(be.to_numpy(gg)), _bits(gc))
+    assert abs(float(lg) - float(lc)) <= pred.size * 2.0 ** -24 * float(lc)
+    with pytest.raises(TypeError, match="mask: expected bool, integer or real floating values.*complex"):
+        mse_loss(be.asarray("pred", pred), tgt, mask=np.ones((4, 2, 1), np.complex64))
+    with pytest.raises(ValueError, match=r"mask: expected an array broadcastable to \(4, 2, 3\).*\(4, 3\)"):
+        mse_loss(be.asarray("pred", pred), tgt, mask=np.ones((4, 3), d))
+
+
+def test_uint16_device_integers_are_integers():
+    """A CuPy uint16 array is integers unless the model that made it says otherwise: uint16 lengths
+    on the device run like int64 ones, gl.to_numpy returns uint16 values as they are, and only a
+    bfloat16 model's to_numpy reads its own uint16 arrays as bfloat16."""
+    import cupy
+    m = gl.LSTM(2, 3, device="gpu", dtype="float32", seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 2, 2)).astype(np.float32)
+    want = gl.to_numpy(m(x, lengths=np.array([4, 2]))[0])
+    got = gl.to_numpy(m(x, lengths=cupy.asarray(np.array([4, 2], np.uint16)))[0])
+    assert np.array_equal(got, want)
+    ids = gl.to_numpy(cupy.asarray(np.array([1, 2, 300], np.uint16)))
+    assert ids.dtype == np.uint16 and ids.tolist() == [1, 2, 300]
+    pytest.importorskip("ml_dtypes")
+    b = gl.LSTM(2, 3, device="gpu", dtype="bfloat16", seed=0)
+    y, _ = b(x.astype(b.dtype))
+    assert b.to_numpy(y).dtype == b.dtype and gl.to_numpy(y).dtype == np.uint16
+    assert np.array_equal(b.to_numpy(y).view(np.uint16), gl.to_numpy(y))
+    assert b.to_numpy({"y": [y]})["y"][0].dtype == b.dtype
+
+
+@pytest.mark.parametrize("dtype, v, once", [
+    ("float16", 1 + 2.0 ** -11 + 2.0 ** -30, 1 + 2.0 ** -10),
+    ("bfloat16", 1 + 2.0 ** -8 + 2.0 ** -7, 1 + 2.0 ** -6)])
+def test_16_bit_set_params_rounds_host_values_once_like_the_cpu(dtype, v, once):
+    """float64 host values are rounded to the model dtype on the host, then uploaded: the GPU holds
+    the CPU's bits. 1 + 2^-11 + 2^-30 is just above a float16 tie, so one rounding gives 1 + 2^-10;
+    through float32 first it would become the tie 1 + 2^-11 and round to even, 1."""
+    pytest.importorskip("ml_dtypes")
+    out = {}
+    for device in ("cpu", "gpu"):
+        m = gl.LSTM(1, 1, dtype=dtype, device=device, seed=0)
+        m.set_params({"l0.b": np.full(4, v)})
+        out[device] = _bits(gl.to_numpy(m.params["l0.b"])).view(m.dtype)
+    assert np.array_equal(_bits(out["gpu"]), _bits(out["cpu"]))
+    assert np.array_equal(_bits(out["gpu"]), _bits(np.full(4, v).astype(out["cpu"].dtype)))
+    assert np.all(out["gpu"].astype(np.float64) == once)
+
+
+def test_bfloat16_torch_state_dict_of_a_gpu_model():
+    """torch_state_dict of a GPU bfloat16 model gives torch.bfloat16 tensors of its values (not of its
+    uint16 bits), and load_torch_state_dict of them restores the same bits."""
+    pytest.importorskip("ml_dtypes")
+    torch = pytest.importorskip("torch")
+    m = gl.LSTM(3, 4, dtype="bfloat16", device="gpu", seed=0)
+    sd = m.torch_state_dict()
+    assert all(t.dtype == torch.bfloat16 for t in sd.values())
+    w = _bits(gl.to_numpy(m.params["l0.W"]))
+    assert torch.equal(sd["weight_ih_l0"].view(torch.int16), torch.from_numpy(w.view(np.int16)))
+    m2 = gl.LSTM(3, 4, dtype="bfloat16", device="gpu", seed=1)
+    m2.load_torch_state_dict(sd)
+    for k in m.params:
+        assert np.array_equal(_bits(gl.to_numpy(m2.params[k])), _bits(gl.to_numpy(m.params[k]))), k

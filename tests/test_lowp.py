@@ -419,3 +419,66 @@ def test_loss_scaler_default_scale_is_not_a_float16_overflow():
     assert out[0, 0] == np.float16(np.float32(np.float16(1e-3)) * np.float32(2 ** 16))
     assert s.unscale_({"a": np.ones(3, np.float32)}) is True
     assert s.unscale_({"a": np.ones(3, np.float32), "b": np.array([1.0, np.inf], np.float32)}) is False
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_return_cells_of_a_16_bit_model_are_float32(name):
+    """cells are the float32 cell states the model computes with, not rounded to 16 bits: bitwise the
+    tape's c (zero past each sample's length), in both directions."""
+    T, B, H = 5, 2, 4
+    m = gl.LSTM(3, H, dtype=name, device="cpu", seed=0, bidirectional=True)
+    x = (np.random.default_rng(0).standard_normal((T, B, 3)) * 3).astype(m.dtype)
+    lengths = np.array([T, 3])
+    cells = m(x, lengths=lengths, return_cells=True)[2]
+    assert cells.dtype == np.float32 and cells.shape == (T, B, 2 * H)
+    valid = (np.arange(T)[:, None] < lengths)[:, :, None]
+    np.testing.assert_array_equal(cells[:, :, :H], m._saved.dirs[0][0].c[1:] * valid)
+    rev = m._saved.dirs[0][1].c[1:][m._saved.rev_index]
+    np.testing.assert_array_equal(cells[:, :, H:], rev * valid)
+
+
+def test_bfloat16_torch_state_dict_round_trip():
+    """bfloat16 models to and from torch.nn.LSTM state dicts (bfloat16 through int16 views): the
+    tensors hold the model's values; a torch bfloat16 LSTM's weights load bitwise and its two biases
+    are summed in float64 (exact) and rounded once."""
+    torch = pytest.importorskip("torch")
+    m = gl.LSTM(3, 4, dtype="bfloat16", device="cpu", seed=0)
+    sd = m.torch_state_dict()
+    assert all(t.dtype == torch.bfloat16 for t in sd.values())
+    assert torch.equal(sd["weight_ih_l0"].view(torch.int16), torch.from_numpy(m.params["l0.W"].view(np.int16)))
+    torch.manual_seed(0)
+    t = torch.nn.LSTM(3, 4).to(torch.bfloat16)
+    t.load_state_dict(sd)                                   # torch takes ours
+    m2 = gl.LSTM(3, 4, dtype="bfloat16", device="cpu", seed=1)
+    m2.load_torch_state_dict(t.state_dict())                # and we take torch's
+    for k in m.params:
+        np.testing.assert_array_equal(m2.params[k].view(np.uint16), m.params[k].view(np.uint16))
+    t2 = torch.nn.LSTM(3, 4).to(torch.bfloat16)
+    m2.load_torch_state_dict(t2.state_dict())
+    np.testing.assert_array_equal(m2.params["l0.W"].view(np.int16), t2.weight_ih_l0.detach().view(torch.int16).numpy())
+    b64 = t2.bias_ih_l0.detach().double().numpy() + t2.bias_hh_l0.detach().double().numpy()
+    np.testing.assert_array_equal(m2.params["l0.b"].view(np.uint16), b64.astype(m2.dtype).view(np.uint16))
+
+
+@pytest.mark.parametrize("name", DTYPES)
+def test_set_params_takes_16_bit_values(name):
+    """Values already in the model's 16-bit dtype (ml_dtypes.bfloat16 is real, though not of NumPy kind
+    'f') are copied as they are."""
+    m = gl.LSTM(1, 1, dtype=name, device="cpu", seed=0)
+    v = np.array([0.5, -1.25, 3.0, 2.0 ** -3], dtype=m.dtype)
+    m.set_params({"l0.b": v})
+    np.testing.assert_array_equal(m.params["l0.b"].view(np.uint16), v.view(np.uint16))
+
+
+def test_mse_loss_mask_dtype_errors_name_the_mask():
+    """A mask that is not real numbers is a TypeError saying so (not a shape error, and not a complex
+    mask silently cast to its real part); bool masks count as 1/0."""
+    from gpu_lstm.losses import mse_loss
+    pred = np.ones((4, 2, 3), _dt("bfloat16"))
+    tgt = np.zeros((4, 2, 3), _dt("bfloat16"))
+    with pytest.raises(TypeError, match="mask: expected bool, integer or real floating values.*complex64"):
+        mse_loss(pred, tgt, mask=np.ones((4, 2, 1), np.complex64))
+    mask = np.ones((4, 2, 1), bool)
+    mask[2:] = False
+    loss, _ = mse_loss(pred, tgt, mask=mask)
+    assert float(loss) == 1.0

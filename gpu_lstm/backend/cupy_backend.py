@@ -274,6 +274,12 @@ class CupyBackend:
                                  f"cupy.cuda.Device({self.device_id}))")
             return value
 
+    def is_device_array(self, value):
+        """Whether ``value`` is GPU memory that :meth:`asarray` takes as it is (a CuPy array, a CUDA
+        DLPack tensor, a ``__cuda_array_interface__`` object); host data otherwise."""
+        return (isinstance(value, cp.ndarray) or _has_cuda_array_interface(value)
+                or (hasattr(value, "__dlpack__") and _dlpack_on_cuda(value)))
+
     def to_numpy(self, a):
         """A host copy; a bfloat16 model's uint16 device arrays come back as ml_dtypes.bfloat16."""
         host = cp.asnumpy(a)

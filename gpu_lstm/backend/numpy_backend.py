@@ -75,6 +75,10 @@ class NumpyBackend:
     def to_numpy(self, a):
         return np.asarray(a)
 
+    def is_device_array(self, value):
+        """Whether ``value`` is GPU memory (which this backend refuses); host data otherwise."""
+        return hasattr(value, "__cuda_array_interface__")
+
     def activate(self):
         """Context in which this backend's arrays are made (the GPU backend selects its device)."""
         return contextlib.nullcontext()
