@@ -75,7 +75,9 @@ def test_demo_does_not_install_the_test_extra():
 
 def test_project_files_speak_of_a_gpu_machine_only():
     """Docs and scripts describe running on any GPU machine, not any particular way of borrowing one."""
-    banned = re.compile(r"\b(device tool|lent|lending|session|farm-bench|device call)\b", re.I)
+    # The words are assembled so that this file does not itself contain them.
+    words = ["device" + " tool", "le" + "nt", "le" + "nding", "ses" + "sion", "farm" + "-bench", "device" + " call"]
+    banned = re.compile(r"\b(" + "|".join(words) + r")\b", re.I)
     hits = []
     for folder in ("docs", "benchmarks", "gpu_lstm", "tests", ".ci"):
         for dirpath, _, names in os.walk(os.path.join(ROOT, folder)):
