@@ -30,16 +30,16 @@ def compiler():
     return None
 
 
-def build_command(output):
+def build_command(output, entry="host_entry.cpp", what="to build the CUDA kernels for the CPU"):
+    """g++ (or $CXX) building cuda/``entry`` through host_shim.h into the shared library ``output``."""
     cxx = compiler()
     if cxx is None:
-        raise RuntimeError("no host C++ compiler found (set CXX or install g++): needed to build the "
-                           "CUDA kernels for the CPU")
+        raise RuntimeError(f"no host C++ compiler found (set CXX or install g++): needed {what}")
     root = kernels.cuda_dir()
     # -ffp-contract=off: no fused multiply-adds the NumPy reference does not do either.
     return [cxx, "-O2", "-std=c++14", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Werror",
             "-include", str(root / "host_shim.h"), f"-I{root}", *kernels.gate_defines(),
-            str(root / "host_entry.cpp"), "-o", str(output)]
+            str(root / entry), "-o", str(output)]
 
 
 def build_cached(prefix, sources, command, what):

@@ -218,14 +218,7 @@ _host_lib = None
 
 def _host_build_command(output):
     from . import host_backend
-    cxx = host_backend.compiler()
-    if cxx is None:
-        raise RuntimeError("no host C++ compiler found (set CXX or install g++): needed for the host runner "
-                           "of the persistent kernels")
-    root = kernels.cuda_dir()
-    return [cxx, "-O2", "-std=c++14", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Werror",
-            "-include", str(root / "host_shim.h"), f"-I{root}", *kernels.gate_defines(),
-            str(root / HOST_ENTRY), "-o", str(output)]
+    return host_backend.build_command(output, HOST_ENTRY, "for the host runner of the persistent kernels")
 
 
 def load_host_library():
