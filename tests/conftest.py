@@ -25,6 +25,17 @@ def _persistent_contract_checked(monkeypatch):
     monkeypatch.setattr(persistent.GpuRunner, "check_contract", True)
 
 
+@pytest.fixture(scope="module")
+def host_cls():
+    """The host-built CUDA kernels' backend class: skips without a C++ compiler, fails on CI."""
+    from cpu_kernel_support import unavailable
+    from gpu_lstm.backend import host_backend
+    if host_backend.compiler() is None:
+        unavailable("no host C++ compiler")
+    host_backend.load_library()
+    return host_backend.HostKernelBackend
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -7,20 +7,11 @@ import numpy as np
 import pytest
 
 from clip_bounds import clipped_rtol, norm_rtol
-from cpu_kernel_support import unavailable
 from gpu_lstm import optim
 from gpu_lstm.backend import reduce
 
 SIZES = [(1,), (7,), (15,), (16,), (17,), (0,), (256 * 16 + 1,), (33, 17), (1024, 1024), (70001,)]
 
-
-@pytest.fixture(scope="module")
-def host_cls():
-    from gpu_lstm.backend import host_backend
-    if host_backend.compiler() is None:
-        unavailable("no host C++ compiler")
-    host_backend.load_library()
-    return host_backend.HostKernelBackend
 
 
 def _grads(rng, dtype, shapes, scale=1.0):

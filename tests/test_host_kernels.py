@@ -7,20 +7,11 @@ import pytest
 import gpu_lstm as gl
 from gpu_lstm.backend.numpy_backend import NumpyBackend
 from gpu_lstm.gradcheck import lstm_gradient_check
-from cpu_kernel_support import unavailable
 
 # float32: a few ulp of unit-sized values (the NumPy path builds tanh from exp, the kernel uses tanhf)
 TOL = {"float32": dict(rtol=2e-6, atol=1e-6), "float64": dict(rtol=1e-14, atol=1e-15)}
 SHAPES = [(1, 1), (1, 7), (3, 33), (5, 67), (2, 128)]   # B = 1, H = 1, H not a multiple of 32
 
-
-@pytest.fixture(scope="module")
-def host_cls():
-    from gpu_lstm.backend import host_backend
-    if host_backend.compiler() is None:
-        unavailable("no host C++ compiler")
-    host_backend.load_library()
-    return host_backend.HostKernelBackend
 
 
 def _case(rng, B, H, dtype, scale):

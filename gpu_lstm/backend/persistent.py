@@ -360,25 +360,20 @@ class GpuRunner:
         if self.check_contract and int(sync[1].get()) != 0:
             raise RuntimeError(f"{name}: the grid did not cover the hidden units (launch contract broken)")
 
-    def forward(self, gates, bias, peep, R, h, c, lengths):
+    def _run(self, name, backward, gates, *arrays):
+        """Launch ``name`` over gates (T, B, 4H) and ``arrays`` in the kernel's order (None: null)."""
         T, B, G = gates.shape
         H = G // 4
         cfg = self.config(H, B)
-        null = np.uintp(0)
-        self._launch("persistent_lstm_forward", cfg,
-                     (np.int64(T), np.int64(B), np.int64(H), np.int64(cfg.units), np.int32(cfg.lanes_fwd), gates,
-                      null if bias is None else bias, null if peep is None else peep, R, h, c,
-                      null if lengths is None else lengths))
+        lanes = cfg.lanes_bwd if backward else cfg.lanes_fwd
+        self._launch(name, cfg, (np.int64(T), np.int64(B), np.int64(H), np.int64(cfg.units), np.int32(lanes), gates,
+                                 *(np.uintp(0) if a is None else a for a in arrays)))
+
+    def forward(self, gates, bias, peep, R, h, c, lengths):
+        self._run("persistent_lstm_forward", False, gates, bias, peep, R, h, c, lengths)
 
     def backward(self, gates, peep, R, c, dh, dc, dgates, dh0, lengths):
-        T, B, G = gates.shape
-        H = G // 4
-        cfg = self.config(H, B)
-        null = np.uintp(0)
-        self._launch("persistent_lstm_backward", cfg,
-                     (np.int64(T), np.int64(B), np.int64(H), np.int64(cfg.units), np.int32(cfg.lanes_bwd), gates,
-                      null if peep is None else peep, R, c, dh, dc, dgates, dh0,
-                      null if lengths is None else lengths))
+        self._run("persistent_lstm_backward", True, gates, peep, R, c, dh, dc, dgates, dh0, lengths)
 
 
 _runners = {}
