@@ -2,6 +2,7 @@
 #   make demo   - local virtual environment, install, run the main job
 #   make test   - same set-up plus the test dependencies, run the test suite
 #   make docs   - same set-up plus the documentation tools, build the site into site/ (warnings fail)
+#   make host-overhead - host microseconds per call on the real CuPy with stubbed CUDA libraries (any machine)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,8 +11,11 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH_WHEELS ?= /opt/wheels
 TEST_STAMP := $(VENV)/.test-stamp
 DOCS_STAMP := $(VENV)/.docs-stamp
+# A venv of its own: CuPy installed without a GPU would change what device='auto' says in the others.
+HOST_VENV  ?= .venv-host
+HOST_STAMP := $(HOST_VENV)/.installed-stamp
 
-.PHONY: demo test docs info bench clean torch
+.PHONY: demo test docs info bench host-overhead clean torch
 
 # The package and the plot extra only: what the demo needs. The test extra (nvidia-cuda-nvrtc, about
 # 140 MB, used to compile the kernels without a GPU) is installed by `make test` alone.
@@ -27,6 +31,11 @@ $(TEST_STAMP): $(STAMP)
 $(DOCS_STAMP): $(STAMP)
 	$(PIP) -e ".[docs]"
 	touch $(DOCS_STAMP)
+
+$(HOST_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(HOST_VENV)
+	$(HOST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e ".[host-bench]"
+	touch $(HOST_STAMP)
 
 # The main job: verify the gradients on the best device, then train the adding problem (T = 100)
 # long enough to watch it break through the mean-predictor plateau.
@@ -58,5 +67,8 @@ info: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/gpu-lstm bench
 
+host-overhead: $(HOST_STAMP)
+	$(HOST_VENV)/bin/python benchmarks/host_overhead.py --cupy real
+
 clean:
-	rm -rf $(VENV) .pytest_cache build dist *.egg-info runs site
+	rm -rf $(VENV) $(HOST_VENV) .pytest_cache build dist *.egg-info runs site

@@ -201,19 +201,20 @@ def _check_writable_file(option, path):
         os.unlink(path)
 
 
-# bench options that --host-overhead has no use for: it always runs on the CuPy stand-in (no device to
-# choose), over fixed shapes (nothing to make quicker), and prints its table (no JSON writer). Refused
+# bench options that --host-overhead has no use for: it always stubs the device (the real CuPy with C
+# stubs for the CUDA libraries when CuPy is installed, else the test stand-in: no device to choose), over fixed shapes (nothing to make quicker), and prints its table (no JSON writer). Refused
 # rather than ignored, so a command line never looks as if it did what it did not.
 _NOT_WITH_HOST_OVERHEAD = (
-    ("device", lambda v: v != "auto", "--device", "it always runs on the CuPy stand-in with device calls stubbed"),
+    ("device", lambda v: v != "auto", "--device", "it always runs with the device calls stubbed"),
     ("quick", bool, "--quick", "its shapes are fixed (--reps sets the repetitions)"),
     ("json", lambda v: v is not None, "--json", "it prints its table only"),
 )
 
 
 def _host_overhead(args):
-    """gpu-lstm bench --host-overhead: benchmarks/host_overhead.py in its own process (it installs the
-    test-only CuPy stand-in, tests/fake_cupy.py, from a source checkout). --reps applies."""
+    """gpu-lstm bench --host-overhead: benchmarks/host_overhead.py in its own process (it stubs the CUDA
+    libraries before CuPy is imported, or installs the test stand-in tests/fake_cupy.py; both live in
+    a source checkout). --reps applies."""
     import pathlib
     import subprocess
     for attr, given, option, why in _NOT_WITH_HOST_OVERHEAD:

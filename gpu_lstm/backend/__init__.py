@@ -49,14 +49,12 @@ def gpu_available():
         with cupy.cuda.Device(0):
             cupy.cuda.device.get_cublas_handle()
     except Exception as exc:
-        return False, (f"cuBLAS cannot be loaded ({type(exc).__name__}: {exc}); install "
-                       "gpu_lstm[cuda12] or [cuda13], which pull the CUDA libraries")
+        return False, f"cuBLAS cannot be loaded ({type(exc).__name__}: {exc})"
     try:
         from cupy_backends.cuda.libs import nvrtc
         nvrtc.getVersion()
     except Exception as exc:
-        return False, (f"NVRTC cannot be loaded ({type(exc).__name__}: {exc}); install "
-                       "gpu_lstm[cuda12] or [cuda13], which pull the CUDA libraries")
+        return False, f"NVRTC cannot be loaded ({type(exc).__name__}: {exc})"
     return True, f"{n} CUDA device(s)"
 
 
@@ -118,8 +116,8 @@ def get_backend(device, dtype):
         return HostKernelBackend(dtype)
     ok, why = gpu_available()
     if not ok:
-        raise RuntimeError(f"device='gpu' requested but {why}; install gpu_lstm[cuda12] or [cuda13] "
-                           "on a CUDA machine, or use device='cpu'")
+        raise RuntimeError(f"device='gpu' requested but {why}; install gpu_lstm[cuda12] or [cuda13] (they "
+                           "pull the CUDA libraries) on a CUDA machine, or use device='cpu'")
     from .cupy_backend import CupyBackend
     return CupyBackend(dtype)
 

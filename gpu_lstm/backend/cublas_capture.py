@@ -166,7 +166,8 @@ class Handle:
         self.gemm_fn = self.lib.cublasSgemm_v2 if self.dtype == np.float32 else self.lib.cublasDgemm_v2
         self.gemm_name = "cublasSgemm_v2" if self.dtype == np.float32 else "cublasDgemm_v2"
         # alpha = 1 and beta in {0, 1} as host scalars that live as long as the handle.
-        self._scalars = {v: np.array(v, dtype=self.dtype) for v in (0.0, 1.0)}
+        self._scalar_arrays = {v: np.array(v, dtype=self.dtype) for v in (0.0, 1.0)}   # kept alive
+        self._scalars = {v: a.ctypes.data for v, a in self._scalar_arrays.items()}
         self.set_stream(0)
 
     def set_stream(self, stream_ptr):
@@ -181,8 +182,8 @@ class Handle:
     def gemm_call(self, transa, transb, m, n, k, A, lda, B, ldb, beta, C, ldc):
         """A zero-argument callable that issues this GEMM (column-major arguments, raw pointers),
         everything converted once; it raises with the routine's name on a non-zero status."""
-        args = (self.ptr, transa, transb, m, n, k, self._scalars[1.0].ctypes.data, A, lda, B, ldb,
-                self._scalars[float(beta)].ctypes.data, C, ldc)
+        args = (self.ptr, transa, transb, m, n, k, self._scalars[1.0], A, lda, B, ldb,
+                self._scalars[float(beta)], C, ldc)
         return functools.partial(_call_checked, self.gemm_fn, self.gemm_name, args)
 
 

@@ -145,7 +145,10 @@ class CupyBackend:
                            "cublasSgemm" if self.dtype == np.float32 else "cublasDgemm")
         # Host scalars for alpha/beta, made once: nothing is allocated per GEMM call. With compute type
         # CUBLAS_COMPUTE_32F (16-bit models, TF32) the scale type is CUDA_R_32F: float32 scalars.
-        self._scalars = {v: np.array(v, dtype=self.wide) for v in (0.0, 1.0)}
+        # alpha/beta host values and their addresses (an int, not a fresh .ctypes object per GEMM: the
+        # eager loop calls gemm twice per step); the arrays are kept alive with the backend.
+        self._scalar_arrays = {v: np.array(v, dtype=self.wide) for v in (0.0, 1.0)}
+        self._scalars = {v: a.ctypes.data for v, a in self._scalar_arrays.items()}
         sms = cp.cuda.Device(self.device_id).attributes["MultiProcessorCount"]
         self._max_grid = sms * 16   # enough blocks to fill the GPU; grid-stride covers the rest
 
@@ -456,14 +459,14 @@ class CupyBackend:
                 #              beta, C, Ctype, ldc, computeType, algo): all three operands CUDA_R_32F
                 # (= 0), CUBLAS_COMPUTE_32F_FAST_TF32 (= 77), CUBLAS_GEMM_DEFAULT (= -1); alpha/beta
                 # are float (the compute type's scale type, CUDA_R_32F).
-                cublas.gemmEx(handle, ta, tb, m, n, k, self._scalars[1.0].ctypes.data,
+                cublas.gemmEx(handle, ta, tb, m, n, k, self._scalars[1.0],
                               b.data.ptr, CUDA_R_32F, ld1, a.data.ptr, CUDA_R_32F, ld2,
-                              self._scalars[float(beta)].ctypes.data, out.data.ptr, CUDA_R_32F, ldc,
+                              self._scalars[float(beta)], out.data.ptr, CUDA_R_32F, ldc,
                               CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT)
                 return
             self._gemm_fn(handle, ta, tb, m, n, k,
-                          self._scalars[1.0].ctypes.data, b.data.ptr, ld1, a.data.ptr, ld2,
-                          self._scalars[float(beta)].ctypes.data, out.data.ptr, ldc)
+                          self._scalars[1.0], b.data.ptr, ld1, a.data.ptr, ld2,
+                          self._scalars[float(beta)], out.data.ptr, ldc)
         except Exception as exc:
             raise RuntimeError(f"{self._gemm_name}(m={m}, n={n}, k={k}) failed: {exc}") from exc
 
@@ -489,9 +492,9 @@ class CupyBackend:
                             f"{b.dtype.name} -> {out.dtype.name}")
         tc = _CUDA_TYPES[out.dtype.name]
         # Column-major: C^T = op(B)^T op(A)^T, so cuBLAS's A is our b (as for Sgemm below).
-        cublas.gemmEx(handle, ta, tb, m, n, k, self._scalars[1.0].ctypes.data,
+        cublas.gemmEx(handle, ta, tb, m, n, k, self._scalars[1.0],
                       b.data.ptr, ta_, ld1, a.data.ptr, ta_, ld2,
-                      self._scalars[float(beta)].ctypes.data, out.data.ptr, tc, ldc,
+                      self._scalars[float(beta)], out.data.ptr, tc, ldc,
                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
 
     def _launch(self, name, n, args, wide=False):

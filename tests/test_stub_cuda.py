@@ -1,0 +1,116 @@
+"""benchmarks/stub_cuda.py: the C stubs that let the real CuPy run without a GPU for the
+host-overhead benchmark. Checked here without CuPy: signatures parsed exactly, the generated
+extension compiles, its capsules carry the very signature strings Cython's import compares, and the
+device model behaves (aligned host memory, real copies, per-stream capture flags, attributes)."""
+
+import ctypes
+import importlib.util
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import stub_cuda  # noqa: E402
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+
+# Capsule names exactly as CuPy 14.2's runtime/driver modules carry them.
+CAPIS = {
+    "runtime": {
+        "malloc": "intptr_t (size_t, int __pyx_skip_dispatch)",
+        "free": "PyObject *(intptr_t, int __pyx_skip_dispatch)",
+        "memcpyAsync": "PyObject *(intptr_t, intptr_t, size_t, int, intptr_t, int __pyx_skip_dispatch)",
+        "memsetAsync": "PyObject *(intptr_t, int, size_t, intptr_t, int __pyx_skip_dispatch)",
+        "streamBeginCapture": "PyObject *(intptr_t, int __pyx_skip_dispatch, struct __pyx_opt_args_13cupy_backends_4cuda_3api_7runtime_streamBeginCapture *__pyx_optional_args)",
+        "streamEndCapture": "intptr_t (intptr_t, int __pyx_skip_dispatch)",
+        "streamIsCapturing": "int (intptr_t, int __pyx_skip_dispatch)",
+        "deviceGetAttribute": "int (int, int, int __pyx_skip_dispatch)",
+        "eventElapsedTime": "float (intptr_t, intptr_t, int __pyx_skip_dispatch)",
+        "memcpy2D": "PyObject *(intptr_t, size_t, intptr_t, size_t, size_t, size_t, cudaMemcpyKind, int __pyx_skip_dispatch)",
+        "_ensure_context": "PyObject *(void)",
+        "getChannelDesc": "cudaChannelFormatDesc (intptr_t)",      # struct return: left real
+        "_is_hip_environment": "int",                              # a variable: left alone
+    },
+    "driver": {
+        "launchKernel": "PyObject *(intptr_t, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, intptr_t, intptr_t, intptr_t, int __pyx_skip_dispatch)",
+        "funcGetAttribute": "int (int, intptr_t, int __pyx_skip_dispatch)",
+        "ctxCreate": "intptr_t (CUdevice, int __pyx_skip_dispatch)",
+    },
+}
+
+
+def test_parse_exact_signatures():
+    assert stub_cuda._parse(CAPIS["runtime"]["malloc"]) == ("intptr_t", [("size_t", "value"), ("int", "skip")])
+    ret, params = stub_cuda._parse(CAPIS["runtime"]["streamBeginCapture"])
+    assert ret == "PyObject *" and [k for _, k in params] == ["value", "skip", "opt"]
+    assert stub_cuda._parse(CAPIS["runtime"]["_ensure_context"]) == ("PyObject *", [])
+    assert stub_cuda._parse(CAPIS["runtime"]["memcpy2D"])[1][6] == ("int", "value")   # cudaMemcpyKind
+    assert stub_cuda._parse(CAPIS["runtime"]["getChannelDesc"]) is None
+    assert stub_cuda._parse(CAPIS["runtime"]["_is_hip_environment"]) is None
+    assert stub_cuda._parse("int (SomeUnknownType, int __pyx_skip_dispatch)") is None
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stub") / ("_gl_stub_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
+    stub_cuda._compile(stub_cuda.generate(CAPIS), out, [f"-I{sysconfig.get_paths()['include']}"])
+    spec = importlib.util.spec_from_file_location("_gl_stub_cuda", out)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_capsules_carry_the_signature_strings(stub):
+    ctypes.pythonapi.PyCapsule_GetName.restype = ctypes.c_char_p
+    ctypes.pythonapi.PyCapsule_GetName.argtypes = [ctypes.py_object]
+    caps = stub.capsules()
+    want = {(m, n): sig for m, d in CAPIS.items() for n, sig in d.items() if stub_cuda._parse(sig)}
+    assert set(caps) == set(want)
+    for key, cap in caps.items():
+        assert ctypes.pythonapi.PyCapsule_GetName(cap).decode() == want[key]
+
+
+def test_device_model(stub):
+    p = stub.runtime__malloc(1000)
+    assert p and p % 256 == 0
+    src = np.arange(250, dtype=np.float32)
+    stub.runtime__memcpyAsync(p, src.ctypes.data, src.nbytes, 1, 0)
+    back = np.zeros_like(src)
+    stub.runtime__memcpyAsync(back.ctypes.data, p, src.nbytes, 2, 0)
+    np.testing.assert_array_equal(back, src)
+    stub.runtime__memsetAsync(p, 0, src.nbytes, 0)
+    stub.runtime__memcpyAsync(back.ctypes.data, p, src.nbytes, 2, 0)
+    assert not back.any()
+    stub.runtime__free(p)
+    s1, s2 = 0x1234500, 0x1234600
+    stub.runtime__streamBeginCapture(s1, 0)          # a mode argument is accepted and ignored
+    assert stub.runtime__streamIsCapturing(s1) == 1 and stub.runtime__streamIsCapturing(s2) == 0
+    g = stub.runtime__streamEndCapture(s1)
+    assert g and stub.runtime__streamIsCapturing(s1) == 0
+    assert stub.driver__launchKernel(1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0) is None
+    assert stub.runtime__eventElapsedTime(1, 2) == 0.0
+    stub.set_attributes({16: 132}, {4: 40})
+    assert stub.runtime__deviceGetAttribute(16, 0) == 132 and stub.runtime__deviceGetAttribute(17, 0) == 0
+    assert stub.driver__funcGetAttribute(4, 1) == 40
+    with pytest.raises(TypeError, match="malloc: 1 arguments"):
+        stub.runtime__malloc()
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm")
+def test_fake_cublas_exports_versioned_symbols(tmp_path):
+    lib = tmp_path / "libcublas.so.13"
+    vmap = tmp_path / "v.map"
+    vmap.write_text("libcublas.so.13 { global: *; };\n")
+    stub_cuda._compile(stub_cuda.generate_cublas({"cublasSaxpy_v2"}), lib,
+                       ["-Wl,-soname,libcublas.so.13", f"-Wl,--version-script={vmap}"])
+    syms = subprocess.run(["nm", "-D", "--defined-only", str(lib)], capture_output=True, text=True).stdout
+    for name in ("cublasSaxpy_v2", *stub_cuda.CUBLAS_EXTRA):
+        assert f"{name}@@libcublas.so.13" in syms
+    c = ctypes.CDLL(str(lib))
+    h = ctypes.c_void_p()
+    assert c.cublasCreate_v2(ctypes.byref(h)) == 0 and h.value
