@@ -148,12 +148,15 @@ def print_profile(device, H, B, T, reps=5):
               f"{step['device_ms']:.3f} ms; the larger one bounds the step when run back to back")
         print(f"  {'':<50} {'host ms':>9} {'device ms':>10}")
         for name, h, d in rows:
-            print(f"  {name:<50} {h:9.3f} {d:10.3f}  ({100 * d / step['device_ms']:5.1f} % of device)")
+            # a step too small for the event timer's resolution can read 0 ms: no share to show then
+            share = f"({100 * d / step['device_ms']:5.1f} % of device)" if step["device_ms"] > 0 else ""
+            print(f"  {name:<50} {h:9.3f} {d:10.3f}  {share}".rstrip())
         if step["host_outran_spin"]:
             print(f"  note: in {step['host_outran_spin']} rep(s) the host took longer than the stream-blocking "
                   "spin; those device times may include dispatch")
     else:
         print(f"  {step['host_ms']:.3f} ms (CPU: host time is the compute time)")
         for name, h, _ in rows:
-            print(f"  {name:<50} {h:9.3f} ms  {100 * h / step['host_ms']:5.1f} %")
+            share = f"{100 * h / step['host_ms']:5.1f} %" if step["host_ms"] > 0 else ""
+            print(f"  {name:<50} {h:9.3f} ms  {share}".rstrip())
     return rows, step

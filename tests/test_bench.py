@@ -65,6 +65,19 @@ def test_profile_accounts_for_the_step():
     assert rows[0][0].startswith("cuBLAS") and rows[0][1] > 0
 
 
+def test_profile_prints_a_step_below_the_timer_resolution(monkeypatch, capsys):
+    """Device events can read 0 ms for a tiny step: the table prints without shares, no ZeroDivisionError."""
+    import gpu_lstm.profile as prof
+    step = {"host_ms": 0.4, "device_ms": 0.0, "host_outran_spin": 0}
+    monkeypatch.setattr(prof, "profile_training_step", lambda *a, **k: ([("cuBLAS GEMM", 0.1, 0.0)], step, 1))
+    prof.print_profile("gpu", 16, 4, 10)
+    out = capsys.readouterr().out
+    assert "cuBLAS GEMM" in out and "% of device" not in out
+    step.update(device_ms=None, host_ms=0.0)
+    prof.print_profile("cpu", 16, 4, 10)
+    assert "cuBLAS GEMM" in capsys.readouterr().out
+
+
 def test_plot_script(tmp_path):
     pytest.importorskip("matplotlib")
     import importlib.util
