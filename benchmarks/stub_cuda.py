@@ -115,6 +115,7 @@ _PRELUDE = r"""
 #include <string.h>
 
 static int gl_dev_attr[512];
+static unsigned long long gl_calls[1024];   /* calls per entry, in gl_table order (counts()) */
 static int gl_func_attr[16];
 static intptr_t gl_next = 0x10000;
 static intptr_t gl_capturing[64];
@@ -182,7 +183,7 @@ def generate(capis):
             cname = f"gl_{mod}_{name}"
             decl = ", ".join(f"{t} a{i}" for i, (t, _) in enumerate(params)) or "void"
             body = _BODIES.get((mod, name)) or ("Py_RETURN_NONE;" if ret == "PyObject *" else "return 0;")
-            out.append(f"static {ret} {cname}({decl}) {{ {body} }}")
+            out.append(f"static {ret} {cname}({decl}) {{ gl_calls[{len(table)}]++; {body} }}")
             # The Python twin: positional values; skip = 0; optional arguments ignored.
             values = [i for i, (_, k) in enumerate(params) if k == "value"]
             call = ", ".join("0" if k == "skip" else "NULL" if k == "opt" else _FROM_PY[t].format(f"args[{values.index(i)}]")
@@ -195,6 +196,8 @@ def generate(capis):
                 f"    return {_TO_PY[ret].format('r')};\n}}")
             table.append(f'    {{"{mod}", "{name}", "{sig}", (void *){cname}}},')
             methods.append(f'    {{"{mod}__{name}", (PyCFunction)(void(*)(void))py_{cname}, METH_FASTCALL, NULL}},')
+    if len(table) > 1024:
+        raise RuntimeError(f"{len(table)} entry points: raise gl_calls' size")
     out.append("static struct { const char *mod, *name, *sig; void *fn; } gl_table[] = {\n" + "\n".join(table)
                + "\n    {NULL, NULL, NULL, NULL}\n};")
     out.append(r"""
@@ -205,6 +208,16 @@ static PyObject *capsules(PyObject *self, PyObject *unused) {
         PyObject *cap = PyCapsule_New(gl_table[i].fn, gl_table[i].sig, NULL);
         PyDict_SetItem(d, key, cap);
         Py_DECREF(key); Py_DECREF(cap);
+    }
+    return d;
+}
+static PyObject *counts(PyObject *self, PyObject *unused) {   /* {(module, entry): calls} so far */
+    PyObject *d = PyDict_New();
+    for (int i = 0; gl_table[i].mod; i++) {
+        PyObject *key = Py_BuildValue("(ss)", gl_table[i].mod, gl_table[i].name);
+        PyObject *n = PyLong_FromUnsignedLongLong(gl_calls[i]);
+        PyDict_SetItem(d, key, n);
+        Py_DECREF(key); Py_DECREF(n);
     }
     return d;
 }
@@ -219,6 +232,7 @@ static PyObject *set_attributes(PyObject *self, PyObject *args) {
 }
 static PyMethodDef methods[] = {
     {"capsules", capsules, METH_NOARGS, NULL},
+    {"counts", counts, METH_NOARGS, NULL},
     {"set_attributes", set_attributes, METH_VARARGS, NULL},
 """ + "\n".join(methods) + r"""
     {NULL, NULL, 0, NULL}
@@ -245,11 +259,18 @@ CUBLAS_EXTRA = ("cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2", "cu
                 "cublasSetPointerMode_v2", "cublasSgemm_v2", "cublasDgemm_v2", "cublasGemmEx")
 
 
+def cublas_names(symbols):
+    """The stub cuBLAS's functions, in the order of its call counters."""
+    return sorted(set(symbols) | set(CUBLAS_EXTRA))
+
+
 def generate_cublas(symbols):
-    lines = ["#include <stdint.h>"]
-    for s in sorted(set(symbols) | set(CUBLAS_EXTRA)):
+    names = cublas_names(symbols)
+    lines = ["#include <stdint.h>", f"static unsigned long long gl_count[{len(names)}];",
+             f"unsigned long long gl_cublas_count(int i) {{ return (i >= 0 && i < {len(names)}) ? gl_count[i] : 0; }}"]
+    for i, s in enumerate(names):
         body = _CUBLAS_GETTERS.get(s, "return 0;")
-        lines.append(f"int {s}(intptr_t a0, intptr_t a1, intptr_t a2, intptr_t a3) {{ {body} }}")
+        lines.append(f"int {s}(intptr_t a0, intptr_t a1, intptr_t a2, intptr_t a3) {{ gl_count[{i}]++; {body} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -300,7 +321,7 @@ def build():
         vmap.write_text(f"{soname} {{ global: *; }};\n")
         _compile(csrc, lib, [f"-Wl,-soname,{soname}", f"-Wl,--version-script={vmap}"])
         _compile("int gl_stub_cublaslt;\n", lt, [f"-Wl,-soname,{lt.name}"])
-    return ext, lib, lt
+    return ext, lib, lt, symbols
 
 
 def install():
@@ -308,9 +329,11 @@ def install():
     ``import cupy`` (modules that already bound the real entry points keep them: refused)."""
     if "cupy" in sys.modules or "cupy.cuda" in sys.modules:
         raise RuntimeError("stub_cuda.install() must run before cupy is imported")
-    ext, lib, lt = build()
+    ext, lib, lt, symbols = build()
     for so in (lt, lib):   # loaded first, by soname: the loader and CuPy's library finder then reuse them
-        ctypes.CDLL(str(so), mode=ctypes.RTLD_GLOBAL)
+        handle = ctypes.CDLL(str(so), mode=ctypes.RTLD_GLOBAL)
+    handle.gl_cublas_count.restype = ctypes.c_ulonglong
+    names = cublas_names(symbols)
     spec = importlib.util.spec_from_file_location("_gl_stub_cuda", ext)
     stub = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stub)
@@ -327,7 +350,20 @@ def install():
         if hasattr(mod, name):
             setattr(mod, name, getattr(stub, f"{short}__{name}"))
     rt.getDeviceProperties = _device_properties
+    global counts
+
+    def counts():
+        """{(module, entry): calls so far} over the runtime, driver ('runtime', 'driver') and cuBLAS
+        ('cublas') stubs, entries never called left out."""
+        out = {k: n for k, n in stub.counts().items() if n}
+        out.update({("cublas", s): handle.gl_cublas_count(i) for i, s in enumerate(names) if handle.gl_cublas_count(i)})
+        return out
     return stub
+
+
+def counts():
+    """Calls per stubbed entry point (defined by install())."""
+    raise RuntimeError("stub_cuda.install() has not run")
 
 
 def _device_properties(device, *_):

@@ -99,6 +99,9 @@ def test_device_model(stub):
     assert stub.driver__funcGetAttribute(4, 1) == 40
     with pytest.raises(TypeError, match="malloc: 1 arguments"):
         stub.runtime__malloc()
+    calls = stub.counts()
+    assert calls[("runtime", "malloc")] == 1 and calls[("runtime", "memcpyAsync")] == 3
+    assert calls[("driver", "launchKernel")] == 1 and calls[("driver", "ctxCreate")] == 0
 
 
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm")
@@ -114,3 +117,6 @@ def test_fake_cublas_exports_versioned_symbols(tmp_path):
     c = ctypes.CDLL(str(lib))
     h = ctypes.c_void_p()
     assert c.cublasCreate_v2(ctypes.byref(h)) == 0 and h.value
+    names = stub_cuda.cublas_names({"cublasSaxpy_v2"})
+    assert c.gl_cublas_count(names.index("cublasCreate_v2")) == 1
+    assert c.gl_cublas_count(names.index("cublasSgemm_v2")) == 0
