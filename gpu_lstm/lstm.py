@@ -221,19 +221,19 @@ class LSTM:
         self.device = self._be.name
         self.algo = algo
         self.low_precision = self._be.wide != self.dtype
-        if self.low_precision:
-            # The 16-bit models run the eager loop: plans/graphs and the persistent kernels stay
-            # float32/float64 for now (a bf16 tensor-core persistent variant is future work).
+        if (self.low_precision or math == "tf32") and algo == "persistent":
+            # The persistent kernels are float32/float64 with FP32/FP64 FMA loops (a bf16 tensor-core
+            # variant is future work); plans and graphs take every dtype and math mode.
+            what = self.dtype.name if self.low_precision else "math='tf32'"
+            raise ValueError(f"algo='persistent': the persistent kernels run float32/float64 models with "
+                             f"the default math; {what} models run algo='auto', 'graph', 'plan' or 'eager'")
+        if getattr(self._be, "storage", None) == np.uint16:
+            # bfloat16 on the GPU is stored as uint16 bit patterns: a plan's copies and sums between
+            # its buffers would treat them as integers; until plans convert with kernels, eager.
             if algo not in ("auto", "eager"):
-                raise ValueError(f"algo={algo!r}: {self.dtype.name} models run algo='eager' (or 'auto') "
-                                 "for now; plans, graphs and persistent kernels are float32/float64 only")
-            self._algo, self.algo_reason = "eager", f"{self.dtype.name}: the eager loop (plans are float32/float64)"
-        elif math == "tf32":
-            # TF32 GEMMs go through cublasGemmEx in the eager loop; the plans' capture binding does
-            # not call GemmEx yet (and the CPU's plans would be float32-exact)
-            if algo not in ("auto", "eager"):
-                raise ValueError(f"algo={algo!r}: math='tf32' runs algo='eager' (or 'auto') for now")
-            self._algo, self.algo_reason = "eager", "math='tf32': the eager loop (plans call Sgemm)"
+                raise ValueError(f"algo={algo!r}: bfloat16 models on the GPU run algo='eager' (or 'auto') "
+                                 "for now; float16, TF32 and bfloat16 on the CPU run plans and graphs")
+            self._algo, self.algo_reason = "eager", "bfloat16 on the GPU: the eager loop (plans to come)"
         else:
             self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
         # Where the persistent kernels cannot run a call (options, capacity), what 'auto' would run.

@@ -180,8 +180,9 @@ class Plan:
         train = self.counter is not None
         for k in range(L):
             if train and k > 0 and m.dropout:     # as LSTM._forward: dropout on the layer's input
+                # the scale in the wide type, as the eager loop (a 16-bit model's 1/(1-p) is not rounded)
                 t.masks[k] = philox.DropoutMask(mask_seed, k, 0, m.dropout, (T, B, m._layer_input_size(k)),
-                                                m.dtype, counter=self.counter)
+                                                m._be.wide, counter=self.counter)
                 t.inputs[k] = t.dropped[k]
             for d in range(D):
                 if not m.zoneout:
@@ -196,8 +197,9 @@ class Plan:
                 t.dirs[k][d].zoneout = zo
         # Static outputs.
         self.hn, self.cn = be.empty((LD, B, P)), be.empty((LD, B, H))
-        self.cells = be.empty((T, B, D * H)) if cells else None
-        self.gH = be.empty((T, B, H)) if (has_len and D == 2 and cells) else None   # reversed gathers
+        # cells are the float32 cell states of a 16-bit model (as the eager path returns them)
+        self.cells = be.empty((T, B, D * H), be.wide) if cells else None
+        self.gH = be.empty((T, B, H), be.wide) if (has_len and D == 2 and cells) else None   # reversed gathers
         # Backward buffers (their own per plan; a plan's backward graph is bound to them).
         self.dy = be.empty((T, B, D * P))
         self.dhn, self.dcn = be.empty((LD, B, P)), be.empty((LD, B, H))

@@ -358,9 +358,12 @@ def _gemm(ctype, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C
     Cm = _view(C, ctype, m, n, ldc)
     Cm[...] = a * (opA @ opB) + (b * Cm if b != 0 else 0)
     _cublas_state["calls"] += 1
+    _cublas_state["plain"] += 1
 
 
-_cublas_state = {"pointer_mode": 1, "calls": 0}   # starts NOT in host mode: the backend must set it
+# pointer_mode starts NOT in host mode: the backend must set it. plain: Sgemm/Dgemm runs through either
+# binding (CuPy's wrapper or the ctypes one), gemm_ex: GemmEx runs through either.
+_cublas_state = {"pointer_mode": 1, "calls": 0, "plain": 0}
 
 # cudaDataType_t the fake's gemmEx accepts: CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14, as
 # (ctypes element, NumPy dtype of the values); bfloat16 is read from uint16 memory as ml_dtypes.bfloat16.
@@ -384,13 +387,8 @@ def _ex_view(ptr, t, rows, cols, ld):
     return v if name == "float32" else v.view(_ex_dtype(name))
 
 
-def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
-             compute, algo):
-    """cublasGemmEx, strictly: A and B of one type (float32, float16 or bfloat16), C of that type or
-    float32, compute type 32F (16-bit operands widened exactly, float32 products and sums, the result
-    alpha AB + beta C formed in float32 and rounded once to C's type, to nearest even through NumPy /
-    ml_dtypes) or 32F_FAST_TF32 (float32 only; operands rounded to TF32 first, as the CPU reference
-    does), algo CUBLAS_GEMM_DEFAULT, float32 host scalars, integer sizes and leading dimensions."""
+def _check_ex(Atype, Btype, Ctype, compute, algo, ints):
+    """cublasGemmEx's argument rules, strictly (shared by CuPy's wrapper and the ctypes binding)."""
     for what, t in (("Atype", Atype), ("Btype", Btype), ("Ctype", Ctype)):
         if type(t) is not int or t not in _CUDA_TYPES:
             raise TypeError(f"fake cublasGemmEx: {what} {t!r} is not a supported cudaDataType_t")
@@ -399,13 +397,19 @@ def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ld
     if Atype != Btype or (Atype, Ctype) not in _EX_PAIRS[_COMPUTE[compute]]:
         raise TypeError(f"fake cublasGemmEx: Atype {Atype}, Btype {Btype}, Ctype {Ctype} with compute "
                         f"{_COMPUTE[compute]}: not a combination cuBLAS supports")
-    for v in (transa, transb, m, n, k, lda, ldb, ldc):
+    for v in ints:
         if not isinstance(v, int):
             raise TypeError(f"fake cuBLAS: integer arguments expected, got {type(v).__name__}")
-    if _cublas_state["pointer_mode"] != 0:
-        raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
-    a = np.float32(ctypes.cast(alpha, ctypes.POINTER(ctypes.c_float)).contents.value)
-    b = np.float32(ctypes.cast(beta, ctypes.POINTER(ctypes.c_float)).contents.value)
+
+
+def _read_f32(ptr):
+    return np.float32(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)).contents.value)
+
+
+def _gemm_ex_values(transa, transb, m, n, k, a, A, Atype, lda, B, Btype, ldb, b, C, Ctype, ldc, compute):
+    """C = a op(A) op(B) + b C: 16-bit operands widened exactly, float32 products and sums, the result
+    formed in float32 and rounded once to C's type (to nearest even through NumPy / ml_dtypes);
+    32F_FAST_TF32 rounds the float32 operands to TF32 first, as the CPU reference does."""
     opA = _ex_view(A, Atype, k, m, lda).T if transa == 1 else _ex_view(A, Atype, m, k, lda)
     opB = _ex_view(B, Btype, n, k, ldb).T if transb == 1 else _ex_view(B, Btype, k, n, ldb)
     opA, opB = opA.astype(np.float32), opB.astype(np.float32)      # exact for 16-bit values
@@ -417,11 +421,23 @@ def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ld
     if b != 0:
         r = r + b * Cm.astype(np.float32)
     Cm[...] = r.astype(Cm.dtype)                                     # one rounding to C's type
-    _cublas_state["calls"] += 1
     _cublas_state["gemm_ex"] = _cublas_state.get("gemm_ex", 0) + 1
     key = (_CUDA_TYPES[Atype][1], _CUDA_TYPES[Ctype][1])
     counts = _cublas_state.setdefault("gemm_ex_types", {})
     counts[key] = counts.get(key, 0) + 1
+
+
+def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
+             compute, algo):
+    """cublasGemmEx through CuPy's wrapper, strictly: A and B of one type (float32, float16 or
+    bfloat16), C of that type or float32, compute type 32F or 32F_FAST_TF32 (float32 only), algo
+    CUBLAS_GEMM_DEFAULT, float32 host scalars, integer sizes and leading dimensions."""
+    _check_ex(Atype, Btype, Ctype, compute, algo, (transa, transb, m, n, k, lda, ldb, ldc))
+    if _cublas_state["pointer_mode"] != 0:
+        raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
+    _gemm_ex_values(transa, transb, m, n, k, _read_f32(alpha), A, Atype, lda, B, Btype, ldb, _read_f32(beta),
+                    C, Ctype, ldc, compute)
+    _cublas_state["calls"] += 1
 
 
 def _make_cublas():
@@ -1029,7 +1045,7 @@ class FakeLibcublas:
         self.handles = {}
         self.calls = {"gemm": 0, "recorded": 0, "setStream": 0, "setWorkspace": 0}
         for name in ("cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
-                     "cublasSetPointerMode_v2", "cublasSgemm_v2", "cublasDgemm_v2"):
+                     "cublasSetPointerMode_v2", "cublasSgemm_v2", "cublasDgemm_v2", "cublasGemmEx"):
             impl = getattr(self, "_" + name)
 
             def fn(*args, _impl=impl, _name=name):
@@ -1098,21 +1114,39 @@ class FakeLibcublas:
             return 1
         if st["pointer_mode"] != 0:
             raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
-        stream = _streams_by_ptr.get(st["stream"])
         # alpha/beta are read when the GEMM is issued (host pointer mode), also when it is captured.
         a = ctypes.cast(alpha, ctypes.POINTER(ctype)).contents.value
         b = ctypes.cast(beta, ctypes.POINTER(ctype)).contents.value
         item = ctypes.sizeof(ctype)
+        fn = functools.partial(_gemm_values, ctype, transa, transb, m, n, k, a, A, lda, B, ldb, b, C, ldc)
+        return self._submit(st, fn, transa, transb, m, n, k, (A, item, lda), (B, item, ldb), (C, item, ldc))
+
+    def _cublasGemmEx(self, h, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C, Ctype,
+                      ldc, compute, algo):
+        st = self._handle(h)
+        if st is None:
+            return 1
+        _check_ex(Atype, Btype, Ctype, compute, algo, (transa, transb, m, n, k, lda, ldb, ldc))
+        if st["pointer_mode"] != 0:
+            raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
+        fn = functools.partial(_gemm_ex_values, transa, transb, m, n, k, _read_f32(alpha), A, Atype, lda, B,
+                               Btype, ldb, _read_f32(beta), C, Ctype, ldc, compute)
+        size = {t: ctypes.sizeof(ct) for t, (ct, _) in _CUDA_TYPES.items()}
+        return self._submit(st, fn, transa, transb, m, n, k, (A, size[Atype], lda), (B, size[Btype], ldb),
+                            (C, size[Ctype], ldc))
+
+    def _submit(self, st, fn, transa, transb, m, n, k, A, B, C):
+        """Run or record one GEMM on the handle's stream; A, B, C are (pointer, element size, ld)."""
+        stream = _streams_by_ptr.get(st["stream"])
         ws = st["workspace"]
 
         def footprint():   # A and B read; C written; the workspace written (shared = a race)
             ra, ca = (k, m) if transa == 1 else (m, k)
             rb, cb = (n, k) if transb == 1 else (k, n)
-            writes = [_raw_words(C, m, n, ldc, item)]
+            writes = [_raw_words(C[0], m, n, C[2], C[1])]
             if ws is not None:
                 writes.append(np.array([ws[0]], dtype=np.int64))
-            return [_raw_words(A, ra, ca, lda, item), _raw_words(B, rb, cb, ldb, item)], writes
-        fn = functools.partial(_gemm_values, ctype, transa, transb, m, n, k, a, A, lda, B, ldb, b, C, ldc)
+            return [_raw_words(A[0], ra, ca, A[2], A[1]), _raw_words(B[0], rb, cb, B[2], B[1])], writes
         if _cap.capturing is not None:
             if stream is None or stream not in _cap.tracker.known:
                 raise CaptureError("GEMM on a handle whose stream is not part of the capture")
@@ -1141,6 +1175,7 @@ def _gemm_values(ctype, transa, transb, m, n, k, a, A, lda, B, ldb, b, C, ldc):
     opB = _view(B, ctype, n, k, ldb).T if transb == 1 else _view(B, ctype, k, n, ldb)
     Cm = _view(C, ctype, m, n, ldc)
     Cm[...] = a * (opA @ opB) + (b * Cm if b != 0 else 0)
+    _cublas_state["plain"] += 1
 
 
 fake_libcublas = None

@@ -42,13 +42,15 @@ def test_cli_profile_and_bench_on_the_fake_gpu(capsys):
                                                       for a in ("eager", "graph", "persistent")]
     assert [r["ran"] for r in rows] == [r["algo"] for r in rows]     # each engine ran what it names
     assert all(r["ours_ms"] > 0 and r["note"] == "" for r in rows)
-    # TF32, bf16 and fp16 rows: the eager engine, their dtype and TF32 flag, no failure; every training
-    # row has its step's memory from the (fake) CuPy pool, the 16-bit ones less than float32's
+    # TF32 and fp16 rows: eager and graph; bf16 (uint16 bits on the device): eager only; their dtype and
+    # TF32 flag, no failure; every training row has its step's memory from the (fake) CuPy pool, the
+    # 16-bit ones less than float32's
     assert [(r["mode"], r["precision"], r["algo"], r["dtype"], r["tf32"]) for r in result["rows"]
-            if r["precision"] != "fp32"] == [(m, p, "eager", d, p == "tf32") for m in ("inference", "training")
+            if r["precision"] != "fp32"] == [(m, p, a, d, p == "tf32") for m in ("inference", "training")
                                              for p, d in (("tf32", "float32"), ("bf16", "bfloat16"),
-                                                          ("fp16", "float16"))]
-    assert all(r["ours_ms"] > 0 and r["note"] == "" and r["ran"] == "eager" for r in result["rows"]
+                                                          ("fp16", "float16"))
+                                             for a in (("eager",) if p == "bf16" else ("eager", "graph"))]
+    assert all(r["ours_ms"] > 0 and r["note"] == "" and r["ran"] == r["algo"] for r in result["rows"]
                if r["precision"] != "fp32")
     mem = {(r["precision"], r["algo"]): r["ours_mem_bytes"] for r in result["rows"] if r["mode"] == "training"}
     assert all(v > 0 for v in mem.values()) and mem["bf16", "eager"] < mem["fp32", "eager"], mem
@@ -642,13 +644,14 @@ def test_16_bit_gemms_go_through_gemm_ex_with_float32_gradients(dtype, name):
     m = gl.LSTM(4, 8, device="gpu", dtype=dtype, seed=0)
     assert m._be.storage == (np.uint16 if dtype == "bfloat16" else np.float16)
     cublas.state["gemm_ex_types"] = {}
-    calls = cublas.state["calls"]
+    plain = cublas.state["plain"]
     x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype(m.dtype)
-    y, _ = m(x)
-    m.backward(np.ones(y.shape, m.dtype))
+    for _ in range(2):   # (in graph mode the second call replays the captured GEMMs)
+        y, _ = m(x)
+        m.backward(np.ones(y.shape, m.dtype))
     types = cublas.state["gemm_ex_types"]
     assert set(types) == {(name, name), (name, "float32")}, types
-    assert sum(types.values()) == cublas.state["calls"] - calls      # no Sgemm/Dgemm in between
+    assert cublas.state["plain"] == plain      # no Sgemm/Dgemm, through either binding
     assert isinstance(y, cupy.ndarray) and y.dtype == m._be.storage
     assert m.to_numpy(y).dtype == m.dtype
     assert gl.to_numpy(y).dtype == m._be.storage   # the generic conversion keeps the device dtype
@@ -687,3 +690,26 @@ def test_gradient_flow_of_a_16_bit_gpu_model(dtype):
     assert flow["dh"].dtype == np.float32 and flow["dc"].dtype == np.float32 and flow["dh"].shape == (T,)
     np.testing.assert_allclose(flow["dh"], np.sqrt((dh * dh).sum(axis=(1, 2))), rtol=(B * H + 2) * 2.0 ** -24)
     assert np.all(np.isfinite(flow["dc"])) and np.all(flow["dc"] > 0)
+
+
+def test_float16_and_tf32_models_run_graphs_and_bfloat16_stays_eager():
+    """float16 (a numeric dtype on the device) and TF32 models replay plans and CUDA graphs, their
+    GEMMs captured as cublasGemmEx (TF32: compute 32F_FAST_TF32); bfloat16 models, stored as uint16
+    bit patterns on the device, run the eager loop and refuse 'plan'/'graph' with a clear message."""
+    pytest.importorskip("ml_dtypes")
+    from cupy_backends.cuda.libs import cublas
+    x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype(np.float32)
+    for kw in (dict(dtype="float16"), dict(math="tf32")):
+        m = gl.LSTM(4, 8, device="gpu", seed=0, algo="graph", **kw)
+        assert m._algo == "graph", m.algo_reason
+        cublas.state["gemm_ex_types"] = {}
+        plain = cublas.state["plain"]
+        for _ in range(3):
+            y, _ = m(x.astype(m.dtype))
+            m.backward(np.ones(y.shape, m.dtype))
+        assert m._saved.plan.graphs, "no graph captured"
+        assert cublas.state["gemm_ex_types"] and cublas.state["plain"] == plain, cublas.state["gemm_ex_types"]
+    bf = gl.LSTM(4, 8, device="gpu", dtype="bfloat16")
+    assert bf._algo == "eager" and "bfloat16" in bf.algo_reason
+    with pytest.raises(ValueError, match=r"algo='graph': bfloat16 models on the GPU run algo='eager'"):
+        gl.LSTM(4, 8, device="gpu", dtype="bfloat16", algo="graph")

@@ -20,11 +20,11 @@ def test_cpu_bench_rows_and_json(tmp_path, capsys):
         assert env[key]
     assert "saved" in env["memory"]
     rows = data["rows"]
-    # per precision one row per engine that runs it (16-bit: eager only), side by side, each against
-    # the same torch measurement of that precision
+    # per precision one row per engine that runs it (on the CPU every precision runs both), side by
+    # side, each against the same torch measurement of that precision
     assert [(r["mode"], r["precision"], r["algo"]) for r in rows] == [
         (m, p, a) for m in ("inference", "training") for p in ("fp32", "bf16", "fp16")
-        for a in (bench.ENGINES["cpu"] if p == "fp32" else ("eager",))]
+        for a in bench.ENGINES["cpu"]]
     assert [r["ran"] for r in rows] == [r["algo"] for r in rows]      # eager ran eager, plan ran a plan
     assert [(r["dtype"], r["tf32"]) for r in rows] == [(bench.PRECISION_DTYPES[r["precision"]][0], False)
                                                        for r in rows]
@@ -124,8 +124,8 @@ def test_a_failing_measurement_is_recorded_and_the_json_is_written_per_row(monke
     assert tr["ours_ms"] is None and tr["ours_tflops"] is None and "gpu_lstm failed: MemoryError" in tr["note"]
     # the CLI exits non-zero when gpu_lstm's own measurement failed, after writing the JSON
     assert main(["bench", "--device", "cpu", "--quick", "--reps", "2", "--json", str(path)]) == 1
-    assert len(json.loads(path.read_text())["rows"]) == 8          # fp32 eager, plan; bf16, fp16 eager
-    assert "8 measurement(s) failed" in capsys.readouterr().out
+    assert len(json.loads(path.read_text())["rows"]) == 12         # fp32, bf16, fp16 x eager, plan x 2 modes
+    assert "12 measurement(s) failed" in capsys.readouterr().out
 
 
 def test_gpu_verify_fails_loudly_without_a_gpu(tmp_path):
@@ -249,7 +249,7 @@ def test_a_torch_without_a_16_bit_lstm_gives_a_note_not_a_failure(monkeypatch, c
     monkeypatch.setattr(bench, "_TORCH_PROBES", {})
     rows = bench.run(device="cpu", quick=True, reps=1, warmup=0, log=lambda s: None)["rows"]
     bf16 = [r for r in rows if r["precision"] == "bf16"]
-    assert len(bf16) == 2
+    assert len(bf16) == 4          # (inference, training) x (eager, plan)
     for r in bf16:
         assert r["ours_ms"] > 0 and r["opponent_ms"] is None and r["ratio"] is None
         assert r["opponent_mem_bytes"] is None and (r["ours_mem_bytes"] or 0) >= (r["mode"] == "training")
@@ -278,3 +278,12 @@ def test_cpu_memory_column_is_the_tape_byte_count(dtype, per_unit):
 def test_tf32_is_not_a_cpu_precision():
     with pytest.raises(ValueError, match="precisions: expected some of .*'fp32', 'bf16', 'fp16'.* got 'tf32'"):
         bench.run(device="cpu", quick=True, reps=1, precisions=("tf32",), log=lambda s: None)
+
+
+def test_engines_for_each_precision():
+    all4 = ("graph", "plan", "eager", "persistent")
+    assert bench.engines_for("fp32", all4) == all4
+    for prec in ("tf32", "fp16"):
+        assert bench.engines_for(prec, all4) == ("graph", "plan", "eager")
+    assert bench.engines_for("bf16", all4, "gpu") == ("eager",)
+    assert bench.engines_for("bf16", ("plan", "eager"), "cpu") == ("plan", "eager")

@@ -276,9 +276,11 @@ def test_bfloat16_needs_ml_dtypes_with_a_clear_error(monkeypatch):
 
 def test_low_precision_options():
     m = gl.LSTM(3, 4, dtype="bfloat16", device="cpu")
-    assert m.low_precision and m._algo == "eager"
-    with pytest.raises(ValueError, match="algo='plan'"):
-        gl.LSTM(3, 4, dtype="bfloat16", device="cpu", algo="plan")
+    assert m.low_precision and m._algo == "plan"     # plans take every dtype (tests/test_plan_masks.py)
+    assert gl.LSTM(3, 4, dtype="float16", device="cpu", algo="eager")._algo == "eager"
+    for dtype, math in (("bfloat16", "default"), ("float16", "default"), ("float32", "tf32")):
+        with pytest.raises(ValueError, match=r"algo='persistent': the persistent kernels run float32/float64"):
+            gl.LSTM(3, 4, dtype=dtype, device="cpu", algo="persistent", math=math)
     with pytest.raises(ValueError, match="math='tf32'"):
         gl.LSTM(3, 4, dtype="bfloat16", device="cpu", math="tf32")
     with pytest.raises(TypeError, match="expected dtype bfloat16"):
@@ -370,7 +372,7 @@ def test_tf32_against_float64():
     y64, _ = hi(x.astype(np.float64))
     m.backward(dy)
     hi.backward(dy.astype(np.float64))
-    assert m.math == "tf32" and m._algo == "eager"
+    assert m.math == "tf32" and m._algo == "plan"
     assert _relf(y, y64) <= 4 * u + K * U32
     assert _relf(y, y64) > 10 * _relf(y32, y64)      # the TF32 rounding does happen
     for k in m.grads:

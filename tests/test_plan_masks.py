@@ -63,6 +63,41 @@ def test_plan_equals_eager_bitwise_in_training_over_several_calls(device, cfg):
     assert not np.array_equal(ys[0], ys[1])          # same x and state, new masks: new outputs
 
 
+@pytest.mark.parametrize("device", ["cpu", "host"])
+@pytest.mark.parametrize("dtype, math", [("bfloat16", "default"), ("float16", "default"), ("float32", "tf32")])
+@pytest.mark.parametrize("cfg", CONFIGS[:2])
+def test_16_bit_and_tf32_plans_equal_eager_bitwise(device, dtype, math, cfg):
+    """Plans of 16-bit and TF32 models replay exactly the eager loop's operations: the float32 cell
+    state, carry, cells and dropout scale stay wide; c_n and dc0 are rounded to the model dtype once."""
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    cfg = dict(cfg, num_layers=2)
+    L = cfg.pop("num_layers")
+    plan, eager = (gl.LSTM(4, 6, L, dtype=dtype, device=_device(device), seed=11, algo=a, math=math, **cfg)
+                   for a in ("plan", "eager"))
+    assert plan._algo == "plan" and eager._algo == "eager"
+    rng = np.random.default_rng(0)
+    D, LD = plan.num_directions, plan.num_layers * plan.num_directions
+    P, H = plan.output_size, plan.hidden_size
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32).astype(plan.dtype)
+    for call, lengths in enumerate([None, np.array([5, 2, 4]), None]):
+        hc = None if call % 2 else tuple(rng.standard_normal((LD, 3, n)).astype(np.float32).astype(plan.dtype)
+                                         for n in (P, H))
+        dy = rng.standard_normal((5, 3, D * P)).astype(np.float32).astype(plan.dtype)
+        dhc = (tuple(rng.standard_normal((LD, 3, n)).astype(np.float32).astype(plan.dtype) for n in (P, H))
+               if call == 1 else None)
+        got = [plan(x, hc, lengths=lengths, return_cells=True)]
+        ref = [eager(x, hc, lengths=lengths, return_cells=True)]
+        got.append(plan.backward(dy, dhc))
+        ref.append(eager.backward(dy, dhc))
+        flat = lambda r: [r[0][0], *r[0][1], r[0][2], r[1][0], *r[1][1]]   # noqa: E731
+        for a, b in zip(flat(got), flat(ref)):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a.astype(np.float64), b.astype(np.float64))
+        for k in plan.grads:
+            np.testing.assert_array_equal(plan.grads[k], eager.grads[k], err_msg=k)
+
+
 def test_one_plan_serves_every_training_call_and_eval_uses_another():
     m = _model("cpu", "plan", CONFIGS[0])
     x = np.random.default_rng(1).standard_normal((4, 2, 4))

@@ -22,6 +22,13 @@ enums are ``int``)::
                                   int m, int n, int k, const float *alpha, const float *A, int lda,
                                   const float *B, int ldb, const float *beta, float *C, int ldc);
     (cublasDgemm_v2: the same with double)
+    cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
+                                int m, int n, int k, const void *alpha, const void *A, cudaDataType_t Atype,
+                                int lda, const void *B, cudaDataType_t Btype, int ldb, const void *beta,
+                                void *C, cudaDataType_t Ctype, int ldc, cublasComputeType_t computeType,
+                                cublasGemmAlgo_t algo);
+    (16-bit models and TF32 math; alpha/beta point to float, the scale type of compute types 32F
+    and 32F_FAST_TF32)
 
 cuBLAS rules this module follows (cuBLAS documentation, "CUDA Graphs support" and cublasSetStream):
 one handle per device and stream (plans issue to two streams: two handles, two workspaces);
@@ -53,6 +60,8 @@ SIGNATURES = {   # name: (restype, argtypes)
     "cublasSetPointerMode_v2": (_int, [_vp, _int]),
     "cublasSgemm_v2": (_int, [_vp, _int, _int, _int, _int, _int, _vp, _vp, _int, _vp, _int, _vp, _vp, _int]),
     "cublasDgemm_v2": (_int, [_vp, _int, _int, _int, _int, _int, _vp, _vp, _int, _vp, _int, _vp, _vp, _int]),
+    "cublasGemmEx": (_int, [_vp, _int, _int, _int, _int, _int, _vp, _vp, _int, _int, _vp, _int, _int, _vp, _vp,
+                            _int, _int, _int, _int]),
 }
 
 _library_override = None   # tests: an object with the functions above (tests/fake_cupy.py sets it)
@@ -166,8 +175,9 @@ class Handle:
         self.gemm_fn = self.lib.cublasSgemm_v2 if self.dtype == np.float32 else self.lib.cublasDgemm_v2
         self.gemm_name = "cublasSgemm_v2" if self.dtype == np.float32 else "cublasDgemm_v2"
         # alpha = 1 and beta in {0, 1} as host scalars that live as long as the handle.
-        self._scalar_arrays = {v: np.array(v, dtype=self.dtype) for v in (0.0, 1.0)}   # kept alive
-        self._scalars = {v: a.ctypes.data for v, a in self._scalar_arrays.items()}
+        self._scalar_arrays = {(v, t): np.array(v, dtype=t) for v in (0.0, 1.0) for t in (self.dtype, np.float32)}
+        self._scalars = {v: self._scalar_arrays[v, self.dtype].ctypes.data for v in (0.0, 1.0)}
+        self._scalars32 = {v: self._scalar_arrays[v, np.float32].ctypes.data for v in (0.0, 1.0)}   # GemmEx
         self.set_stream(0)
 
     def set_stream(self, stream_ptr):
@@ -185,6 +195,14 @@ class Handle:
         args = (self.ptr, transa, transb, m, n, k, self._scalars[1.0], A, lda, B, ldb,
                 self._scalars[float(beta)], C, ldc)
         return functools.partial(_call_checked, self.gemm_fn, self.gemm_name, args)
+
+    def gemm_ex_call(self, transa, transb, m, n, k, A, Atype, lda, B, Btype, ldb, beta, C, Ctype, ldc,
+                     compute, algo):
+        """As gemm_call, through cublasGemmEx (operand types are cudaDataType_t values, compute a
+        cublasComputeType_t of scale type CUDA_R_32F: alpha and beta are float)."""
+        args = (self.ptr, transa, transb, m, n, k, self._scalars32[1.0], A, Atype, lda, B, Btype, ldb,
+                self._scalars32[float(beta)], C, Ctype, ldc, compute, algo)
+        return functools.partial(_call_checked, self.lib.cublasGemmEx, "cublasGemmEx", args)
 
 
 def _call_checked(fn, name, args):

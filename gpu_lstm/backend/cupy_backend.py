@@ -303,7 +303,8 @@ class CupyBackend:
         def alloc(nbytes):
             with self.activate():
                 return cp.empty((nbytes,), dtype=cp.uint8)
-        return cublas_capture.handle_for(self.device_id, self.dtype, alloc, lane)
+        # a 16-bit model's GEMMs all go through GemmEx (float scalars): its handle is the float32 one
+        return cublas_capture.handle_for(self.device_id, self.wide, alloc, lane)
 
     # A plan's ops come in two lanes (gpu_lstm/plan.py): the reverse direction of a bidirectional
     # layer is lane 1, run on a second stream between a fork and a join. Each lane has its own cuBLAS
@@ -320,8 +321,18 @@ class CupyBackend:
         if args == "fill":
             return functools.partial(out.fill, 0) if beta == 0.0 else None
         ta, tb, m, n, k, ld1, ld2, ldc = args
-        return self._capture_handle(lane).gemm_call(ta, tb, m, n, k, b.data.ptr, ld1, a.data.ptr, ld2, beta,
-                                                    out.data.ptr, ldc)
+        handle = self._capture_handle(lane)
+        if self.low:   # the same cublasGemmEx arguments as the eager _gemm_low
+            self._check_low_operands(a, b, out)
+            t_ab = _CUDA_TYPES[a.dtype.name]
+            return handle.gemm_ex_call(ta, tb, m, n, k, b.data.ptr, t_ab, ld1, a.data.ptr, t_ab, ld2, beta,
+                                       out.data.ptr, _CUDA_TYPES[out.dtype.name], ldc, CUBLAS_COMPUTE_32F,
+                                       CUBLAS_GEMM_DEFAULT)
+        if self.math == "tf32":
+            return handle.gemm_ex_call(ta, tb, m, n, k, b.data.ptr, CUDA_R_32F, ld1, a.data.ptr, CUDA_R_32F, ld2,
+                                       beta, out.data.ptr, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32,
+                                       CUBLAS_GEMM_DEFAULT)
+        return handle.gemm_call(ta, tb, m, n, k, b.data.ptr, ld1, a.data.ptr, ld2, beta, out.data.ptr, ldc)
 
     def prepare(self, name, *args):
         """The kernel launch(es) of ``name(*args)`` with grid, block and argument tuple built once."""
@@ -475,6 +486,12 @@ class CupyBackend:
         instantiations (the host backend's _fn picks by buffer dtype the same way)."""
         return self.low and a.dtype == self.wide
 
+    def _check_low_operands(self, a, b, out):
+        if a.dtype != self.storage or b.dtype != self.storage or out.dtype not in (self.storage, self.wide):
+            raise TypeError(f"cublasGemmEx: a {self.dtype.name} model's GEMM needs A and B in the storage "
+                            f"type ({self.storage.name}) and C in it or in float32, got {a.dtype.name}, "
+                            f"{b.dtype.name} -> {out.dtype.name}")
+
     def _gemm_low(self, handle, a, b, out, ta, tb, m, n, k, ld1, ld2, ldc, beta):
         """A 16-bit model's GEMM: cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda,
         B, Btype, ldb, beta, C, Ctype, ldc, computeType, algo) with A and B in the storage type
@@ -485,12 +502,8 @@ class CupyBackend:
         values and the 32F scale type are from cuBLAS's library_types.h / cublas_api.h (CUDA 11+) as
         we know them; not yet run on a GPU. cuBLAS accepts exactly these (A/B, C) pairs with compute
         32F: (16BF, 16BF), (16BF, 32F), (16F, 16F), (16F, 32F)."""
-        ta_ = _CUDA_TYPES.get(a.dtype.name)
-        if a.dtype != self.storage or b.dtype != self.storage or out.dtype not in (self.storage, self.wide):
-            raise TypeError(f"cublasGemmEx: a {self.dtype.name} model's GEMM needs A and B in the storage "
-                            f"type ({self.storage.name}) and C in it or in float32, got {a.dtype.name}, "
-                            f"{b.dtype.name} -> {out.dtype.name}")
-        tc = _CUDA_TYPES[out.dtype.name]
+        self._check_low_operands(a, b, out)
+        ta_, tc = _CUDA_TYPES[a.dtype.name], _CUDA_TYPES[out.dtype.name]
         # Column-major: C^T = op(B)^T op(A)^T, so cuBLAS's A is our b (as for Sgemm below).
         cublas.gemmEx(handle, ta, tb, m, n, k, self._scalars[1.0],
                       b.data.ptr, ta_, ld1, a.data.ptr, ta_, ld2,
