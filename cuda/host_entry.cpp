@@ -38,6 +38,13 @@
     }                                                                                                \
     extern "C" void gl_narrow_copy_##SUFFIX(long long n, const gl_acc<T>::type* src, T* dst) {      \
         narrow_copy<T>(n, src, dst);                                                                 \
+    }                                                                                                \
+    extern "C" void gl_widen_copy_##SUFFIX(long long n, long long cols, long long src_ld, const T* src, \
+                                           gl_acc<T>::type* dst) {                                  \
+        widen_copy<T>(n, cols, src_ld, src, dst);                                                    \
+    }                                                                                                \
+    extern "C" void gl_add_rows_##SUFFIX(long long n, long long cols, long long rev, T* dst, const T* src) { \
+        add_rows<T>(n, cols, rev, dst, src);                                                         \
     }
 
 #define GL_HOST_ZONEOUT(T, SUFFIX)                                                                  \

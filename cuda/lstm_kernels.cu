@@ -261,3 +261,30 @@ __global__ void narrow_copy(const long long n, const gl_acc_t<T>* __restrict__ s
         dst[k] = gl_store<T>(src[k]);
     }
 }
+
+// dst[k] = src[r * src_ld + c] widened to the arithmetic type (exact), k = r * cols + c: a storage
+// array's float32 copy, or with src_ld = 0 one (cols,) row broadcast over every row (a learned initial
+// cell state). What a plan uses where the eager loop calls be.astype: on the GPU a bfloat16 array is
+// uint16 bit patterns, which no CuPy copy or cast may convert numerically.
+template <typename T>
+__global__ void widen_copy(const long long n, const long long cols, const long long src_ld,
+                           const T* __restrict__ src, gl_acc_t<T>* __restrict__ dst) {
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
+        dst[k] = gl_load(src[(k / cols) * src_ld + k % cols]);
+    }
+}
+
+// dst[k] += src[j] in the arithmetic type, rounded once to T, over n = rows * cols elements; j = k, or
+// with rev != 0 the same column of row rows - 1 - r (time reversed: the reverse direction's dx added
+// into a bidirectional layer's input gradient). dst and src do not overlap.
+template <typename T>
+__global__ void add_rows(const long long n, const long long cols, const long long rev,
+                         T* __restrict__ dst, const T* __restrict__ src) {
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    const long long rows = n / cols;
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += stride) {
+        const long long r = k / cols, j = (rev ? rows - 1 - r : r) * cols + k % cols;
+        dst[k] = gl_store<T>(gl_load(dst[k]) + gl_load(src[j]));
+    }
+}

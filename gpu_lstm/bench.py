@@ -10,8 +10,7 @@ in one process, following shared/guide/benchmarks.md.
   16-bit models keep c and the gradients in float32, docs/precision.md). torch's two ``allow_tf32``
   flags are set for each torch measurement and restored afterwards. Where torch's LSTM refuses a
   16-bit dtype on this build (a tiny probe, once per run), its columns stay empty and the note says so.
-  The persistent kernels run fp32 only, and bfloat16 models on the GPU the eager loop only, so
-  those rows are left out (``engines_for``).
+  The persistent kernels run fp32 only, so the other precisions have no persistent row.
 * Memory per training step (training rows, ``ours_mem_bytes`` / ``opponent_mem_bytes``, measured, see
   MEMORY): on the GPU the peak of the memory one training step adds (CuPy's memory pool for
   gpu_lstm, ``torch.cuda.max_memory_allocated`` for torch); on the CPU the bytes of the activations a
@@ -66,15 +65,10 @@ MEMORY = {"gpu": "peak bytes one training step adds on the device: gpu_lstm: CuP
                  "storages autograd saves (saved_tensors_hooks)"}
 
 
-def engines_for(precision, engines, device="gpu"):
-    """The engines that run ``precision``: the persistent kernels are float32/float64 without TF32;
-    bfloat16 on the GPU (uint16 bit patterns on the device) runs the eager loop only for now; every
-    other precision runs plans and graphs too (docs/precision.md)."""
-    if precision == "fp32":
-        return tuple(engines)
-    if precision == "bf16" and device == "gpu":
-        return tuple(a for a in engines if a == "eager")
-    return tuple(a for a in engines if a != "persistent")
+def engines_for(precision, engines):
+    """The engines that run ``precision``: the persistent kernels are float32/float64 without TF32
+    (docs/persistent.md); every precision runs the eager loop, plans and graphs."""
+    return tuple(engines) if precision == "fp32" else tuple(a for a in engines if a != "persistent")
 
 
 class EngineNotRun(Exception):
@@ -427,7 +421,7 @@ def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=M
                             their_mem, err_their_mem = attempt(memory_torch, device, H, B, T, precision=prec)
                     else:
                         torch_note = f"torch not run: its LSTM refuses {dtype} on {device} in this build ({why})"
-                for algo in engines_for(prec, engines, device):
+                for algo in engines_for(prec, engines):
                     info = {}
                     ours = err_ours = skipped = mem = err_mem = None
                     try:

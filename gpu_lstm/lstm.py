@@ -145,7 +145,9 @@ class LSTM:
         'host' for tests) runs each direction's whole time loop as one cooperative kernel launch with
         R held on chip (docs/persistent.md); calls it cannot run (projection, zoneout, a hidden size
         beyond the chip's capacity) use what 'auto' picks, and ``algo_reason`` says why. 'auto'
-        never picks 'persistent' until a GPU run has shown it correct and faster.
+        never picks 'persistent' until a GPU run has shown it correct and faster. Every dtype and
+        math mode runs 'eager', 'plan' and 'graph'; 'persistent' is for float32/float64 models with
+        the default math (anything else raises ValueError).
 
     Attributes
     ----------
@@ -227,15 +229,7 @@ class LSTM:
             what = self.dtype.name if self.low_precision else "math='tf32'"
             raise ValueError(f"algo='persistent': the persistent kernels run float32/float64 models with "
                              f"the default math; {what} models run algo='auto', 'graph', 'plan' or 'eager'")
-        if getattr(self._be, "storage", None) == np.uint16:
-            # bfloat16 on the GPU is stored as uint16 bit patterns: a plan's copies and sums between
-            # its buffers would treat them as integers; until plans convert with kernels, eager.
-            if algo not in ("auto", "eager"):
-                raise ValueError(f"algo={algo!r}: bfloat16 models on the GPU run algo='eager' (or 'auto') "
-                                 "for now; float16, TF32 and bfloat16 on the CPU run plans and graphs")
-            self._algo, self.algo_reason = "eager", "bfloat16 on the GPU: the eager loop (plans to come)"
-        else:
-            self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
+        self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
         # Where the persistent kernels cannot run a call (options, capacity), what 'auto' would run.
         self._persistent_fallback = (_plan.resolve_algo("auto", self._be, use_env=False)[0]
                                      if self._algo == "persistent" else None)

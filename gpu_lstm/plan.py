@@ -166,6 +166,8 @@ class Plan:
         if has_len:
             self.lengths = xp.zeros((B,), dtype=np.int64)
             self.valid = be.empty((T, B, 1))
+            # the same 0/1 in the wide type, for the float32 cells of a 16-bit model
+            self.valid_wide = self.valid if be.wide == m.dtype else be.empty((T, B, 1), be.wide)
             self.rev_t = xp.zeros((T, B), dtype=np.int64)     # reversed time index per sample
             self.rev = xp.zeros((TB,), dtype=np.int64)        # the same as rows of a (T*B, n) view
             t.lengths, t.valid = self.lengths, self.valid
@@ -273,13 +275,12 @@ class Plan:
                 # Initial state, as LSTM._initial_state.
                 if self.has_hc:
                     ops.add(functools.partial(xp.copyto, dws.h[0], self.h0[i]), f"{tag} h0")
-                    ops.add(functools.partial(xp.copyto, dws.c[0], self.c0[i]), f"{tag} c0")
+                    ops.add(_widen(be, xp, dws.c[0], self.c0[i]), f"{tag} c0")
                 elif self.learned:
                     p = m._prefix(k, d)
                     ops.add(functools.partial(xp.copyto, dws.h[0], xp.broadcast_to(m.params[f"{p}.h0"], (B, P))),
                             f"{tag} h0")
-                    ops.add(functools.partial(xp.copyto, dws.c[0], xp.broadcast_to(m.params[f"{p}.c0"], (B, H))),
-                            f"{tag} c0")
+                    ops.add(_widen(be, xp, dws.c[0], m.params[f"{p}.c0"], broadcast=True), f"{tag} c0")
                 else:
                     ops.add(functools.partial(dws.h[0].fill, 0), f"{tag} h0")
                     ops.add(functools.partial(dws.c[0].fill, 0), f"{tag} c0")
@@ -310,9 +311,9 @@ class Plan:
             for d in range(D):
                 i = k * D + d
                 ops.add(functools.partial(xp.copyto, self.hn[i], t.dirs[k][d].h[T]), f"h_n[{i}]")
-                ops.add(functools.partial(xp.copyto, self.cn[i], t.dirs[k][d].c[T]), f"c_n[{i}]")
+                ops.add(_narrow(be, xp, self.cn[i], t.dirs[k][d].c[T]), f"c_n[{i}]")
         if self.want_cells and self.has_len:
-            ops.add(functools.partial(xp.multiply, self.cells, self.valid, out=self.cells), "mask cells")
+            ops.add(functools.partial(xp.multiply, self.cells, self.valid_wide, out=self.cells), "mask cells")
         return ops
 
     def _direction_forward(self, be, ops, tag, prm, ws, x):
@@ -396,9 +397,9 @@ class Plan:
                 if self.has_len:
                     ops.add(functools.partial(xp.take, sd.dx[k].reshape(TB, I), self.rev, axis=0,
                                               out=self.itmp[k].reshape(TB, I)), f"{tag} reverse dx")
-                    ops.add(functools.partial(xp.add, din, self.itmp[k], out=din), f"{tag} din")
+                    ops.add(_add(be, xp, din, self.itmp[k]), f"{tag} din")
                 else:
-                    ops.add(functools.partial(xp.add, din, sd.dx[k][::-1], out=din), f"{tag} din")
+                    ops.add(_add(be, xp, din, sd.dx[k], reverse=True), f"{tag} din")
             if t.masks[k] is not None:           # dropout on this layer's input, the forward's mask
                 ops.add(be.prepare("dropout", t.masks[k], din, din), f"l{k} dropout")
             dout = din
@@ -413,9 +414,9 @@ class Plan:
         if dc_n is None:
             ops.add(functools.partial(dc.fill, 0), f"{tag} dc")
         else:
-            ops.add(functools.partial(xp.copyto, dc, dc_n), f"{tag} dc")
+            ops.add(_widen(be, xp, dc, dc_n), f"{tag} dc")
         if dh_n is not None:
-            ops.add(functools.partial(xp.add, dh[T - 1], dh_n, out=dh[T - 1]), f"{tag} dh_n")
+            ops.add(_add(be, xp, dh[T - 1], dh_n), f"{tag} dh_n")
         for t in reversed(range(T)):
             if lengths is not None and t > 0:
                 ops.add(be.prepare("seq_carry", lengths, t, dh[t], dh[t - 1], True), f"{tag} t={t} carry dh")
@@ -436,7 +437,7 @@ class Plan:
             first = t == 0 and zo is None
             ops.add(ops.gemm(be, dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0),
                     f"{tag} t={t} gemm dgates R")
-        ops.add(functools.partial(xp.copyto, dc0, dc), f"{tag} dc0")
+        ops.add(_narrow(be, xp, dc0, dc), f"{tag} dc0")
         # After the loop, the very calls of every engine (eqs. 23-25, peepholes, projection, dx),
         # recorded as prepared operations instead of run.
         dirn.parameter_gradients(_Recorder(be, ops, tag), prm, grads, prefix, x, h, c, ct, m, dh, dgates, dx)
@@ -468,6 +469,36 @@ def _upload(xp, dst, host):
         dst.set(np.ascontiguousarray(host, dtype=dst.dtype))
 
 
+def _bits(be):
+    """True where the model's 16-bit values live as uint16 bit patterns (a bfloat16 model on the GPU):
+    there no CuPy copy or arithmetic may convert or add them, so the plan's conversions between a
+    16-bit buffer and a float32 one, and its sums of 16-bit buffers, are kernels (the eager loop's
+    be.astype and be.add_into do the same on the fly)."""
+    storage = getattr(be, "storage", None)
+    return storage is not None and np.dtype(storage) == np.uint16 and np.dtype(be.dtype) != np.uint16
+
+
+def _widen(be, xp, dst, src, broadcast=False):
+    """dst (wide) = src (model dtype) widened exactly; ``broadcast``: src is one row for every row."""
+    if _bits(be):
+        return be.prepare("widen_into", src, dst, broadcast)
+    return functools.partial(xp.copyto, dst, xp.broadcast_to(src, dst.shape) if broadcast else src)
+
+
+def _narrow(be, xp, dst, src):
+    """dst (model dtype) = src (wide) rounded once to nearest even, as be.astype rounds."""
+    if _bits(be):
+        return be.prepare("narrow_copy", src, dst)
+    return functools.partial(xp.copyto, dst, src)
+
+
+def _add(be, xp, dst, src, reverse=False):
+    """dst += src (src's rows, axis 0, in reverse order with ``reverse``), as be.add_into adds."""
+    if _bits(be):
+        return be.prepare("add_rows", dst, src, reverse)
+    return functools.partial(xp.add, dst, src[::-1] if reverse else src, out=dst)
+
+
 def forward(m, x, h0, c0, host_lengths, return_cells, algo):
     """LSTM._forward through a plan (arguments already checked; x time-major); ``algo`` is 'plan' or
     'graph' (what :func:`engine` chose for this call)."""
@@ -497,6 +528,8 @@ def forward(m, x, h0, c0, host_lengths, return_cells, algo):
         valid, rev = dirn.length_indices(host_lengths, T)                        # (T, B) each
         _upload(xp, plan.lengths, host_lengths)
         _upload(xp, plan.valid, valid.astype(m.dtype)[:, :, None])
+        if plan.valid_wide is not plan.valid:
+            _upload(xp, plan.valid_wide, valid.astype(be.wide)[:, :, None])
         _upload(xp, plan.rev_t, rev)
         _upload(xp, plan.rev, (rev * B + np.arange(B)[None, :]).reshape(-1))
         plan.host_lengths = host_lengths.copy()

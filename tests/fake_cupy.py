@@ -310,7 +310,7 @@ _HOST_NAMES = {"lstm_cell_forward": "gl_cell_forward", "lstm_cell_backward": "gl
                "softmax_xent": "gl_softmax_xent", "adam_step": "gl_adam_step", "sgd_step": "gl_sgd_step",
                "grad_sumsq_partial": "gl_grad_sumsq_partial", "grad_norm_finish": "gl_grad_norm_finish",
                "grad_clip_coef": "gl_grad_clip_coef", "grad_scale": "gl_grad_scale",
-               "narrow_copy": "gl_narrow_copy"}
+               "narrow_copy": "gl_narrow_copy", "widen_copy": "gl_widen_copy", "add_rows": "gl_add_rows"}
 compiled = []   # (code, options, name_expressions) of every RawModule made
 
 

@@ -189,6 +189,30 @@ def test_elementwise_and_reduction_kernels_match_the_rounding_reference(lib, nam
     assert np.array_equal(n0.view(np.uint16), src.astype(D).view(np.uint16))
 
 
+@pytest.mark.parametrize("name", DTYPES)
+def test_plan_conversion_kernels_are_exact(lib, name):
+    """widen_copy and add_rows (what a GPU bfloat16 plan converts and sums with, cuda/lstm_kernels.cu)
+    built for the host: widening is exact (plain and one row broadcast over rows); add_rows is the
+    float32 sum rounded once, as ml_dtypes/NumPy round it (and with the source rows reversed)."""
+    D = _dt(name)
+    sfx = {"bfloat16": "bf16", "float16": "f16"}[name]
+    rng = np.random.default_rng(4)
+    src = (3 * rng.standard_normal((5, 3, 7))).astype(np.float32).astype(D)
+    out = np.full(src.shape, np.nan, np.float32)
+    getattr(lib, f"gl_widen_copy_{sfx}")(src.size, 7, 7, src.ctypes.data, out.ctypes.data)
+    assert np.array_equal(out, src.astype(np.float32))
+    row = src[0, 0].copy()
+    out2 = np.full((3, 7), np.nan, np.float32)
+    getattr(lib, f"gl_widen_copy_{sfx}")(out2.size, 7, 0, row.ctypes.data, out2.ctypes.data)
+    assert np.array_equal(out2, np.broadcast_to(row.astype(np.float32), (3, 7)))
+    other = (3 * rng.standard_normal((5, 3, 7))).astype(np.float32).astype(D)
+    for rev in (0, 1):
+        dst = src.copy()
+        getattr(lib, f"gl_add_rows_{sfx}")(dst.size, 3 * 7, rev, dst.ctypes.data, other.ctypes.data)
+        want = (src.astype(np.float32) + (other[::-1] if rev else other).astype(np.float32)).astype(D)
+        assert np.array_equal(dst.view(np.uint16), want.view(np.uint16)), rev
+
+
 # ---- whole models against float64 -----------------------------------------------------------------
 # Tolerances (docs/precision.md, "Expected error"): relative Frobenius norms. Each stored value carries
 # a relative rounding error of at most u (u = 2^-8 bfloat16, 2^-11 float16). Along the forward path

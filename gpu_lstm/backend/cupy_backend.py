@@ -233,6 +233,21 @@ class CupyBackend:
         else:
             dst += src
 
+    def widen_into(self, src, dst, broadcast=False):
+        """dst (float32, C-contiguous) = src (storage type) widened exactly, one launch; with
+        ``broadcast`` src is one row (cols,) written into every row of dst. The plans' conversion
+        where the eager loop calls astype (which allocates)."""
+        cols = dst.shape[-1]
+        self._launch("widen_copy", dst.size, (np.int64(dst.size), np.int64(cols), np.int64(0 if broadcast else cols),
+                                              src, dst))
+
+    def add_rows(self, dst, src, reverse=False):
+        """dst += src for C-contiguous storage-type arrays of one shape, in float32 and rounded once
+        (what add_into does), without temporaries; ``reverse``: src's rows (axis 0) in reverse order."""
+        cols = dst.size // dst.shape[0]
+        self._launch("add_rows", dst.size, (np.int64(dst.size), np.int64(cols), np.int64(1 if reverse else 0),
+                                            dst, src))
+
     def narrow_copy(self, src, dst):
         """dst = src (float32, C-contiguous) rounded to the storage type: the 16-bit parameter copies
         of optim.MixedPrecision, one launch."""

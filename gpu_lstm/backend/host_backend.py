@@ -79,6 +79,8 @@ def load_library():
         ci = ctypes.c_int
         if suffix in ("bf16", "f16"):
             getattr(lib, f"gl_narrow_copy_{suffix}").argtypes = [ll, vp, vp]
+            getattr(lib, f"gl_widen_copy_{suffix}").argtypes = [ll, ll, ll, vp, vp]
+            getattr(lib, f"gl_add_rows_{suffix}").argtypes = [ll, ll, ll, vp, vp]
         else:
             getattr(lib, f"gl_adam_step_{suffix}").argtypes = [ll, vp, vp, vp, vp] + [real] * 8 + [ci, real, ci]
             getattr(lib, f"gl_sgd_step_{suffix}").argtypes = [ll, vp, vp, vp, real, real, real, ci]

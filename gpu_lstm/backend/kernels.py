@@ -23,9 +23,10 @@ SOURCE_FILES = ("lstm_math.cuh", "lowp_types.cuh", "philox.cuh", "reduce_kernels
 CTYPES = {"float32": "float", "float64": "double"}
 # The 16-bit storage types (cuda/lowp_types.cuh; float arithmetic): every kernel but the optimizers
 # (low-precision models keep float32 master weights, updated by the float kernels), plus narrow_copy
-# (float32 -> storage). ml_dtypes.bfloat16 is named "bfloat16" by NumPy.
+# (float32 -> storage) and widen_copy/add_rows (the plans' conversions and sums of 16-bit buffers). ml_dtypes.bfloat16 is named "bfloat16" by NumPy.
 LOWP_CTYPES = {"bfloat16": "gl_bf16", "float16": "gl_half"}
-LOWP_KERNEL_NAMES = tuple(k for k in KERNEL_NAMES if k not in ("adam_step", "sgd_step")) + ("narrow_copy",)
+LOWP_KERNEL_NAMES = (tuple(k for k in KERNEL_NAMES if k not in ("adam_step", "sgd_step"))
+                     + ("narrow_copy", "widen_copy", "add_rows"))
 
 _modules = {}   # (device id, dtype name) -> {kernel name: cupy RawKernel}
 
