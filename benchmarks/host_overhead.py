@@ -7,8 +7,8 @@ Two ways to stub the device (``--cupy``):
   cuBLAS entry points replaced by C no-ops (benchmarks/stub_cuda.py says how). Everything on the
   host runs for real: gpu_lstm's LSTM, plans and CupyBackend, CuPy's Cython (arrays, views, memory
   pool, kernel argument packing, streams, events, graphs), NVRTC (kernels really compiled once).
-  Not included: the time the CUDA driver and cuBLAS spend on the host per call (roughly 2-5 us per
-  kernel launch or GEMM on a real machine; graph launch once per call).
+  Not included: the time the CUDA driver and cuBLAS spend on the host per call (a few us per kernel
+  launch or GEMM on a real machine by common estimates, not measured here; one graph launch per call).
 * ``stand-in``: tests/fake_cupy.py instead of CuPy (no CuPy needed); it adds its own checking cost
   and lacks CuPy's, so its per-step figures are a different quantity: for reference only.
 
@@ -93,8 +93,8 @@ def measure(gl, xp, stub, algo, T, reps):
 HEADER = {
     "real": ["# REAL: gpu_lstm (LSTM, plans, CupyBackend) and CuPy {version} (Cython host paths, memory pool, NVRTC).",
              "# STUBBED: the CUDA runtime, driver and cuBLAS entry points CuPy and gpu_lstm call (C no-ops,",
-             "#   benchmarks/stub_cuda.py): their own host time per launch/GEMM (about 2-5 us each on a real",
-             "#   machine) is NOT included. Kernel bodies, GEMM arithmetic, graph replay: no-ops."],
+             "#   benchmarks/stub_cuda.py): their own host time per launch/GEMM (a few us each on a real",
+             "#   machine, an estimate) is NOT included. Kernel bodies, GEMM arithmetic, graph replay: no-ops."],
     "stand-in": ["# REAL: gpu_lstm (LSTM, plans, CupyBackend launch/GEMM preparation, graph capture logic).",
                  "# STUBBED: CuPy = tests/fake_cupy.py, not real CuPy: CuPy's own per-call host cost is NOT",
                  "#   included and the stand-in's checks are: per-step figures are for reference only.",

@@ -1,4 +1,4 @@
-"""Real CuPy on a machine without a GPU: every CUDA entry point CuPy reaches is a C no-op.
+"""Real CuPy on a machine without a GPU: the CUDA entry points CuPy reaches are C no-ops.
 
 Why: the host-overhead benchmark (issue 9) must count CuPy's own per-call host cost (Cython
 wrappers, view creation, kernel argument packing, memory pool, stream/graph objects) as well as
@@ -19,6 +19,10 @@ So, before the first ``import cupy``:
    CUBLAS_STATUS_SUCCESS (getters write plausible values), so that CuPy's ``cublas`` module and
    gpu_lstm's ctypes binding bind to it instead of the real library;
 3. leave NVRTC real: kernels are really compiled (for sm_90), once, as on a GPU machine.
+
+Left real (and so failing without a driver): the few entries that return a C struct by value
+(texture and surface descriptors, cudaExtent/cudaPos makers), which gpu_lstm does not use. Not
+modelled: a second stream joining a capture through an event (CUDA then marks it capturing too).
 
 Then CuPy, gpu_lstm and their Python/Cython host paths run unchanged, and only the work that would
 happen in the CUDA runtime, the driver and cuBLAS (kernel launch submission, about 2-5 us a call
@@ -43,7 +47,9 @@ import sys
 import sysconfig
 import tempfile
 
-BUILD = pathlib.Path(os.environ.get("GL_STUB_CUDA_BUILD", pathlib.Path(tempfile.gettempdir()) / "gl_stub_cuda"))
+# Per user (the stubs are loaded into the process: nobody else may write them); GL_STUB_CUDA_BUILD overrides.
+BUILD = pathlib.Path(os.environ.get("GL_STUB_CUDA_BUILD",
+                                    pathlib.Path(tempfile.gettempdir()) / f"gl_stub_cuda-{os.getuid()}"))
 
 # An H100 SXM's values for the attributes anything here reads; the rest are 0.
 DEVICE_ATTRIBUTES = {
@@ -69,9 +75,9 @@ _SCALARS = {"int": "int", "unsigned int": "unsigned int", "intptr_t": "intptr_t"
 _BODIES = {
     ("runtime", "getDeviceCount"): "return 1;",
     ("runtime", "getDevice"): "return 0;",
-    ("runtime", "runtimeGetVersion"): "return 13000;",
-    ("runtime", "driverGetVersion"): "return 13000;",
-    ("runtime", "_getCUDAMajorVersion"): "return 13;",
+    ("runtime", "runtimeGetVersion"): "return 1000 * gl_cuda_major;",
+    ("runtime", "driverGetVersion"): "return 1000 * gl_cuda_major;",
+    ("runtime", "_getCUDAMajorVersion"): "return gl_cuda_major;",
     ("runtime", "deviceGetAttribute"): "return (a0 >= 0 && a0 < 512) ? gl_dev_attr[a0] : 0;",
     ("runtime", "malloc"): "return gl_alloc(a0);",
     ("runtime", "mallocAsync"): "return gl_alloc(a0);",
@@ -96,6 +102,9 @@ _BODIES = {
     ("runtime", "streamBeginCapture"): "gl_capture(a0, 1); Py_RETURN_NONE;",
     ("runtime", "streamEndCapture"): "gl_capture(a0, 0); return gl_handle();",
     ("runtime", "streamIsCapturing"): "return gl_is_capturing(a0);",
+    ("runtime", "eventQuery"): "return PyLong_FromLong(0);",          # cudaSuccess: the work is done
+    ("runtime", "streamQuery"): "return PyLong_FromLong(0);",
+    ("runtime", "pointerGetAttributes"): "return gl_pointer_attributes(a0);",
     ("driver", "ctxGetCurrent"): "return 4096;",
     ("driver", "ctxGetDevice"): "return 0;",
     ("driver", "moduleLoad"): "return gl_handle();",
@@ -115,6 +124,12 @@ _PRELUDE = r"""
 #include <string.h>
 
 static int gl_dev_attr[512];
+static int gl_cuda_major = 13;
+static PyObject *gl_pointer_cb;   /* Python callable: pointer -> runtime.PointerAttributes (set_attributes) */
+static PyObject *gl_pointer_attributes(intptr_t p) {
+    if (!gl_pointer_cb) { PyErr_SetString(PyExc_RuntimeError, "stub: pointer attributes not set up"); return NULL; }
+    return PyObject_CallFunction(gl_pointer_cb, "n", (Py_ssize_t)p);
+}
 static unsigned long long gl_calls[1024];   /* calls per entry, in gl_table order (counts()) */
 static int gl_func_attr[16];
 static intptr_t gl_next = 0x10000;
@@ -122,7 +137,7 @@ static intptr_t gl_capturing[64];
 static intptr_t gl_handle(void) { gl_next += 0x100; return gl_next; }
 static intptr_t gl_alloc(size_t n) {       /* device memory is host memory, 256-byte aligned */
     void *p = NULL;
-    if (posix_memalign(&p, 256, n ? (n + 255) / 256 * 256 : 256)) return 0;
+    if (posix_memalign(&p, 256, n ? (n + 255) / 256 * 256 : 256)) { PyErr_NoMemory(); return 0; }
     return (intptr_t)p;
 }
 static void gl_capture(intptr_t stream, int on) {
@@ -146,6 +161,8 @@ def _parse(signature):
     if not m:
         return None
     ret, args = m.group(1).strip(), m.group(2).strip()
+    if ret.startswith("struct __pyx_obj_") and ret.endswith("*"):
+        ret = "PyObject *"           # a cdef class instance: an object pointer, as PyObject * in the ABI
     if ret not in _SCALARS:
         return None
     params = []
@@ -184,13 +201,19 @@ def generate(capis):
             decl = ", ".join(f"{t} a{i}" for i, (t, _) in enumerate(params)) or "void"
             body = _BODIES.get((mod, name)) or ("Py_RETURN_NONE;" if ret == "PyObject *" else "return 0;")
             out.append(f"static {ret} {cname}({decl}) {{ gl_calls[{len(table)}]++; {body} }}")
-            # The Python twin: positional values; skip = 0; optional arguments ignored.
+            # The Python twin: positional values, each converted and checked before the call; skip = 0;
+            # optional arguments (Cython's __pyx_optional_args) accepted and ignored; no keywords.
             values = [i for i, (_, k) in enumerate(params) if k == "value"]
-            call = ", ".join("0" if k == "skip" else "NULL" if k == "opt" else _FROM_PY[t].format(f"args[{values.index(i)}]")
+            has_opt = any(k == "opt" for _, k in params)
+            count = (f"n < {len(values)}" if has_opt else f"n != {len(values)}")
+            conv = "".join(f"    {params[i][0]} v{j} = {_FROM_PY[params[i][0]].format(f'args[{j}]')};\n"
+                           f"    if (PyErr_Occurred()) return NULL;\n" for j, i in enumerate(values))
+            call = ", ".join("0" if k == "skip" else "NULL" if k == "opt" else f"v{values.index(i)}"
                              for i, (t, k) in enumerate(params))
             out.append(
                 f"static PyObject *py_{cname}(PyObject *self, PyObject *const *args, Py_ssize_t n) {{\n"
-                f"    if (n < {len(values)}) {{ PyErr_SetString(PyExc_TypeError, \"{name}: {len(values)} arguments\"); return NULL; }}\n"
+                f"    if ({count}) {{ PyErr_SetString(PyExc_TypeError, \"{name}: {len(values)} positional arguments\"); return NULL; }}\n"
+                f"{conv}"
                 f"    {ret} r = {cname}({call});\n"
                 f"    if (PyErr_Occurred()) return NULL;\n"
                 f"    return {_TO_PY[ret].format('r')};\n}}")
@@ -222,8 +245,9 @@ static PyObject *counts(PyObject *self, PyObject *unused) {   /* {(module, entry
     return d;
 }
 static PyObject *set_attributes(PyObject *self, PyObject *args) {
-    PyObject *dev, *fn;
-    if (!PyArg_ParseTuple(args, "OO", &dev, &fn)) return NULL;
+    PyObject *dev, *fn, *cb = NULL;
+    if (!PyArg_ParseTuple(args, "OO|Oi", &dev, &fn, &cb, &gl_cuda_major)) return NULL;
+    if (cb) { Py_XDECREF(gl_pointer_cb); Py_INCREF(cb); gl_pointer_cb = cb; }
     PyObject *k, *v; Py_ssize_t pos = 0;
     while (PyDict_Next(dev, &pos, &k, &v)) gl_dev_attr[PyLong_AsLong(k) & 511] = (int)PyLong_AsLong(v);
     pos = 0;
@@ -287,12 +311,13 @@ def _cublas_symbols(cublas_so):
 def _compile(src, out, extra):
     """cc the C source ``src`` into ``out`` (written under a temporary name, then renamed: two
     processes building at once never load a half-written library)."""
-    c = out.parent / (out.name + ".c")
+    c = out.parent / f"{out.name}.{os.getpid()}.c"    # per process: a concurrent build never reads it half-written
     c.write_text(src)
     tmp = out.parent / f"{out.name}.{os.getpid()}.tmp"
     cc = os.environ.get("CC", "cc")
     res = subprocess.run([cc, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", str(c), "-o", str(tmp), *extra],
                          capture_output=True, text=True)
+    c.unlink()
     if res.returncode:
         raise RuntimeError(f"building {out.name} failed ({cc}):\n{res.stderr[-4000:]}")
     os.replace(tmp, out)
@@ -314,14 +339,26 @@ def build():
     d = BUILD / key
     ext, lib = d / ("_gl_stub_cuda" + sysconfig.get_config_var("EXT_SUFFIX")), d / soname
     lt = d / soname.replace("libcublas", "libcublasLt")   # CuPy preloads cuBLASLt by name first
+    _private_dir(d)
     if not (ext.exists() and lib.exists() and lt.exists()):
-        d.mkdir(parents=True, exist_ok=True)
         _compile(src, ext, [f"-I{sysconfig.get_paths()['include']}"])
-        vmap = d / "cublas.map"
+        vmap = d / f"cublas.{os.getpid()}.map"
         vmap.write_text(f"{soname} {{ global: *; }};\n")
         _compile(csrc, lib, [f"-Wl,-soname,{soname}", f"-Wl,--version-script={vmap}"])
         _compile("int gl_stub_cublaslt;\n", lt, [f"-Wl,-soname,{lt.name}"])
+        vmap.unlink()
     return ext, lib, lt, symbols
+
+
+def _private_dir(d):
+    """Create ``d`` (and the build root) for this user only, or refuse one another user owns: the
+    libraries in it are loaded into this process."""
+    for p in (BUILD, d):
+        p.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = p.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise RuntimeError(f"stub build folder {p}: expected a folder of this user writable by nobody else, "
+                               f"got owner uid {st.st_uid}, mode {oct(st.st_mode & 0o777)}; set GL_STUB_CUDA_BUILD")
 
 
 def install():
@@ -341,8 +378,11 @@ def install():
     import cupy_backends.cuda.api.driver as drv
     import cupy_backends.cuda.api.runtime as rt
     ids = {"ComputeCapabilityMajor": 75, "ComputeCapabilityMinor": 76}   # cudaDeviceAttr, not in the enum module
+    cuda_major = int(lib.name.rsplit(".", 1)[1])   # libcublas.so.13 -> CUDA 13
+    # cudaPointerAttributes of any pointer: device memory on device 0 (cudaMemoryTypeDevice = 2), what
+    # CuPy asks of a __cuda_array_interface__ pointer
     stub.set_attributes({ids.get(k) or getattr(enum, "cudaDevAttr" + k): v for k, v in DEVICE_ATTRIBUTES.items()},
-                        FUNCTION_ATTRIBUTES)
+                        FUNCTION_ATTRIBUTES, lambda p: rt.PointerAttributes(0, p, 0, 2), cuda_major)
     mods = {"runtime": rt, "driver": drv}
     for (short, name), cap in stub.capsules().items():
         mod = mods[short]

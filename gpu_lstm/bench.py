@@ -360,8 +360,8 @@ def _torch_available():
 def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=MODES, log=print, on_row=None,
         engines=None, precisions=None):
     """Benchmark every (shape, mode, precision, engine); returns {'environment': ..., 'rows': [...]}.
-    ``engines`` defaults to ENGINES[device] (precisions other than 'fp32' run 'eager' only, see
-    engines_for), ``precisions`` to PRECISIONS[device]; torch is measured once per (shape, mode,
+    ``engines`` defaults to ENGINES[device] (precisions other than 'fp32' run every engine but
+    'persistent', see engines_for), ``precisions`` to PRECISIONS[device]; torch is measured once per (shape, mode,
     precision) and every engine's ratio is to that measurement. Training rows also get the measured
     memory of one training step on each side (MEMORY).
 

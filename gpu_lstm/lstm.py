@@ -93,7 +93,7 @@ class LSTM:
         accumulate in float32 (docs/precision.md). At the boundary c takes the model's dtype:
         ``c_n``/``dc0`` are returned and ``c0``/``dc_n`` accepted in 16 bits (rounded once per call). 'bfloat16' arrays are ``ml_dtypes.bfloat16`` on the CPU (the
         ml_dtypes package is needed). Train them with float32 master weights
-        (``gpu_lstm.optim.MixedPrecision``). They run the eager engine; no persistent kernels.
+        (``gpu_lstm.optim.MixedPrecision``). They run eager, plans and graphs; no persistent kernels.
     math : 'default' or 'tf32'
         'tf32' lets a float32 model's GEMMs use TF32 tensor cores on the GPU
         (``CUBLAS_COMPUTE_32F_FAST_TF32``: operands rounded to 10 mantissa bits, float32
@@ -230,6 +230,12 @@ class LSTM:
             raise ValueError(f"algo='persistent': the persistent kernels run float32/float64 models with "
                              f"the default math; {what} models run algo='auto', 'graph', 'plan' or 'eager'")
         self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
+        if self._algo == "persistent" and (self.low_precision or math == "tf32"):
+            # only GPU_LSTM_ALGO gets here (an explicit algo was refused above): what plain 'auto' runs
+            what = self.dtype.name if self.low_precision else "math='tf32'"
+            fallback, why = _plan.resolve_algo("auto", self._be, use_env=False)
+            self._algo, self.algo_reason = fallback, (f"{_plan.ALGO_ENV}=persistent does not apply to {what} "
+                                                      f"models (float32/float64 kernels); {why}")
         # Where the persistent kernels cannot run a call (options, capacity), what 'auto' would run.
         self._persistent_fallback = (_plan.resolve_algo("auto", self._be, use_env=False)[0]
                                      if self._algo == "persistent" else None)

@@ -714,3 +714,55 @@ def test_16_bit_and_tf32_models_run_graphs():
             m.backward(np.ones(y.shape, m.dtype), dhc)
         assert m._saved.plan.graphs, "no graph captured"
         assert cublas.state["gemm_ex_types"] and cublas.state["plain"] == plain, cublas.state["gemm_ex_types"]
+
+
+@pytest.mark.parametrize("kw", [dict(math="tf32"), dict(dtype="float16"), dict(dtype="bfloat16")])
+def test_algo_env_persistent_never_runs_the_fp32_kernels_for_tf32_or_16_bit(monkeypatch, kw):
+    """GPU_LSTM_ALGO=persistent sets what 'auto' means; a TF32 or 16-bit model (which the float32/
+    float64 FMA kernels cannot run as asked) gets what plain 'auto' runs, and says so."""
+    if kw.get("dtype") == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    monkeypatch.setenv("GPU_LSTM_ALGO", "persistent")
+    m = gl.LSTM(4, 8, device="gpu", seed=0, **kw)
+    assert m._algo == "graph" and "persistent" in m.algo_reason, m.algo_reason
+    x = np.ones((3, 2, 4), np.float32).astype(m.dtype)
+    y, _ = m(x)
+    m.backward(np.ones(y.shape, m.dtype))
+    from gpu_lstm.backend import persistent
+    assert not persistent.persistent_supported(m, 3, 2)[0]
+
+
+@pytest.mark.parametrize("dtype, math", [("bfloat16", "default"), ("float16", "default"), ("float32", "tf32")])
+@pytest.mark.parametrize("cfg", [dict(bidirectional=True, peephole=True, dropout=0.3, zoneout_h=0.2, zoneout_c=0.4),
+                                 dict(proj_size=3, learn_initial_state=True, dropout=0.5, zoneout_c=0.3),
+                                 dict(bidirectional=True, learn_initial_state=True)])
+def test_16_bit_and_tf32_graphs_equal_the_eager_loop_bitwise(dtype, math, cfg):
+    """On the GPU backend (stand-in: host-built kernels, emulated GemmEx), a 16-bit or TF32 model's
+    graph replays compute bitwise what its eager loop computes: outputs, cells, states, input and state
+    gradients and every parameter gradient, over calls with and without lengths, given states and
+    dh_n/dc_n (the plan's conversions of bfloat16 bit patterns are kernels, checked here)."""
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    a, e = (gl.LSTM(4, 6, 2, dtype=dtype, math=math, device="gpu", seed=11, algo=algo, **cfg)
+            for algo in ("graph", "eager"))
+    rng = np.random.default_rng(0)
+    D, LD, P, H = a.num_directions, a.num_layers * a.num_directions, a.output_size, a.hidden_size
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32).astype(a.dtype)
+    for call, lengths in enumerate([None, np.array([5, 2, 4]), None, np.array([1, 5, 3])]):
+        hc = None if call % 2 else tuple(rng.standard_normal((LD, 3, n)).astype(np.float32).astype(a.dtype)
+                                         for n in (P, H))
+        dy = rng.standard_normal((5, 3, D * P)).astype(np.float32).astype(a.dtype)
+        dhc = (tuple(rng.standard_normal((LD, 3, n)).astype(np.float32).astype(a.dtype) for n in (P, H))
+               if call in (1, 2) else None)
+        outs = []
+        for m in (a, e):
+            y, (hn, cn), cells = m(x, hc, lengths=lengths, return_cells=True)
+            dx, (dh0, dc0) = m.backward(dy, dhc)
+            outs.append([m.to_numpy(v) for v in (y, hn, cn, cells, dx, dh0, dc0)]
+                        + [m.to_numpy(m.grads[k]) for k in sorted(m.grads)])
+        assert a._saved.plan is not None and e._saved.plan is None
+        names = "y hn cn cells dx dh0 dc0".split() + sorted(a.grads)
+        for n, p, q in zip(names, *outs):
+            assert p.dtype == q.dtype, n
+            np.testing.assert_array_equal(p.astype(np.float64), q.astype(np.float64), err_msg=f"call {call}: {n}")
+    assert a._saved.plan.graphs

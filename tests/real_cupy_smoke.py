@@ -151,6 +151,34 @@ def _():
         assert dpred.shape == pred.shape
 
 
+@case("inputs through __cuda_array_interface__ (as Numba's arrays) and DLPack, zero-copy")
+def _():
+    m = gl.LSTM(I, H, 1, device="gpu", seed=0)
+    x = cp.ones((T, B, I), cp.float32)
+
+    class Interface:   # a foreign device array: only the interface
+        __cuda_array_interface__ = x.__cuda_array_interface__
+
+    class DLPackOnly:   # a foreign device array that speaks DLPack only (as torch's tensors)
+        def __dlpack__(self, **kw):
+            return x.__dlpack__(**kw)
+
+        def __dlpack_device__(self):
+            return x.__dlpack_device__()
+
+    for given in (Interface(), DLPackOnly()):
+        y, _ = m(given)
+        assert y.shape == (T, B, H)
+    assert m._be.asarray("x", Interface(), copy=False).data.ptr == x.data.ptr
+
+
+@case("events and streams report their work done (no host waits in steady state)")
+def _():
+    ev = cp.cuda.Event()
+    ev.record()
+    assert ev.done and cp.cuda.get_current_stream().done
+
+
 failed = [n for n, e in results if e is not None]
 print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
 sys.exit(1 if failed else 0)

@@ -6,6 +6,7 @@ device='auto' reports)."""
 
 import os
 import pathlib
+import shutil
 import subprocess
 
 import pytest
@@ -28,10 +29,13 @@ def test_every_mode_through_the_real_cupy_with_stubbed_cuda_libraries():
     probe = subprocess.run([py, "-c", "import cupy_backends"], capture_output=True, text=True)
     if probe.returncode:
         pytest.skip(f"{py} has no CuPy: {probe.stderr.strip().splitlines()[-1:]}")
+    for tool in ("cc", "nm"):   # what benchmarks/stub_cuda.py builds the stubs with
+        if shutil.which(tool) is None:
+            pytest.skip(f"no {tool} on PATH: the CUDA library stubs cannot be built")
     res = subprocess.run([py, str(ROOT / "tests" / "real_cupy_smoke.py")], capture_output=True, text=True,
                          timeout=600, env={**os.environ, "GPU_LSTM_ALGO": ""})
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     last = res.stdout.strip().splitlines()[-1]
     passed = int(last.split()[0])
-    assert last.endswith(" 0 failed") and passed >= 93, out[-6000:]
+    assert last.endswith(" 0 failed") and passed >= 95, out[-6000:]

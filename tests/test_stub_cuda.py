@@ -35,6 +35,8 @@ CAPIS = {
         "_ensure_context": "PyObject *(void)",
         "getChannelDesc": "cudaChannelFormatDesc (intptr_t)",      # struct return: left real
         "_is_hip_environment": "int",                              # a variable: left alone
+        "eventQuery": "PyObject *(intptr_t, int __pyx_skip_dispatch)",
+        "pointerGetAttributes": "struct __pyx_obj_13cupy_backends_4cuda_3api_7runtime_PointerAttributes *(intptr_t, int __pyx_skip_dispatch)",
     },
     "driver": {
         "launchKernel": "PyObject *(intptr_t, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, intptr_t, intptr_t, intptr_t, int __pyx_skip_dispatch)",
@@ -51,6 +53,7 @@ def test_parse_exact_signatures():
     assert stub_cuda._parse(CAPIS["runtime"]["_ensure_context"]) == ("PyObject *", [])
     assert stub_cuda._parse(CAPIS["runtime"]["memcpy2D"])[1][6] == ("int", "value")   # cudaMemcpyKind
     assert stub_cuda._parse(CAPIS["runtime"]["getChannelDesc"]) is None
+    assert stub_cuda._parse(CAPIS["runtime"]["pointerGetAttributes"])[0] == "PyObject *"   # a cdef class instance
     assert stub_cuda._parse(CAPIS["runtime"]["_is_hip_environment"]) is None
     assert stub_cuda._parse("int (SomeUnknownType, int __pyx_skip_dispatch)") is None
 
@@ -97,10 +100,21 @@ def test_device_model(stub):
     stub.set_attributes({16: 132}, {4: 40})
     assert stub.runtime__deviceGetAttribute(16, 0) == 132 and stub.runtime__deviceGetAttribute(17, 0) == 0
     assert stub.driver__funcGetAttribute(4, 1) == 40
-    with pytest.raises(TypeError, match="malloc: 1 arguments"):
+    with pytest.raises(TypeError, match="malloc: 1 positional arguments"):
         stub.runtime__malloc()
+    with pytest.raises(TypeError, match="free: 1 positional arguments"):
+        stub.runtime__free(p, 5)                           # no optional arguments: extra ones refused
+    with pytest.raises(TypeError):
+        stub.runtime__free("x")                            # converted and checked before the call
+    with pytest.raises(MemoryError):
+        stub.runtime__malloc(2 ** 62)                      # a failed allocation raises, never returns 0
+    assert stub.runtime__eventQuery(1) == 0                # cudaSuccess: Event.done is True
+    with pytest.raises(RuntimeError, match="pointer attributes not set up"):
+        stub.runtime__pointerGetAttributes(p)
+    stub.set_attributes({}, {}, lambda ptr: ("attributes of", ptr))
+    assert stub.runtime__pointerGetAttributes(4096) == ("attributes of", 4096)
     calls = stub.counts()
-    assert calls[("runtime", "malloc")] == 1 and calls[("runtime", "memcpyAsync")] == 3
+    assert calls[("runtime", "malloc")] == 2 and calls[("runtime", "memcpyAsync")] == 3
     assert calls[("driver", "launchKernel")] == 1 and calls[("driver", "ctxCreate")] == 0
 
 

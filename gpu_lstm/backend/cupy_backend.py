@@ -155,8 +155,9 @@ class CupyBackend:
     math = "default"
 
     def set_math(self, math):
-        """'tf32' (float32 models): eager GEMMs through cublasGemmEx with CUBLAS_COMPUTE_32F_FAST_TF32.
-        Plans and graphs (the capture binding) do not call GemmEx yet: such models run eager."""
+        """'tf32' (float32 models): GEMMs through cublasGemmEx with CUBLAS_COMPUTE_32F_FAST_TF32, CuPy's
+        wrapper in the eager loop and the capture binding (cublas_capture.Handle.gemm_ex_call) in plans
+        and graphs."""
         if math == "tf32" and self.dtype != np.float32:
             raise ValueError(f"math='tf32' needs float32, got {self.dtype.name}")
         self.math = math
@@ -238,12 +239,19 @@ class CupyBackend:
         ``broadcast`` src is one row (cols,) written into every row of dst. The plans' conversion
         where the eager loop calls astype (which allocates)."""
         cols = dst.shape[-1]
+        want = (cols,) if broadcast else dst.shape
+        if not (src.flags.c_contiguous and dst.flags.c_contiguous) or src.shape[-len(want):] != want:
+            raise ValueError(f"widen_into: expected C-contiguous src of shape {want} and dst, got {src.shape} "
+                             f"{src.strides} -> {dst.shape} {dst.strides}")
         self._launch("widen_copy", dst.size, (np.int64(dst.size), np.int64(cols), np.int64(0 if broadcast else cols),
                                               src, dst))
 
     def add_rows(self, dst, src, reverse=False):
         """dst += src for C-contiguous storage-type arrays of one shape, in float32 and rounded once
         (what add_into does), without temporaries; ``reverse``: src's rows (axis 0) in reverse order."""
+        if not (src.flags.c_contiguous and dst.flags.c_contiguous) or src.shape != dst.shape:
+            raise ValueError(f"add_rows: expected C-contiguous arrays of one shape, got {src.shape} {src.strides} "
+                             f"and {dst.shape} {dst.strides}")
         cols = dst.size // dst.shape[0]
         self._launch("add_rows", dst.size, (np.int64(dst.size), np.int64(cols), np.int64(1 if reverse else 0),
                                             dst, src))

@@ -126,6 +126,8 @@ def persistent_supported(model, T, B, device_limits=None):
     capacity check for the host runner (it has no chip to fit)."""
     if model.dtype.name not in DTYPES:
         return False, f"dtype {model.dtype.name} not supported (float32, float64)"
+    if getattr(model, "math", "default") != "default":
+        return False, f"math={model.math!r} not supported (the kernels' FMA loops are float32/float64)"
     if model.device not in ("gpu", "host"):
         return False, f"device {model.device!r}: the persistent engine runs on 'gpu' (or 'host' for tests)"
     if model.proj_size:

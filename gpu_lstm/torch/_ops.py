@@ -29,8 +29,8 @@ gradient tensor allocated per call would be new memory every call, and the plan 
 (the graph recaptured) on every call. The price is one copy of the gradients per backward (the
 returned tensors are autograd's to keep and accumulate into, so they cannot be the buffers).
 
-bfloat16/float16 (16-bit Parameters and inputs): the core is a 16-bit gpu_lstm model (eager: plans are
-float32/float64), fed zero-copy views (bfloat16 through an int16 view: ml_dtypes.bfloat16 NumPy arrays
+bfloat16/float16 (16-bit Parameters and inputs): the core is a 16-bit gpu_lstm model (plans and graphs
+as in float32), fed zero-copy views (bfloat16 through an int16 view: ml_dtypes.bfloat16 NumPy arrays
 on the CPU, uint16 bit patterns on the GPU, ``gpu_lstm.interop``). The one bias is the 16-bit rounding
 of bias_ih + bias_hh (torch's add: float32 sum, one rounding). The core's gradients are float32 and
 its gradient buffers float32; each is narrowed to its Parameter's dtype on return, once.
