@@ -104,7 +104,8 @@ _BODIES = {
     ("runtime", "streamIsCapturing"): "return gl_is_capturing(a0);",
     ("runtime", "eventQuery"): "return PyLong_FromLong(0);",          # cudaSuccess: the work is done
     ("runtime", "streamQuery"): "return PyLong_FromLong(0);",
-    ("runtime", "pointerGetAttributes"): "return gl_pointer_attributes(a0);",
+    ("runtime", "pointerGetAttributes"): 'return gl_callback(0, "n", (Py_ssize_t)a0);',
+    ("runtime", "getDeviceProperties"): 'return gl_callback(1, "i", a0);',
     ("driver", "ctxGetCurrent"): "return 4096;",
     ("driver", "ctxGetDevice"): "return 0;",
     ("driver", "moduleLoad"): "return gl_handle();",
@@ -122,13 +123,23 @@ _PRELUDE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 
 static int gl_dev_attr[512];
 static int gl_cuda_major = 13;
-static PyObject *gl_pointer_cb;   /* Python callable: pointer -> runtime.PointerAttributes (set_attributes) */
-static PyObject *gl_pointer_attributes(intptr_t p) {
-    if (!gl_pointer_cb) { PyErr_SetString(PyExc_RuntimeError, "stub: pointer attributes not set up"); return NULL; }
-    return PyObject_CallFunction(gl_pointer_cb, "n", (Py_ssize_t)p);
+/* Entries answered by Python callables (set_callbacks): 0 pointerGetAttributes, 1 getDeviceProperties */
+static PyObject *gl_callbacks[2];
+static PyObject *gl_callback(int i, const char *fmt, ...) {
+    if (!gl_callbacks[i]) { PyErr_Format(PyExc_RuntimeError, "stub: callback %d not set up", i); return NULL; }
+    va_list va;
+    va_start(va, fmt);
+    PyObject *args = Py_VaBuildValue(fmt, va);
+    va_end(va);
+    if (!args) return NULL;
+    if (!PyTuple_Check(args)) { PyObject *t = PyTuple_Pack(1, args); Py_DECREF(args); args = t; if (!t) return NULL; }
+    PyObject *r = PyObject_CallObject(gl_callbacks[i], args);
+    Py_DECREF(args);
+    return r;
 }
 static unsigned long long gl_calls[1024];   /* calls per entry, in gl_table order (counts()) */
 static int gl_func_attr[16];
@@ -244,10 +255,17 @@ static PyObject *counts(PyObject *self, PyObject *unused) {   /* {(module, entry
     }
     return d;
 }
+static PyObject *set_callbacks(PyObject *self, PyObject *args) {   /* (pointer attributes, device properties) */
+    PyObject *a, *b;
+    if (!PyArg_ParseTuple(args, "OO", &a, &b)) return NULL;
+    Py_XDECREF(gl_callbacks[0]); Py_XDECREF(gl_callbacks[1]);
+    Py_INCREF(a); Py_INCREF(b);
+    gl_callbacks[0] = a; gl_callbacks[1] = b;
+    Py_RETURN_NONE;
+}
 static PyObject *set_attributes(PyObject *self, PyObject *args) {
-    PyObject *dev, *fn, *cb = NULL;
-    if (!PyArg_ParseTuple(args, "OO|Oi", &dev, &fn, &cb, &gl_cuda_major)) return NULL;
-    if (cb) { Py_XDECREF(gl_pointer_cb); Py_INCREF(cb); gl_pointer_cb = cb; }
+    PyObject *dev, *fn;
+    if (!PyArg_ParseTuple(args, "OO|i", &dev, &fn, &gl_cuda_major)) return NULL;
     PyObject *k, *v; Py_ssize_t pos = 0;
     while (PyDict_Next(dev, &pos, &k, &v)) gl_dev_attr[PyLong_AsLong(k) & 511] = (int)PyLong_AsLong(v);
     pos = 0;
@@ -258,6 +276,7 @@ static PyMethodDef methods[] = {
     {"capsules", capsules, METH_NOARGS, NULL},
     {"counts", counts, METH_NOARGS, NULL},
     {"set_attributes", set_attributes, METH_VARARGS, NULL},
+    {"set_callbacks", set_callbacks, METH_VARARGS, NULL},
 """ + "\n".join(methods) + r"""
     {NULL, NULL, 0, NULL}
 };
@@ -382,14 +401,14 @@ def install():
     # cudaPointerAttributes of any pointer: device memory on device 0 (cudaMemoryTypeDevice = 2), what
     # CuPy asks of a __cuda_array_interface__ pointer
     stub.set_attributes({ids.get(k) or getattr(enum, "cudaDevAttr" + k): v for k, v in DEVICE_ATTRIBUTES.items()},
-                        FUNCTION_ATTRIBUTES, lambda p: rt.PointerAttributes(0, p, 0, 2), cuda_major)
+                        FUNCTION_ATTRIBUTES, cuda_major)
+    stub.set_callbacks(lambda p: rt.PointerAttributes(0, p, 0, 2), _device_properties)
     mods = {"runtime": rt, "driver": drv}
     for (short, name), cap in stub.capsules().items():
         mod = mods[short]
         mod.__pyx_capi__[name] = cap
         if hasattr(mod, name):
             setattr(mod, name, getattr(stub, f"{short}__{name}"))
-    rt.getDeviceProperties = _device_properties
     global counts
 
     def counts():

@@ -147,8 +147,22 @@ def backward(be, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx
 
 
 def parameter_gradients(be, prm, grads, prefix, x, h, c, ct, m, dh, dgates, dx):
-    """After the time loop (every engine): dW, dR, db, the peephole and projection gradients, ADDED
-    into ``grads``, and dx. dgates (T, B, 4H) holds every step's pre-activation gradients."""
+    """After the time loop (every engine): dx first (what the layer below waits for), then dW, dR,
+    db, the peephole and projection gradients, ADDED into ``grads``. dgates (T, B, 4H) holds every
+    step's pre-activation gradients. The two parts write disjoint outputs, so a GPU plan may run the
+    second on another stream while the layer below runs its loop (gpu_lstm/plan.py)."""
+    input_gradient(be, prm, dgates, dx)
+    weight_gradients(be, prm, grads, prefix, x, h, c, ct, m, dh, dgates)
+
+
+def input_gradient(be, prm, dgates, dx):
+    """dx (T, B, I) = dgates W: the gradient with respect to this direction's input."""
+    T, B = dgates.shape[0], dgates.shape[1]
+    be.gemm(dgates.reshape(T * B, dgates.shape[-1]), prm.W, dx.reshape(T * B, dx.shape[-1]))
+
+
+def weight_gradients(be, prm, grads, prefix, x, h, c, ct, m, dh, dgates):
+    """dW, dR, db (eqs. 23-25), the peephole and projection gradients, ADDED into ``grads``."""
     T, B, H = dgates.shape[0], dgates.shape[1], c.shape[-1]
     TB = T * B
     dg = dgates.reshape(TB, 4 * H)
@@ -167,4 +181,3 @@ def parameter_gradients(be, prm, grads, prefix, x, h, c, ct, m, dh, dgates, dx):
     if m is not None:
         # dW_hr = sum_t delta-h(t)^T m(t), (P, H); padded rows of dh were cleared by seq_carry.
         be.gemm(dh.reshape(TB, dh.shape[-1]), m.reshape(TB, H), grads[f"{prefix}.Whr"], trans_a=True, beta=1.0)
-    be.gemm(dg, prm.W, dx.reshape(TB, dx.shape[-1]))   # gradient w.r.t. this direction's input

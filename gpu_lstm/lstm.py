@@ -10,6 +10,7 @@ the per-step maths is in _direction.py and cuda/, the torch name mapping in torc
 """
 
 import contextlib
+import copy
 import numbers
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -74,6 +75,17 @@ class _Scratch:
         self.dc = be.empty((B, H), be.wide)     # the delta-c carry: float32 in a 16-bit model
         self.dm = be.empty((B, H)) if m.proj_size else None
         self.keep = be.empty((B, H), be.wide) if m.zoneout else None   # zoneout: the kept share of delta-c
+
+    def alternate(self, m):
+        """A second set of the loop's buffers (dgates, dh, dc, dm, keep) sharing dx and din: for a
+        plan whose adjacent layers' backward work overlaps (gpu_lstm/plan.py, grad_lane)."""
+        be, H, P, T, B = m._be, m.hidden_size, m.output_size, self.T, self.B
+        alt = copy.copy(self)
+        alt.dgates, alt.dh = be.empty((T, B, 4 * H)), be.empty((T, B, P))
+        alt.dc = be.empty((B, H), be.wide)
+        alt.dm = be.empty((B, H)) if m.proj_size else None
+        alt.keep = be.empty((B, H), be.wide) if m.zoneout else None
+        return alt
 
 
 class LSTM:

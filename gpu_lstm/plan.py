@@ -209,6 +209,11 @@ class Plan:
         self.scratch = None
         # GPU: the two directions of a bidirectional layer run concurrently on two streams (lanes).
         self.lanes = D == 2 and getattr(be, "lanes", 1) == 2
+        # GPU, a stack of unidirectional layers: each layer's weight gradients (dW, dR, db, ...) run
+        # on the second stream while the layer below runs its backward loop on the first. Adjacent
+        # layers then use alternate loop scratch (dgates, dh, ...): the weight gradients of layer k
+        # read layer k's dgates while layer k-1's loop writes its own.
+        self.grad_lane = D == 1 and L >= 2 and getattr(be, "lanes", 1) == 2
         self.part = be.empty((T, B, P)) if has_len else None
         self.itmp = [be.empty((T, B, m._layer_input_size(k))) for k in range(L)] if D == 2 else None
         self.rebind(m)
@@ -223,6 +228,7 @@ class Plan:
             # Two lanes: the reverse direction's backward gets its own scratch (dh, dc, dgates, dx, ...),
             # so the two directions never share a buffer while they run concurrently.
             self.rscratch = _Scratch(m, self.T, self.B) if self.lanes else None
+            self.alt = self.scratch.alternate(m) if self.grad_lane else None
         self.params_key, self.params_held = _binding(m.params)
         self.fwd = self._build_forward(m)
         self.grads_key = self.grads_held = None
@@ -368,6 +374,8 @@ class Plan:
                 tag = f"l{k}{'r' if d else ''}"
                 ops.lane = d if self.lanes else 0
                 sd = self.rscratch if self.lanes and d == 1 else s   # the reverse lane's own scratch
+                if self.grad_lane and k % 2:
+                    sd = self.alt                                     # (see grad_lane)
                 dh = sd.dh
                 if dout is None:
                     ops.add(functools.partial(dh.fill, 0), f"{tag} dh")
@@ -403,6 +411,8 @@ class Plan:
             if t.masks[k] is not None:           # dropout on this layer's input, the forward's mask
                 ops.add(be.prepare("dropout", t.masks[k], din, din), f"l{k} dropout")
             dout = din
+        if getattr(ops, "grads_forked", False):
+            ops.join()                           # the backward ends when every weight gradient is done
         return ops
 
     def _direction_backward(self, be, xp, ops, tag, prm, grads, prefix, ws, shared, x, dh, dh_n, dc_n, dh0, dc0, dx):
@@ -438,9 +448,19 @@ class Plan:
             ops.add(ops.gemm(be, dgates[t], prm.R, dh[t - 1] if t > 0 else dh0, beta=0.0 if first else 1.0),
                     f"{tag} t={t} gemm dgates R")
         ops.add(_narrow(be, xp, dc0, dc), f"{tag} dc0")
-        # After the loop, the very calls of every engine (eqs. 23-25, peepholes, projection, dx),
+        # After the loop, the very calls of every engine (dx, then eqs. 23-25, peepholes, projection),
         # recorded as prepared operations instead of run.
-        dirn.parameter_gradients(_Recorder(be, ops, tag), prm, grads, prefix, x, h, c, ct, m, dh, dgates, dx)
+        rec = _Recorder(be, ops, tag)
+        dirn.input_gradient(rec, prm, dgates, dx)
+        if not self.grad_lane:
+            dirn.weight_gradients(rec, prm, grads, prefix, x, h, c, ct, m, dh, dgates)
+            return
+        if getattr(ops, "grads_forked", False):
+            ops.join()      # the layer above's weight gradients are done: its scratch is free again
+        ops.fork()          # after this layer's loop: its dgates and dh are final
+        ops.grads_forked, ops.lane = True, 1
+        dirn.weight_gradients(rec, prm, grads, prefix, x, h, c, ct, m, dh, dgates)
+        ops.lane = 0
 
 
     # ---- running -------------------------------------------------------------------------------

@@ -139,11 +139,14 @@ def _():
 
 @case("losses on device logits with host and device targets and masks")
 def _():
+    # check_targets=False: the range check reads back a device reduction, garbage here (kernel bodies
+    # do not run); the stand-in suite checks it.
     logits = cp.ones((T * B, 65), cp.float32)
     targets = np.arange(T * B) % 65
     for tg in (targets, cp.asarray(targets)):
-        loss, dlogits = gl.losses.softmax_cross_entropy(logits, tg)
+        loss, dlogits = gl.losses.softmax_cross_entropy(logits, tg, check_targets=False)
         assert dlogits.shape == logits.shape
+    assert dlogits.shape == logits.shape
     pred = cp.ones((T, B, 1), cp.float32)
     for target, mask in ((np.zeros((T, B, 1), np.float32), np.ones((T, B, 1), np.float32)),
                          (cp.zeros((T, B, 1), cp.float32), None)):

@@ -37,6 +37,7 @@ CAPIS = {
         "_is_hip_environment": "int",                              # a variable: left alone
         "eventQuery": "PyObject *(intptr_t, int __pyx_skip_dispatch)",
         "pointerGetAttributes": "struct __pyx_obj_13cupy_backends_4cuda_3api_7runtime_PointerAttributes *(intptr_t, int __pyx_skip_dispatch)",
+        "getDeviceProperties": "PyObject *(int, int __pyx_skip_dispatch)",
     },
     "driver": {
         "launchKernel": "PyObject *(intptr_t, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, intptr_t, intptr_t, intptr_t, int __pyx_skip_dispatch)",
@@ -109,10 +110,11 @@ def test_device_model(stub):
     with pytest.raises(MemoryError):
         stub.runtime__malloc(2 ** 62)                      # a failed allocation raises, never returns 0
     assert stub.runtime__eventQuery(1) == 0                # cudaSuccess: Event.done is True
-    with pytest.raises(RuntimeError, match="pointer attributes not set up"):
+    with pytest.raises(RuntimeError, match="callback 0 not set up"):
         stub.runtime__pointerGetAttributes(p)
-    stub.set_attributes({}, {}, lambda ptr: ("attributes of", ptr))
+    stub.set_callbacks(lambda ptr: ("attributes of", ptr), lambda dev: {"device": dev})
     assert stub.runtime__pointerGetAttributes(4096) == ("attributes of", 4096)
+    assert stub.runtime__getDeviceProperties(0) == {"device": 0}
     calls = stub.counts()
     assert calls[("runtime", "malloc")] == 2 and calls[("runtime", "memcpyAsync")] == 3
     assert calls[("driver", "launchKernel")] == 1 and calls[("driver", "ctxCreate")] == 0
