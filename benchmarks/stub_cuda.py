@@ -124,12 +124,26 @@ _PRELUDE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <stdarg.h>
+#include <limits.h>
+
+#define GL_MAYBE_UNUSED __attribute__((unused))   /* a CuPy version may lack every entry using one */
 
 static int gl_dev_attr[512];
 static int gl_cuda_major = 13;
+/* C int / unsigned int from a Python int, OverflowError out of range (as Cython's conversion) */
+static GL_MAYBE_UNUSED int gl_as_int(PyObject *o) {
+    long v = PyLong_AsLong(o);
+    if (!PyErr_Occurred() && (v < INT_MIN || v > INT_MAX)) PyErr_SetString(PyExc_OverflowError, "value out of range for C int");
+    return (int)v;
+}
+static GL_MAYBE_UNUSED unsigned int gl_as_uint(PyObject *o) {
+    unsigned long v = PyLong_AsUnsignedLong(o);
+    if (!PyErr_Occurred() && v > UINT_MAX) PyErr_SetString(PyExc_OverflowError, "value out of range for C unsigned int");
+    return (unsigned int)v;
+}
 /* Entries answered by Python callables (set_callbacks): 0 pointerGetAttributes, 1 getDeviceProperties */
 static PyObject *gl_callbacks[2];
-static PyObject *gl_callback(int i, const char *fmt, ...) {
+static GL_MAYBE_UNUSED PyObject *gl_callback(int i, const char *fmt, ...) {
     if (!gl_callbacks[i]) { PyErr_Format(PyExc_RuntimeError, "stub: callback %d not set up", i); return NULL; }
     va_list va;
     va_start(va, fmt);
@@ -145,19 +159,19 @@ static unsigned long long gl_calls[1024];   /* calls per entry, in gl_table orde
 static int gl_func_attr[16];
 static intptr_t gl_next = 0x10000;
 static intptr_t gl_capturing[64];
-static intptr_t gl_handle(void) { gl_next += 0x100; return gl_next; }
-static intptr_t gl_alloc(size_t n) {       /* device memory is host memory, 256-byte aligned */
+static GL_MAYBE_UNUSED intptr_t gl_handle(void) { gl_next += 0x100; return gl_next; }
+static GL_MAYBE_UNUSED intptr_t gl_alloc(size_t n) {       /* device memory is host memory, 256-byte aligned */
     void *p = NULL;
     if (posix_memalign(&p, 256, n ? (n + 255) / 256 * 256 : 256)) { PyErr_NoMemory(); return 0; }
     return (intptr_t)p;
 }
-static void gl_capture(intptr_t stream, int on) {
+static GL_MAYBE_UNUSED void gl_capture(intptr_t stream, int on) {
     for (int i = 0; i < 64; i++) {
         if (on && gl_capturing[i] == 0) { gl_capturing[i] = stream ? stream : -1; return; }
         if (!on && gl_capturing[i] == (stream ? stream : -1)) { gl_capturing[i] = 0; return; }
     }
 }
-static int gl_is_capturing(intptr_t stream) {   /* cudaStreamCaptureStatus: 0 none, 1 active */
+static GL_MAYBE_UNUSED int gl_is_capturing(intptr_t stream) {   /* cudaStreamCaptureStatus: 0 none, 1 active */
     for (int i = 0; i < 64; i++) if (gl_capturing[i] == (stream ? stream : -1)) return 1;
     return 0;
 }
@@ -194,7 +208,7 @@ def _parse(signature):
 _TO_PY = {"PyObject *": "{}", "int": "PyLong_FromLong({})", "unsigned int": "PyLong_FromUnsignedLong({})",
           "intptr_t": "PyLong_FromSsize_t({})", "size_t": "PyLong_FromSize_t({})",
           "uintmax_t": "PyLong_FromUnsignedLongLong({})", "float": "PyFloat_FromDouble({})"}
-_FROM_PY = {"PyObject *": "{}", "int": "(int)PyLong_AsLong({})", "unsigned int": "(unsigned int)PyLong_AsUnsignedLong({})",
+_FROM_PY = {"PyObject *": "{}", "int": "gl_as_int({})", "unsigned int": "gl_as_uint({})",
             "intptr_t": "(intptr_t)PyLong_AsSsize_t({})", "size_t": "(size_t)PyLong_AsSize_t({})",
             "uintmax_t": "(uintmax_t)PyLong_AsUnsignedLongLong({})", "float": "(float)PyFloat_AsDouble({})"}
 
@@ -258,9 +272,11 @@ static PyObject *counts(PyObject *self, PyObject *unused) {   /* {(module, entry
 static PyObject *set_callbacks(PyObject *self, PyObject *args) {   /* (pointer attributes, device properties) */
     PyObject *a, *b;
     if (!PyArg_ParseTuple(args, "OO", &a, &b)) return NULL;
-    Py_XDECREF(gl_callbacks[0]); Py_XDECREF(gl_callbacks[1]);
+    if (!PyCallable_Check(a) || !PyCallable_Check(b)) { PyErr_SetString(PyExc_TypeError, "set_callbacks: two callables"); return NULL; }
+    PyObject *old0 = gl_callbacks[0], *old1 = gl_callbacks[1];
     Py_INCREF(a); Py_INCREF(b);
     gl_callbacks[0] = a; gl_callbacks[1] = b;
+    Py_XDECREF(old0); Py_XDECREF(old1);
     Py_RETURN_NONE;
 }
 static PyObject *set_attributes(PyObject *self, PyObject *args) {
@@ -334,12 +350,15 @@ def _compile(src, out, extra):
     c.write_text(src)
     tmp = out.parent / f"{out.name}.{os.getpid()}.tmp"
     cc = os.environ.get("CC", "cc")
-    res = subprocess.run([cc, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", str(c), "-o", str(tmp), *extra],
-                         capture_output=True, text=True)
-    c.unlink()
-    if res.returncode:
-        raise RuntimeError(f"building {out.name} failed ({cc}):\n{res.stderr[-4000:]}")
-    os.replace(tmp, out)
+    try:
+        res = subprocess.run([cc, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", str(c), "-o", str(tmp), *extra],
+                             capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"building {out.name} failed ({cc}):\n{res.stderr[-4000:]}")
+        os.replace(tmp, out)
+    finally:
+        c.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def build():

@@ -77,14 +77,12 @@ class _Scratch:
         self.keep = be.empty((B, H), be.wide) if m.zoneout else None   # zoneout: the kept share of delta-c
 
     def alternate(self, m):
-        """A second set of the loop's buffers (dgates, dh, dc, dm, keep) sharing dx and din: for a
-        plan whose adjacent layers' backward work overlaps (gpu_lstm/plan.py, grad_lane)."""
+        """This scratch with its own dgates and dh (what a layer's weight gradients read), the rest
+        shared: for a plan whose layers' weight gradients overlap the loop of the layer below
+        (gpu_lstm/plan.py, grad_lane)."""
         be, H, P, T, B = m._be, m.hidden_size, m.output_size, self.T, self.B
         alt = copy.copy(self)
         alt.dgates, alt.dh = be.empty((T, B, 4 * H)), be.empty((T, B, P))
-        alt.dc = be.empty((B, H), be.wide)
-        alt.dm = be.empty((B, H)) if m.proj_size else None
-        alt.keep = be.empty((B, H), be.wide) if m.zoneout else None
         return alt
 
 

@@ -21,6 +21,8 @@ callables: no slicing, no shape arithmetic, no argument conversion per step.
   (:class:`Sync`): a second stream, forked and joined by events, also inside a capture, with its own
   cuBLAS handle and backward scratch, so the two directions run concurrently. NumPy replays the list
   in order.
+* GPU, stacked unidirectional layers: lane 1 runs each layer's weight gradients while the layer
+  below runs its backward loop on lane 0 (``Plan.grad_lane``).
 
 Training with dropout or zoneout: the mask kernels read the Philox call counter from a one-element
 device array the plan owns (``call_at``, cuda/lstm_kernels.cu), written before each forward replay
@@ -77,8 +79,8 @@ class Sync:
 
 class _Ops(list):
     """Prepared operations: zero-argument callables, each with a ``label`` for error messages and a
-    ``lane``: 0, or 1 between a fork and a join (the reverse direction of a bidirectional layer, which
-    a GPU backend runs on a second stream)."""
+    ``lane``: 0, or 1 between a fork and a join (the reverse direction of a bidirectional layer, or a
+    layer's weight gradients: work a GPU backend runs on a second stream)."""
 
     lane = 0
 
@@ -228,7 +230,7 @@ class Plan:
             # Two lanes: the reverse direction's backward gets its own scratch (dh, dc, dgates, dx, ...),
             # so the two directions never share a buffer while they run concurrently.
             self.rscratch = _Scratch(m, self.T, self.B) if self.lanes else None
-            self.alt = self.scratch.alternate(m) if self.grad_lane else None
+            self.alt = None      # grad_lane: made by the first backward build (inference never pays)
         self.params_key, self.params_held = _binding(m.params)
         self.fwd = self._build_forward(m)
         self.grads_key = self.grads_held = None
@@ -361,6 +363,8 @@ class Plan:
         TB = T * B
         ops = _Ops()
         dout = self.dy if dy_given else None
+        if self.grad_lane and self.alt is None:
+            self.alt = s.alternate(m)
         for k in reversed(range(L)):
             din = s.din[k]
             I = din.shape[-1]

@@ -768,22 +768,28 @@ def test_16_bit_and_tf32_graphs_equal_the_eager_loop_bitwise(dtype, math, cfg):
     assert a._saved.plan.graphs
 
 
-def test_weight_gradients_of_a_layer_overlap_the_loop_of_the_layer_below():
+@pytest.mark.parametrize("algo", ["plan", "graph"])
+@pytest.mark.parametrize("kw, lengths", [(dict(peephole=True), None),
+                                         (dict(proj_size=3, zoneout_h=0.2, zoneout_c=0.3, dropout=0.4,
+                                               learn_initial_state=True), np.array([6, 2, 4])),
+                                         (dict(dtype="bfloat16", dropout=0.3), np.array([1, 6, 3]))])
+def test_weight_gradients_of_a_layer_overlap_the_loop_of_the_layer_below(algo, kw, lengths):
     """A stack of unidirectional layers on the GPU: each layer's dW/dR/db work is issued on the second
     lane after its dx GEMM, joined before the layer below's scratch is reused and at the end; the
-    stand-in's race checker (cross-stream accesses without an event) passes in graph mode, and the
-    results equal the eager loop's bitwise. Bidirectional layers keep their own two-lane scheme."""
-    m = gl.LSTM(4, 8, 3, device="gpu", seed=0, algo="graph", peephole=True)
-    e = gl.LSTM(4, 8, 3, device="gpu", seed=0, algo="eager", peephole=True)
-    x = np.random.default_rng(0).standard_normal((6, 3, 4)).astype(np.float32)
+    stand-in's race checker (cross-stream accesses without an event) passes, and the results equal
+    the eager loop's bitwise. Bidirectional layers keep their own two-lane scheme."""
+    if kw.get("dtype") == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    m, e = (gl.LSTM(4, 8, 3, device="gpu", seed=0, algo=a, **kw) for a in (algo, "eager"))
+    x = np.random.default_rng(0).standard_normal((6, 3, 4)).astype(np.float32).astype(m.dtype)
     for _ in range(3):
         outs = []
         for model in (m, e):
-            y, _ = model(x)
-            dx, _ = model.backward(np.ones(y.shape, np.float32))
-            outs.append([gl.to_numpy(dx)] + [gl.to_numpy(model.grads[k]) for k in sorted(model.grads)])
+            y, _ = model(x, lengths=lengths)
+            dx, _ = model.backward(np.ones(y.shape, np.float32).astype(m.dtype))
+            outs.append([model.to_numpy(dx)] + [model.to_numpy(model.grads[k]) for k in sorted(model.grads)])
         for a, b in zip(*outs):
-            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a.astype(np.float64), b.astype(np.float64))
     plan = m._saved.plan
     assert plan.grad_lane and plan.alt is not None and plan.alt.dgates is not plan.scratch.dgates
     ops = plan.backward_ops(m, True, False)
@@ -792,10 +798,11 @@ def test_weight_gradients_of_a_layer_overlap_the_loop_of_the_layer_below():
     kinds = [op.kind for op in ops if isinstance(op, gl.plan.Sync)]
     assert kinds == ["fork", "join", "fork", "join", "fork", "join"], kinds
     assert not any("-> (18, " in lbl for lbl in lane1)            # no dx GEMM (T*B rows) on the second lane
+    x32 = x.astype(np.float32)
     bi = gl.LSTM(4, 8, 2, device="gpu", seed=0, algo="graph", bidirectional=True)
-    y, _ = bi(x)
+    y, _ = bi(x32)
     bi.backward(np.ones(y.shape, np.float32))
     assert not bi._saved.plan.grad_lane and bi._saved.plan.lanes
     cpu = gl.LSTM(4, 8, 3, device="cpu", seed=0)
-    y, _ = cpu(x)
+    y, _ = cpu(x32)
     assert not cpu._saved.plan.grad_lane                           # NumPy replays in order: no lanes

@@ -115,9 +115,50 @@ def test_device_model(stub):
     stub.set_callbacks(lambda ptr: ("attributes of", ptr), lambda dev: {"device": dev})
     assert stub.runtime__pointerGetAttributes(4096) == ("attributes of", 4096)
     assert stub.runtime__getDeviceProperties(0) == {"device": 0}
+    with pytest.raises(OverflowError):
+        stub.runtime__deviceGetAttribute(2 ** 32 + 16, 0)   # never truncated to attribute 16
+    with pytest.raises(TypeError, match="two callables"):
+        stub.set_callbacks(1, 2)
     calls = stub.counts()
     assert calls[("runtime", "malloc")] == 2 and calls[("runtime", "memcpyAsync")] == 3
     assert calls[("driver", "launchKernel")] == 1 and calls[("driver", "ctxCreate")] == 0
+
+
+def test_a_capi_without_callback_or_capture_entries_still_builds(tmp_path):
+    """-Wall -Werror: helpers no entry of a given CuPy uses must not break the build."""
+    src = stub_cuda.generate({"runtime": {"malloc": CAPIS["runtime"]["malloc"]}})
+    out = tmp_path / ("_gl_stub_cuda" + sysconfig.get_config_var("EXT_SUFFIX"))
+    stub_cuda._compile(src, out, [f"-I{sysconfig.get_paths()['include']}"])
+    assert out.exists() and not list(tmp_path.glob("*.c")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_capsules_are_callable_c_functions(stub):
+    """What CuPy's compiled code does with a capsule: call its pointer with the C signature."""
+    ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    caps = stub.capsules()
+    sig = CAPIS["runtime"]["deviceGetAttribute"]
+    fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int)(
+        ctypes.pythonapi.PyCapsule_GetPointer(caps["runtime", "deviceGetAttribute"], sig.encode()))
+    stub.set_attributes({16: 132}, {})
+    assert fn(16, 0, 0) == 132
+    sig = CAPIS["runtime"]["malloc"]
+    alloc = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_size_t, ctypes.c_int)(
+        ctypes.pythonapi.PyCapsule_GetPointer(caps["runtime", "malloc"], sig.encode()))
+    assert alloc(64, 0) % 256 == 0
+
+
+def test_the_build_folder_is_this_users_only(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    monkeypatch.setattr(stub_cuda, "BUILD", shared)
+    with pytest.raises(RuntimeError, match="writable by nobody else"):
+        stub_cuda._private_dir(shared / "x")
+    mine = tmp_path / "mine"
+    monkeypatch.setattr(stub_cuda, "BUILD", mine)
+    stub_cuda._private_dir(mine / "k")
+    assert (mine / "k").is_dir() and (mine.stat().st_mode & 0o077) == 0
 
 
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm")

@@ -76,14 +76,20 @@ def _segments(ops):
     segs = getattr(ops, "segments", None)
     if segs is None:
         from ..plan import Sync
-        segs = []
+        segs, kinds = [], []
         for op in ops:
             if isinstance(op, Sync):
                 segs.append((0, op))
+                kinds.append(op.kind)
             elif segs and not isinstance(segs[-1][1], Sync) and segs[-1][0] == op.lane:
                 segs[-1][1].append(op)
             else:
                 segs.append((op.lane, [op]))
+        # Forks and joins alternate, from a fork to a join: work left on the second lane at the end
+        # would be unordered with whatever the caller issues next (and CUDA refuses to end a capture
+        # with a forked stream).
+        if kinds != ["fork", "join"] * (len(kinds) // 2):
+            raise RuntimeError(f"prepared operations: forks and joins must alternate fork, join, ...; got {kinds}")
         try:
             ops.segments = segs
         except AttributeError:
@@ -329,9 +335,11 @@ class CupyBackend:
         # a 16-bit model's GEMMs all go through GemmEx (float scalars): its handle is the float32 one
         return cublas_capture.handle_for(self.device_id, self.wide, alloc, lane)
 
-    # A plan's ops come in two lanes (gpu_lstm/plan.py): the reverse direction of a bidirectional
-    # layer is lane 1, run on a second stream between a fork and a join. Each lane has its own cuBLAS
-    # handle (own stream, own workspace: two GEMMs running at once must not share a workspace).
+    # A plan's ops come in two lanes (gpu_lstm/plan.py): lane 1 (the reverse direction of a
+    # bidirectional layer, or a layer's weight gradients) runs on a second stream between a fork and a
+    # join. Each lane has its own cuBLAS handle (own stream, own workspace: two GEMMs running at once
+    # must not share a workspace). The handles are per (device, dtype, lane), shared by the models of
+    # a process: two models replaying at the same time on different streams would share a workspace.
     lanes = 2
 
     def prepare_gemm(self, a, b, out, trans_a=False, trans_b=False, beta=0.0, lane=0):
