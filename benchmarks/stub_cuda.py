@@ -428,20 +428,23 @@ def install():
         mod.__pyx_capi__[name] = cap
         if hasattr(mod, name):
             setattr(mod, name, getattr(stub, f"{short}__{name}"))
-    global counts
-
-    def counts():
-        """{(module, entry): calls so far} over the runtime, driver ('runtime', 'driver') and cuBLAS
-        ('cublas') stubs, entries never called left out."""
-        out = {k: n for k, n in stub.counts().items() if n}
-        out.update({("cublas", s): handle.gl_cublas_count(i) for i, s in enumerate(names) if handle.gl_cublas_count(i)})
-        return out
+    _installed.update(stub=stub, cublas=handle, names=names)
     return stub
 
 
+_installed = {}   # what install() loaded: the stub extension, the stub cuBLAS, its symbol order
+
+
 def counts():
-    """Calls per stubbed entry point (defined by install())."""
-    raise RuntimeError("stub_cuda.install() has not run")
+    """{(module, entry): calls so far} over the runtime, driver ('runtime', 'driver') and cuBLAS
+    ('cublas') stubs, entries never called left out."""
+    if not _installed:
+        raise RuntimeError("stub_cuda.install() has not run")
+    lib = _installed["cublas"]
+    out = {k: n for k, n in _installed["stub"].counts().items() if n}
+    out.update({("cublas", s): lib.gl_cublas_count(i) for i, s in enumerate(_installed["names"])
+                if lib.gl_cublas_count(i)})
+    return out
 
 
 def _device_properties(device, *_):

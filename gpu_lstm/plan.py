@@ -83,6 +83,7 @@ class _Ops(list):
     layer's weight gradients: work a GPU backend runs on a second stream)."""
 
     lane = 0
+    grads_forked = False   # a weight-gradient fork is outstanding (Plan.grad_lane)
 
     def add(self, op, label):
         if op is None:
@@ -415,7 +416,7 @@ class Plan:
             if t.masks[k] is not None:           # dropout on this layer's input, the forward's mask
                 ops.add(be.prepare("dropout", t.masks[k], din, din), f"l{k} dropout")
             dout = din
-        if getattr(ops, "grads_forked", False):
+        if ops.grads_forked:
             ops.join()                           # the backward ends when every weight gradient is done
         return ops
 
@@ -459,7 +460,7 @@ class Plan:
         if not self.grad_lane:
             dirn.weight_gradients(rec, prm, grads, prefix, x, h, c, ct, m, dh, dgates)
             return
-        if getattr(ops, "grads_forked", False):
+        if ops.grads_forked:
             ops.join()      # the layer above's weight gradients are done: its scratch is free again
         ops.fork()          # after this layer's loop: its dgates and dh are final
         ops.grads_forked, ops.lane = True, 1
