@@ -18,6 +18,7 @@ the environment), or ``--ddp`` alone, which starts ``--nproc`` processes itself 
 visible GPU with ``--device gpu``, else 2 CPU processes) on a free localhost port.
 """
 
+import importlib
 import json
 import os
 import socket
@@ -184,6 +185,16 @@ def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=
     return summary
 
 
+def _import_before_the_group():
+    """Import torch._dynamo before any process group exists. DistributedDataParallel's constructor
+    imports it, and imported after the group was made (torch 2.13) it keeps references to the group
+    that destroy_process_group does not drop: the group's gloo threads then outlive the rank, and one
+    that frees a finished collective's tensor while the interpreter finalizes aborts the process
+    ("terminate called without an active exception"; about one torchrun run in 25 under load). Made
+    after the import, the group is freed by destroy_process_group, which joins its threads."""
+    importlib.import_module("torch._dynamo")
+
+
 def _worker(rank, world, port, backend, kwargs):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -192,6 +203,7 @@ def _worker(rank, world, port, backend, kwargs):
 
 def _run_rank(backend, kwargs):
     import torch.distributed as dist
+    _import_before_the_group()
     dist.init_process_group(backend, timeout=timedelta(seconds=120))
     try:
         summary = train(**kwargs)

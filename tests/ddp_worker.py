@@ -43,6 +43,8 @@ def gradients(model, x, y, lengths):
 def worker(rank, world, port, out_file):
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from gpu_lstm.distributed import _import_before_the_group
+    _import_before_the_group()      # else gloo's threads outlive the teardown (see there)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
         ddp = torch.nn.parallel.DistributedDataParallel(make_model())
@@ -53,3 +55,40 @@ def worker(rank, world, port, out_file):
         torch.distributed.barrier()      # no rank tears the group down while another still uses it
     finally:
         torch.distributed.destroy_process_group()
+
+
+def gloo_threads():
+    """Names of this process's threads that gloo started (Linux: /proc/self/task/*/comm)."""
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except FileNotFoundError:       # the thread ended while we looked
+            pass
+    return sorted(n for n in names if "gloo" in n)
+
+
+def train_and_report_threads(rank, world, port, out_file):
+    """One rank of ``gpu-lstm train --ddp`` (gpu_lstm.distributed._worker); writes the gloo threads alive
+    during training and after the rank's teardown, which must have joined them: a gloo thread still
+    alive when the interpreter finalizes can abort the process when it frees a finished collective."""
+    import io
+    import json
+
+    from gpu_lstm import distributed
+    torch.set_num_threads(1)
+    seen = {}
+    inner = distributed.train
+
+    def train(**kwargs):
+        seen["during"] = gloo_threads()
+        return inner(**kwargs)
+
+    distributed.train = train
+    kwargs = dict(task="adding", steps=2, T=5, B=4, hidden=3, layers=2, dtype="float64", device="cpu",
+                  log_every=1, stream=io.StringIO())
+    distributed._worker(rank, world, port, "gloo", kwargs)
+    seen["after"] = gloo_threads()
+    with open(f"{out_file}.{rank}", "w") as f:
+        json.dump(seen, f)

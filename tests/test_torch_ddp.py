@@ -39,6 +39,27 @@ def test_ddp_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
     assert max((half[n] - full[n]).abs().max().item() for n in full) > 1e-3
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names come from Linux's /proc")
+def test_a_rank_joins_its_gloo_threads_before_it_returns(tmp_path):
+    """A gloo thread that outlives the rank's teardown can free a finished collective's tensor while the
+    interpreter finalizes, which aborts the process ("terminate called without an active exception",
+    seen under load about once in 25 torchrun runs); the teardown must leave none."""
+    sys.path.insert(0, HERE)
+    try:
+        import ddp_worker
+    finally:
+        sys.path.remove(HERE)
+    from gpu_lstm.distributed import free_port
+    out = str(tmp_path / "threads")
+    torch.multiprocessing.spawn(ddp_worker.train_and_report_threads, args=(2, free_port(), out), nprocs=2,
+                                join=True)
+    for rank in range(2):
+        with open(f"{out}.{rank}") as f:
+            seen = json.load(f)
+        assert seen["during"], f"rank {rank}: no gloo thread seen while training; the check sees nothing"
+        assert seen["after"] == [], f"rank {rank}: gloo threads alive after teardown: {seen['after']}"
+
+
 def test_torchrun_training_matches_single_process(tmp_path):
     from gpu_lstm import distributed
     args = ["--steps", "6", "--seq-len", "10", "--batch", "8", "--hidden", "6", "--layers", "2",
