@@ -10,8 +10,6 @@ launch itself. The GPU fuses multiply-adds, so the comparison is a tolerance, no
     python -m pytest -m gpu tests/test_persistent_gpu.py -k small -v
 """
 
-import types
-
 import numpy as np
 import pytest
 
@@ -19,6 +17,7 @@ from gpu_lstm import _direction as dirn
 from gpu_lstm.backend import get_backend, gpu_available
 from gpu_lstm.backend import persistent as pers
 from gpu_lstm.backend.numpy_backend import NumpyBackend
+from persistent_problem import problem, run
 
 _ok, _why = gpu_available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _ok, reason=f"no GPU: {_why}")]
@@ -27,39 +26,16 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _ok, reason=f"no GPU: {_wh
 TOL = {"float64": 1e-10, "float32": 2e-5}
 
 
-def _problem(rng, T, B, I, H, dtype, bias, peep, lengths):
-    params = {"d.W": 0.5 * rng.standard_normal((4 * H, I)), "d.R": (0.9 / np.sqrt(H)) * rng.standard_normal((4 * H, H)),
-              "d.b": rng.standard_normal(4 * H), "d.P": 0.5 * rng.standard_normal((3, H))}
-    params = {k: v.astype(dtype) for k, v in params.items()}
-    data = dict(x=rng.standard_normal((T, B, I)).astype(dtype), h0=(0.5 * rng.standard_normal((B, H))).astype(dtype),
-                c0=(0.5 * rng.standard_normal((B, H))).astype(dtype), dy=rng.standard_normal((T, B, H)).astype(dtype),
-                dh_n=rng.standard_normal((B, H)).astype(dtype), dc_n=rng.standard_normal((B, H)).astype(dtype))
-    data["lengths"] = rng.integers(1, T + 1, B).astype(np.int64) if lengths else None
-    if lengths:
-        data["lengths"][0] = T
-        data["dy"][np.arange(T)[:, None] >= data["lengths"][None, :]] = 0
-    return params, data
-
-
 def _run(be, params, data, bias, peep, forward, backward, T, B, I, H):
-    xp = be.xp
     P = {k: be.asarray(k, v) for k, v in params.items()}
-    D = {k: (None if v is None else xp.asarray(v)) for k, v in data.items()}
+    D = {k: (None if v is None else be.xp.asarray(v)) for k, v in data.items()}
     prm = dirn.DirectionParams(P, "d", bias, peep, False)
-    ws = dirn.DirectionWorkspace(be, T, B, I, H, H, False, False, None)
-    forward(be, prm, ws, D["x"], D["h0"], D["c0"], D["lengths"])
-    grads = {k: be.zeros(v.shape) for k, v in P.items()}
-    shared = types.SimpleNamespace(dgates=be.empty((T, B, 4 * H)), dc=be.empty((B, H)), dm=None, keep=None)
-    dh, dh0, dc0, dx = D["dy"].copy(), be.empty((B, H)), be.empty((B, H)), be.empty((T, B, I))
-    backward(be, prm, grads, "d", ws, shared, D["x"], dh, D["dh_n"], D["dc_n"], dh0, dc0, dx, D["lengths"])
-    out = {"gates": ws.gates, "h": ws.h, "c": ws.c, "dgates": shared.dgates, "dh": dh, "dh0": dh0, "dc0": dc0, "dx": dx}
-    out.update({f"grad {k}": v for k, v in grads.items()})
-    return {k: be.to_numpy(v) for k, v in out.items()}
+    return {k: be.to_numpy(v) for k, v in run(be, prm, P, D, forward, backward, T, B, I, H).items()}
 
 
 def _compare(dtype, T, B, I, H, bias=True, peep=False, lengths=False, seed=0):
     rng = np.random.default_rng(seed)
-    params, data = _problem(rng, T, B, I, H, dtype, bias, peep, lengths)
+    params, data = problem(rng, T, B, I, H, dtype, lengths)
     with np.errstate(under="ignore", over="ignore"):
         ref = _run(NumpyBackend(dtype), params, data, bias, peep, dirn.forward, dirn.backward, T, B, I, H)
     got = _run(get_backend("gpu", dtype), params, data, bias, peep, pers.run_forward, pers.run_backward, T, B, I, H)

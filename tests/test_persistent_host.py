@@ -12,7 +12,6 @@ listed in cuda/persistent_lstm.cuh and checked on a GPU machine (tests/test_pers
 """
 
 import pathlib
-import types
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ import gpu_lstm as gl
 from gpu_lstm import _direction as dirn
 from gpu_lstm.backend import persistent as pers
 from cpu_kernel_support import unavailable
+from persistent_problem import problem, run
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -54,30 +54,8 @@ def host_cls():
 
 
 def _problem(rng, T, B, I, H, dtype, bias, peep, lengths):
-    params = {"d.W": 0.5 * rng.standard_normal((4 * H, I)), "d.R": (0.9 / np.sqrt(H)) * rng.standard_normal((4 * H, H)),
-              "d.b": rng.standard_normal(4 * H), "d.P": 0.5 * rng.standard_normal((3, H))}
-    params = {k: v.astype(dtype) for k, v in params.items()}
-    prm = dirn.DirectionParams(params, "d", bias, peep, False)
-    data = dict(x=rng.standard_normal((T, B, I)).astype(dtype), h0=(0.5 * rng.standard_normal((B, H))).astype(dtype),
-                c0=(0.5 * rng.standard_normal((B, H))).astype(dtype), dy=rng.standard_normal((T, B, H)).astype(dtype),
-                dh_n=rng.standard_normal((B, H)).astype(dtype), dc_n=rng.standard_normal((B, H)).astype(dtype))
-    data["lengths"] = rng.integers(1, T + 1, B).astype(np.int64) if lengths else None
-    if lengths:
-        data["lengths"][0] = T
-        data["dy"][np.arange(T)[:, None] >= data["lengths"][None, :]] = 0   # dy is zero at padded steps
-    return params, prm, data
-
-
-def _run(be, params, prm, data, forward, backward, T, B, I, H):
-    ws = dirn.DirectionWorkspace(be, T, B, I, H, H, False, False, None)
-    forward(be, prm, ws, data["x"], data["h0"], data["c0"], data["lengths"])
-    grads = {k: np.zeros_like(v) for k, v in params.items()}
-    shared = types.SimpleNamespace(dgates=be.empty((T, B, 4 * H)), dc=be.empty((B, H)), dm=None, keep=None)
-    dh, dh0, dc0, dx = data["dy"].copy(), be.empty((B, H)), be.empty((B, H)), be.empty((T, B, I))
-    backward(be, prm, grads, "d", ws, shared, data["x"], dh, data["dh_n"], data["dc_n"], dh0, dc0, dx, data["lengths"])
-    out = {"gates": ws.gates, "h": ws.h, "c": ws.c, "dgates": shared.dgates, "dh": dh, "dh0": dh0, "dc0": dc0, "dx": dx}
-    out.update({f"grad {k}": v for k, v in grads.items()})
-    return out
+    params, data = problem(rng, T, B, I, H, dtype, lengths)
+    return params, dirn.DirectionParams(params, "d", bias, peep, False), data
 
 
 def _persistent(units):
@@ -105,8 +83,8 @@ def test_host_phases_match_per_step_engine_bitwise(host_cls, dtype, T, B, I, H, 
     ref_be = host_cls(dtype)
     ref_be.recurrent = prm.R
     with np.errstate(under="ignore"):
-        ref = _run(ref_be, params, prm, data, dirn.forward, dirn.backward, T, B, I, H)
-        got = _run(host_cls(dtype), params, prm, data, *_persistent(units), T, B, I, H)
+        ref = run(ref_be, prm, params, data, dirn.forward, dirn.backward, T, B, I, H)
+        got = run(host_cls(dtype), prm, params, data, *_persistent(units), T, B, I, H)
     for name in ref:
         if not bias and name == "grad d.b" or not peep and name == "grad d.P":
             continue
@@ -125,8 +103,8 @@ def test_host_phases_match_numpy_path(host_cls, dtype, T, B, I, H, units):
     rng = np.random.default_rng(H)
     params, prm, data = _problem(rng, T, B, I, H, dtype, True, True, True)
     with np.errstate(under="ignore"):
-        ref = _run(NumpyBackend(dtype), params, prm, data, dirn.forward, dirn.backward, T, B, I, H)
-        got = _run(host_cls(dtype), params, prm, data, *_persistent(units), T, B, I, H)
+        ref = run(NumpyBackend(dtype), prm, params, data, dirn.forward, dirn.backward, T, B, I, H)
+        got = run(host_cls(dtype), prm, params, data, *_persistent(units), T, B, I, H)
     u = np.finfo(dtype).eps / 2
     tol = 8 * (4 * H) * u * T
     for name in ref:
