@@ -380,24 +380,36 @@ def test_lengths_keyword_matches_packed_sequence():
     _close(h.detach(), hp.detach(), 0)
 
 
-def test_compile_fullgraph_matches_eager():
-    torch._dynamo.reset()
-    _, m = _pair(L=2, bidirectional=True, batch_first=True)
-    x = torch.randn(3, 5, 3, dtype=F64, requires_grad=True)
+def _eager_then_compiled(m, x):
+    """One loss and backward through `m` eagerly, then through torch.compile(fullgraph) of it.
 
-    def step(model, x):
+    The loss sums in x's dtype widened to at least float32, so a bfloat16 model is
+    compared on the same float32 sum both ways. Returns (eager loss, eager x.grad,
+    eager parameter grads by name, compiled loss); the compiled grads are left in
+    x.grad and the parameters' .grad.
+    """
+    acc = torch.promote_types(x.dtype, torch.float32)
+
+    def step(model):
         y, (h, c) = model(x)
-        return (y.square().sum() + h.sum() + c.sum())
+        return y.to(acc).square().sum() + h.to(acc).sum() + c.to(acc).sum()
 
-    eager = step(m, x)
+    eager = step(m)
     eager.backward()
     g_eager = {n: p.grad.clone() for n, p in m.named_parameters()}
     gx = x.grad.clone()
     m.zero_grad()
     x.grad = None
-    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
-    out = step(compiled, x)
+    out = step(torch.compile(m, fullgraph=True, backend="aot_eager"))
     out.backward()
+    return eager, gx, g_eager, out
+
+
+def test_compile_fullgraph_matches_eager():
+    torch._dynamo.reset()
+    _, m = _pair(L=2, bidirectional=True, batch_first=True)
+    x = torch.randn(3, 5, 3, dtype=F64, requires_grad=True)
+    eager, gx, g_eager, out = _eager_then_compiled(m, x)
     _close(out.detach(), eager.detach(), 0)
     _close(x.grad, gx, 0)
     for n, p in m.named_parameters():
@@ -597,19 +609,7 @@ def test_bfloat16_compile_fullgraph_matches_eager():
     torch._dynamo.reset()
     m, _ = _low_pair("bfloat16", 3, 5, 2, batch_first=True, bidirectional=True)
     x = torch.randn(3, 5, 3).to(torch.bfloat16).requires_grad_()
-
-    def step(model, x):
-        y, (h, c) = model(x)
-        return y.float().square().sum() + h.float().sum() + c.float().sum()
-
-    eager = step(m, x)
-    eager.backward()
-    g_eager = {n: p.grad.clone() for n, p in m.named_parameters()}
-    gx = x.grad.clone()
-    m.zero_grad()
-    x.grad = None
-    out = step(torch.compile(m, fullgraph=True, backend="aot_eager"), x)
-    out.backward()
+    eager, gx, g_eager, out = _eager_then_compiled(m, x)
     assert torch.equal(out.detach(), eager.detach()) and torch.equal(x.grad, gx)
     for n, p in m.named_parameters():
         assert p.grad.dtype == torch.bfloat16 and torch.equal(p.grad, g_eager[n]), n
