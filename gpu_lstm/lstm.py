@@ -91,8 +91,10 @@ class LSTM:
 
     Parameters
     ----------
-    input_size, hidden_size, num_layers : int
-        I, H and the number of stacked layers L. Layer k > 0 takes layer k-1's output as its input.
+    input_size, hidden_size : int
+        I and H.
+    num_layers : int
+        The number of stacked layers L. Layer k > 0 takes layer k-1's output as its input.
     bias : bool
         Whether the layers have a bias b (4H,).
     batch_first : bool

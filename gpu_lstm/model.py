@@ -15,8 +15,10 @@ class SequenceModel:
 
     Parameters
     ----------
-    input_size, hidden_size, output_size, num_layers : int
-        I, H, the prediction size and the number of stacked LSTM layers.
+    input_size, hidden_size, output_size : int
+        I, H and the prediction size.
+    num_layers : int
+        The number of stacked LSTM layers.
     head : {'all', 'last'}
         'all' applies the prediction layer to every time step (all T*B rows in one GEMM) and returns
         (T, B, output_size), or (B, T, output_size) with ``batch_first=True``; 'last' applies it to
@@ -24,7 +26,8 @@ class SequenceModel:
         (B, output_size).
     activation : {'identity', 'sigmoid', 'tanh', 'softmax'}
         The prediction layer's F in eq. (7).
-    dtype : {'float32', 'float64'}
+    dtype : {'float32', 'float64', 'bfloat16', 'float16'}
+        The 16-bit types keep c and the gradients in float32 (docs/precision.md).
     device : {'auto', 'cpu', 'gpu'}
     seed : int or None
         Seeds the LSTM (``seed``) and the prediction layer (``seed + 1``).

@@ -164,8 +164,12 @@ class SGD(Optimizer):
     Parameters
     ----------
     params, grads : dict of str to array
-    lr, momentum, weight_decay : float
-        All >= 0.
+    lr : float
+        >= 0.
+    momentum : float
+        >= 0.
+    weight_decay : float
+        >= 0.
     """
 
     def __init__(self, params: Dict[str, Any], grads: Dict[str, Any], lr: float = 0.1,
@@ -209,7 +213,8 @@ class Adam(Optimizer):
     lr : float
     betas : (float, float)
         Each in [0, 1).
-    eps, weight_decay : float
+    eps : float
+    weight_decay : float
     """
 
     slots = ("m", "v")
@@ -266,7 +271,8 @@ class AdamW(Adam):
     params, grads : dict of str to array
     lr : float
     betas : (float, float)
-    eps, weight_decay : float
+    eps : float
+    weight_decay : float
     """
 
     decoupled = True

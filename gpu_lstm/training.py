@@ -101,13 +101,16 @@ def make_optimizer(model: SequenceModel, name: str, lr: float, weight_decay: flo
     Parameters
     ----------
     model : SequenceModel
-    name : {'adam', 'adamw', 'sgd'}
+    name : str
+        'adam', 'adamw' or 'sgd'.
     lr : float
     weight_decay : float
 
     Returns
     -------
     Optimizer
+        The optimizer itself for float32/float64 models; for bfloat16/float16 models a
+        :class:`gpu_lstm.optim.MixedPrecision` over float32 master weights, with loss scaling for float16.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {name!r}")
@@ -191,13 +194,19 @@ def train_adding(steps: int = 2000, T: int = 100, B: int = 64, hidden: int = 64,
         Sequence length, >= 2.
     B : int
         Batch size.
-    hidden, layers : int
-        LSTM size.
-    lr, clip : float
-        Learning rate (> 0); global-norm gradient clipping (0: off).
+    hidden : int
+        LSTM size H.
+    layers : int
+        Stacked LSTM layers.
+    lr : float
+        Learning rate, > 0.
+    clip : float
+        Global-norm gradient clipping; 0 turns it off.
     optimizer : {'adam', 'adamw', 'sgd'}
     device : {'auto', 'cpu', 'gpu'}
-    dtype : {'float32', 'float64'}
+    dtype : {'float32', 'float64', 'bfloat16', 'float16'}
+        16-bit models train with float32 master weights (and loss scaling for float16), as
+        :func:`make_optimizer` builds them.
     seed : int
         Seeds the model and the data.
     out_dir : str
@@ -257,8 +266,32 @@ def train_charlm(steps: int = 2000, T: int = 64, B: int = 32, hidden: int = 256,
 
     Parameters
     ----------
-    steps, T, B, hidden, layers, lr, clip, optimizer, device, dtype, seed, out_dir, log_every, stream
-        As for :func:`train_adding`; T is the truncated-BPTT chunk and B the number of parallel streams.
+    steps : int
+        Optimizer steps.
+    T : int
+        The truncated-BPTT chunk: steps per forward, the state carried between chunks.
+    B : int
+        The number of parallel streams read through the text.
+    hidden : int
+        LSTM size H.
+    layers : int
+        Stacked LSTM layers.
+    lr : float
+        Learning rate, > 0.
+    clip : float
+        Global-norm gradient clipping; 0 turns it off.
+    optimizer : {'adam', 'adamw', 'sgd'}
+    device : {'auto', 'cpu', 'gpu'}
+    dtype : {'float32', 'float64', 'bfloat16', 'float16'}
+        16-bit models train with float32 master weights (and loss scaling for float16), as
+        :func:`make_optimizer` builds them.
+    seed : int
+        Seeds the model and the sample.
+    out_dir : str
+        Where checkpoint.npz, summary.json and loss.png go; checked writable before the first step.
+    log_every : int
+    stream : file-like, optional
+        Progress output; stderr by default.
     sample_length : int
         Characters to sample after training.
     text : str, optional
