@@ -1,4 +1,5 @@
-"""The API reference shows the defaults the code has (docs/hooks/docstring_defaults.py).
+"""The API reference shows the defaults the code has (docs/hooks/docstring_defaults.py) and no
+literal Sphinx roles (docs/hooks/sphinx_roles.py).
 
 Needs griffe (the documentation extra, ``make docs``); without it these tests skip, and the same
 check still runs in every documentation build, where it fails the build.
@@ -14,9 +15,8 @@ griffe = pytest.importorskip("griffe")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _hook():
-    spec = importlib.util.spec_from_file_location("docstring_defaults",
-                                                  ROOT / "docs" / "hooks" / "docstring_defaults.py")
+def _hook(name="docstring_defaults"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "hooks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -101,3 +101,54 @@ def test_correct_entries_pass_and_private_names_are_not_checked(tmp_path):
             a, b : int
             """
     ''') == []
+
+
+def _rendered_docstrings(roles, pkg):
+    rendered = roles.rendered_paths(pkg, roles.reference_targets())
+    return {o.path: o.docstring.value for o in roles._documented(pkg)
+            if o.path in rendered and o.docstring is not None}
+
+
+def test_no_rendered_docstring_keeps_a_sphinx_role():
+    roles = _hook("sphinx_roles")
+    pkg = griffe.load("gpu_lstm", search_paths=[str(ROOT)], docstring_parser="numpy")
+    before = _rendered_docstrings(roles, pkg)
+    assert any(roles.ROLE.search(text) for text in before.values())     # there is something to convert
+    roles.SphinxRoles().on_package(pkg=pkg)
+    import re
+    left = {path: re.findall(r":[a-z]+:`[^`]*`", text) for path, text in _rendered_docstrings(roles, pkg).items()}
+    assert {path: found for path, found in left.items() if found} == {}
+
+
+def test_roles_become_links_to_rendered_objects_and_code_otherwise(tmp_path):
+    roles = _hook("sphinx_roles")
+    pkg_dir = tmp_path / "rolepkg"
+    pkg_dir.mkdir()
+    (pkg_dir / "__init__.py").write_text(textwrap.dedent('''
+        from .core import Model
+
+
+        def _helper():
+            """Private."""
+    '''))
+    (pkg_dir / "core.py").write_text(textwrap.dedent('''
+        class Model:
+            """See :meth:`step`, :class:`~rolepkg.core.Model`, :func:`rolepkg._helper`,
+            :func:`numpy.zeros` and :meth:`nowhere`."""
+
+            def step(self):
+                """One step; after :meth:`Model.step` comes :meth:`hidden`."""
+
+            def hidden(self):
+                pass
+    '''))
+    pkg = griffe.load("rolepkg", search_paths=[str(tmp_path)], docstring_parser="numpy")
+    rendered = roles.rendered_paths(pkg, ["rolepkg.Model"])       # through the re-export
+    assert rendered == {"rolepkg.core.Model", "rolepkg.core.Model.step"}   # hidden has no docstring
+    model = pkg["core.Model"]
+    assert roles.rewrite(model, model.docstring.value, pkg, rendered) == (
+        "See [`step`][rolepkg.core.Model.step], [`Model`][rolepkg.core.Model], `rolepkg._helper`,\n"
+        "`numpy.zeros` and `nowhere`.")
+    step = model["step"]
+    assert roles.rewrite(step, step.docstring.value, pkg, rendered) == (
+        "One step; after [`Model.step`][rolepkg.core.Model.step] comes `hidden`.")
