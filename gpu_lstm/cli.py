@@ -105,10 +105,9 @@ def cmd_train(args):
         common["B"] = args.batch
     if args.seq_len:
         common["T"] = args.seq_len
-    defaults = {"adding": dict(hidden=64, lr=1e-2), "charlm": dict(hidden=256, lr=3e-3)}[args.task]
-    for k, v in defaults.items():
+    for k in ("hidden", "lr"):           # shown in the run's settings line, so filled in here
         if common[k] is None:
-            common[k] = v
+            common[k] = training.task_defaults(args.task)[k]
     if args.task == "charlm" and args.text is not None:
         common["text"] = args.text
     from gpu_lstm.distributed import under_torchrun

@@ -19,6 +19,7 @@ visible GPU with ``--device gpu``, else 2 CPU processes) on a free localhost por
 """
 
 import importlib
+import inspect
 import json
 import os
 import socket
@@ -29,7 +30,9 @@ from datetime import timedelta
 import numpy as np
 
 TASKS = ("adding", "charlm")
-DEFAULT_B = {"adding": 64, "charlm": 32}
+# torch's optimizers update the Parameters in their own dtype: 16-bit runs would need the float32 master
+# weights (and float16 loss scaling) of the single-process runs, which this loop does not have.
+DTYPES = ("float32", "float64")
 
 
 def check_batch_shards(B, world):
@@ -37,6 +40,28 @@ def check_batch_shards(B, world):
     if B % world:
         raise ValueError(f"B: expected a multiple of the number of processes ({world}) so that every process "
                          f"gets an equal shard, got {B}")
+
+
+def _checked(options, world):
+    """Every option of a run (a dict of :func:`train`'s arguments) against its range, before anything
+    is built; ``world`` is the number of processes. Returns (T, B, hidden, lr) with the task's defaults
+    (:func:`gpu_lstm.training.task_defaults`) in place of those left as None. Only None means "not
+    given": 0 goes on to the range checks, which reject it."""
+    from .training import _check_run_options, task_defaults
+    task = options["task"]
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+    defaults = task_defaults(task)
+    T, B, hidden, lr = (defaults[k] if options[k] is None else options[k] for k in ("T", "B", "hidden", "lr"))
+    if options["device"] not in ("cpu", "gpu"):
+        raise ValueError(f"device: expected 'cpu' or 'gpu' (run() resolves 'auto'), got {options['device']!r}")
+    if options["dtype"] not in DTYPES:
+        raise ValueError(f"dtype: expected 'float32' or 'float64' for a --ddp run, got {options['dtype']!r}")
+    # "cpu": whether a rank sees its GPU is torch's question (run() asks it), not CuPy's.
+    _check_run_options(options["steps"], T, B, hidden, options["layers"], lr, options["clip"],
+                       options["optimizer"], "cpu", options["dtype"], options["seed"], options["log_every"])
+    check_batch_shards(B, world)
+    return T, B, hidden, lr
 
 
 def under_torchrun():
@@ -85,15 +110,11 @@ def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=
     from . import tasks as tk
     from .progress import Progress
 
-    if task not in TASKS:
-        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
-    T = T or (100 if task == "adding" else 64)
-    B = B or DEFAULT_B[task]
-    hidden = hidden or (64 if task == "adding" else 256)
-    lr = lr or (1e-2 if task == "adding" else 3e-3)
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    check_batch_shards(B, world)
+    T, B, hidden, lr = _checked(dict(task=task, steps=steps, T=T, B=B, hidden=hidden, layers=layers, lr=lr,
+                                     clip=clip, optimizer=optimizer, device=device, dtype=dtype, seed=seed,
+                                     log_every=log_every), world)
     shard = slice(rank * (B // world), (rank + 1) * (B // world))
     tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     if device == "gpu":
@@ -185,6 +206,9 @@ def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=
     return summary
 
 
+_TRAIN_SIGNATURE = inspect.signature(train)
+
+
 def _import_before_the_group():
     """Import torch._dynamo before any process group exists. DistributedDataParallel's constructor
     imports it, and imported after the group was made (torch 2.13) it keeps references to the group
@@ -221,15 +245,10 @@ def _preflight(kwargs, world):
     can come after the training (or from inside a spawned process)."""
     from . import tasks as tk
     from ._preflight import prepare_output
-    from .training import _check_run_options
-    task = kwargs.get("task")
-    if task not in TASKS:
-        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
-    _check_run_options(kwargs.get("steps", 200), kwargs.get("T") or 1, kwargs.get("B") or 1,
-                       kwargs.get("hidden") or 1, kwargs.get("layers", 1), kwargs.get("lr") or 1.0,
-                       kwargs.get("clip", 1.0), kwargs.get("optimizer", "adam"), "cpu",
-                       kwargs.get("dtype", "float32"), kwargs.get("seed", 0), kwargs.get("log_every", 100))
-    check_batch_shards(kwargs.get("B") or DEFAULT_B[task], world)
+    # train's own signature supplies the defaults and rejects unknown options (TypeError naming them).
+    options = _TRAIN_SIGNATURE.bind(**kwargs)
+    options.apply_defaults()
+    _checked(options.arguments, world)
     if kwargs.get("text") is not None:
         tk.load_text(kwargs["text"])
     if kwargs.get("out_dir"):

@@ -11,6 +11,7 @@ removed before the new checkpoint is written, so a kill between the two writes n
 that describes another checkpoint), and ``loss.png`` with matplotlib.
 """
 
+import inspect
 import json
 import os
 import tempfile
@@ -348,6 +349,29 @@ def train_charlm(steps: int = 2000, T: int = 64, B: int = 32, hidden: int = 256,
                         summary)
     _plot(history, out_dir, f"char LM ({name})", "train bits/char", summary)
     return summary
+
+
+def task_defaults(task: str) -> Dict[str, Any]:
+    """What a run of ``task`` uses for T, B, hidden and lr when they are not given.
+
+    They are the defaults of :func:`train_adding` / :func:`train_charlm`, read from their signatures,
+    so the command line and the data-parallel runs cannot drift from the single-process ones.
+
+    Parameters
+    ----------
+    task : str
+        'adding' or 'charlm'.
+
+    Returns
+    -------
+    dict
+        ``{'T': int, 'B': int, 'hidden': int, 'lr': float}``.
+    """
+    runs = {"adding": train_adding, "charlm": train_charlm}
+    if task not in runs:
+        raise ValueError(f"task: expected one of {sorted(runs)}, got {task!r}")
+    signature = inspect.signature(runs[task]).parameters
+    return {name: signature[name].default for name in ("T", "B", "hidden", "lr")}
 
 
 def evaluate_bpc(model: SequenceModel, ids: np.ndarray, V: int, T: int = 128, streams: int = 16) -> float:

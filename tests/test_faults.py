@@ -162,6 +162,54 @@ def test_ddp_batch_split_is_checked_before_any_process_starts(tmp_path, capsys, 
     assert err.startswith("gpu-lstm train: error: ") and expected in err, err
 
 
+@pytest.fixture
+def no_ddp_processes(monkeypatch):
+    """distributed.run with process spawning and training replaced by failures: what the test reaches
+    must be an error raised before any process starts."""
+    pytest.importorskip("torch")
+    import torch.multiprocessing as mp
+
+    from gpu_lstm import distributed
+    monkeypatch.setattr(mp, "spawn", lambda *a, **k: pytest.fail("processes were started"))
+    monkeypatch.setattr(distributed, "train", lambda *a, **k: pytest.fail("training started"))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    return distributed
+
+
+@pytest.mark.parametrize("option, value", [("lr", 0.0), ("T", 0), ("B", 0), ("hidden", 0)])
+def test_ddp_zero_is_an_error_not_the_task_default(no_ddp_processes, tmp_path, option, value):
+    """run(lr=0.0) trained at the task's default lr (0.01): `lr or default` read 0 as unset."""
+    with pytest.raises(ValueError, match=f"^{option}: expected"):
+        no_ddp_processes.run(nproc=2, task="adding", out_dir=str(tmp_path / "o"), **{option: value})
+
+
+def test_ddp_unknown_option_is_an_error_before_any_process_starts(no_ddp_processes, tmp_path):
+    with pytest.raises(TypeError, match="stepz"):
+        no_ddp_processes.run(nproc=2, task="adding", out_dir=str(tmp_path / "o"), stepz=3)
+
+
+def test_ddp_16_bit_dtype_is_refused_before_any_process_starts(no_ddp_processes, tmp_path, capsys):
+    """--ddp --dtype bfloat16 passed the preflight and died inside the spawned processes (KeyError)."""
+    rc = cli.main(["train", "adding", "--ddp", "--device", "cpu", "--nproc", "2", "--dtype", "bfloat16",
+                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "dtype: expected 'float32' or 'float64' for a --ddp run, got 'bfloat16'" in err, err
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    (dict(lr=0.0), "lr: expected"),
+    (dict(dtype="float16"), "dtype: expected 'float32' or 'float64'"),
+    (dict(device="auto"), "device: expected 'cpu' or 'gpu'"),
+])
+def test_ddp_rank_loop_checks_its_options_when_called_directly(kwargs, expected):
+    pytest.importorskip("torch")
+    from gpu_lstm import distributed
+    with pytest.raises(ValueError, match=expected):
+        distributed.train("adding", steps=1, **kwargs)
+
+
 # ---- class 4: tracebacks ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def charlm_ckpt(tmp_path_factory):
