@@ -56,7 +56,9 @@ def _checked(options, world):
     if options["device"] not in ("cpu", "gpu"):
         raise ValueError(f"device: expected 'cpu' or 'gpu' (run() resolves 'auto'), got {options['device']!r}")
     if options["dtype"] not in DTYPES:
-        raise ValueError(f"dtype: expected 'float32' or 'float64' for a --ddp run, got {options['dtype']!r}")
+        raise ValueError(f"dtype: expected 'float32' or 'float64' for a --ddp run, got {options['dtype']!r} "
+                         "(torch's optimizers would update 16-bit Parameters directly, without the float32 "
+                         "master weights of the single-process runs)")
     # "cpu": whether a rank sees its GPU is torch's question (run() asks it), not CuPy's.
     _check_run_options(options["steps"], T, B, hidden, options["layers"], lr, options["clip"],
                        options["optimizer"], "cpu", options["dtype"], options["seed"], options["log_every"])
