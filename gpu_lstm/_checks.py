@@ -17,6 +17,26 @@ def positive_int(name, value):
     return int(value)
 
 
+def nonnegative_int(name, value):
+    """Return ``value`` as int if it is an integer >= 0 (bool excluded); raise naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an int >= 0, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(f"{name}: expected an int >= 0, got {value}")
+    return int(value)
+
+
+def finite_float(name, value, expected):
+    """Return ``value`` as a finite float; raise naming ``name`` and ``expected`` (the caller's range,
+    e.g. "a finite number > 1", which it checks itself) otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, {expected}, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name}: expected {expected}, got {value}")
+    return value
+
+
 def nonnegative_float(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {value!r} ({type(value).__name__})")

@@ -36,7 +36,15 @@ DTYPES = ("float32", "float64")
 
 
 def check_batch_shards(B, world):
-    """Every rank gets B / world samples: B must be a multiple of the number of processes."""
+    """Every rank gets B / world samples: B must be a multiple of the number of processes.
+
+    Parameters
+    ----------
+    B : int
+        The global batch size.
+    world : int
+        The number of processes.
+    """
     if B % world:
         raise ValueError(f"B: expected a multiple of the number of processes ({world}) so that every process "
                          f"gets an equal shard, got {B}")
@@ -103,8 +111,53 @@ def _optimizer(name, params, lr):
 
 def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=1.0, optimizer="adam",
           device="cpu", dtype="float32", seed=0, out_dir=None, log_every=100, stream=None, text=None):
-    """One rank's training loop (the process group is set up by :func:`run`). Returns, on every rank,
-    a summary dict; ``history`` holds (step, all-reduced mean loss) for every step."""
+    """One rank's training loop (the process group is set up by :func:`run`).
+
+    Without a process group it trains alone on the whole batch. The options are those of
+    :func:`gpu_lstm.training.train_adding` / :func:`gpu_lstm.training.train_charlm`, checked the same
+    way; the model is :class:`gpu_lstm.torch.LSTM` with a torch linear head and a torch optimizer.
+
+    Parameters
+    ----------
+    task : str
+        'adding' or 'charlm'.
+    steps : int
+        Optimizer steps.
+    T : int, optional
+        Sequence length (adding) or truncated-BPTT chunk (charlm); None: the task's default
+        (:func:`gpu_lstm.training.task_defaults`). So for B, hidden and lr.
+    B : int, optional
+        The global batch, a multiple of the number of processes; each rank trains on its shard.
+    hidden : int, optional
+        LSTM size H.
+    layers : int
+        Stacked LSTM layers.
+    lr : float, optional
+        Learning rate, > 0.
+    clip : float
+        Global-norm gradient clipping; 0 turns it off.
+    optimizer : {'adam', 'adamw', 'sgd'}
+    device : {'cpu', 'gpu'}
+        'gpu': this rank's GPU (``LOCAL_RANK``), NCCL; 'cpu': gloo.
+    dtype : {'float32', 'float64'}
+    seed : int
+        Seeds the model (the same on every rank) and the data.
+    out_dir : str, optional
+        Rank 0 writes checkpoint.pt and summary.json here; None writes nothing.
+    log_every : int
+        Progress line (rank 0) every this many steps.
+    stream : file-like, optional
+        Progress output; stderr by default.
+    text : str, optional
+        charlm only: a UTF-8 text file to train on instead of the shipped one.
+
+    Returns
+    -------
+    dict
+        On every rank: sizes, ``world_size``, timings and ``history`` ((step, all-reduced mean loss)
+        for every step); on rank 0 also ``test_mse`` and ``baseline_mse`` (adding) or ``test_bpc`` and
+        ``uniform_bpc`` (charlm), and ``checkpoint`` when ``out_dir`` is given.
+    """
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -259,7 +312,20 @@ def _preflight(kwargs, world):
 
 def run(nproc=None, **kwargs):
     """Entry point of ``gpu-lstm train --ddp``: joins torchrun's process group when launched by
-    torchrun, else starts ``nproc`` processes here. Returns rank 0's summary (None on other ranks)."""
+    torchrun, else starts ``nproc`` processes here. Every option is checked before any process starts.
+
+    Parameters
+    ----------
+    nproc : int, optional
+        Processes to start when not under torchrun; None: one per visible GPU (``device='gpu'``) or 2.
+    **kwargs
+        :func:`train`'s options; ``device='auto'`` becomes 'gpu' when torch sees CUDA, else 'cpu'.
+
+    Returns
+    -------
+    dict or None
+        Rank 0's summary (None on the other ranks).
+    """
     import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -289,7 +355,18 @@ def run(nproc=None, **kwargs):
 
 
 def main(argv=None):
-    """``python -m gpu_lstm.distributed TASK [options]``: the CLI's train --ddp, for torchrun."""
+    """``python -m gpu_lstm.distributed TASK [options]``: the CLI's train --ddp, for torchrun.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        ``gpu-lstm train`` arguments; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    int
+        The exit status.
+    """
     from .cli import main as cli_main
     return cli_main(["train", *(argv if argv is not None else sys.argv[1:]), "--ddp"])
 

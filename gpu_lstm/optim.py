@@ -26,7 +26,20 @@ def _backend(a):
 
 def adam_constants(opt):
     """The scalars of one Adam/AdamW step as the array expressions of Adam._update use them (Python
-    floats; the fused kernel rounds each to the parameter's dtype, as NumPy does)."""
+    floats; the fused kernel rounds each to the parameter's dtype, as NumPy does).
+
+    Parameters
+    ----------
+    opt : Adam or AdamW
+        After its ``step_count`` was advanced for this step.
+
+    Returns
+    -------
+    dict
+        ``lr_c1`` (lr over the first moment's bias correction), ``b1``, ``omb1`` (1 - b1), ``b2``,
+        ``omb2``, ``c2`` (the second moment's bias correction), ``eps``, ``wd``, ``l2`` and
+        ``decoupled`` (which weight decay applies), ``decay`` (1 - lr * wd).
+    """
     b1, b2 = opt.betas
     wd = opt.weight_decay
     return {"lr_c1": opt.lr / (1 - b1 ** opt.step_count), "b1": b1, "omb1": 1 - b1, "b2": b2,
@@ -165,11 +178,11 @@ class SGD(Optimizer):
     ----------
     params, grads : dict of str to array
     lr : float
-        >= 0.
+        At least 0.
     momentum : float
-        >= 0.
+        At least 0.
     weight_decay : float
-        >= 0.
+        At least 0.
     """
 
     def __init__(self, params: Dict[str, Any], grads: Dict[str, Any], lr: float = 0.1,
@@ -381,27 +394,69 @@ class LossScaler:
     gradients are divided by it again before the optimizer step. When they hold Inf or NaN the step is
     skipped and the scale shrinks by ``backoff_factor``; after ``growth_interval`` clean steps in a
     row it grows by ``growth_factor`` (torch.cuda.amp.GradScaler's policy and defaults).
+
+    Parameters
+    ----------
+    init_scale : float
+        The first scale, > 0.
+    growth_factor : float
+        Greater than 1.
+    backoff_factor : float
+        In (0, 1).
+    growth_interval : int
+        Clean steps in a row before the scale grows, >= 1.
+    min_scale : float
+        The scale never backs off below this; > 0 and at most ``init_scale``.
     """
 
     def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000,
                  min_scale=2.0 ** -24):
-        self.scale = ck.nonnegative_float("init_scale", init_scale)
-        self.growth_factor = float(growth_factor)
-        self.backoff_factor = float(backoff_factor)
+        init_scale = ck.positive_float("init_scale", init_scale)
+        growth_factor = ck.finite_float("growth_factor", growth_factor, "a finite number > 1")
+        if growth_factor <= 1:
+            raise ValueError(f"growth_factor: expected a finite number > 1, got {growth_factor}")
+        backoff_factor = ck.finite_float("backoff_factor", backoff_factor, "a number in (0, 1)")
+        if not 0 < backoff_factor < 1:
+            raise ValueError(f"backoff_factor: expected a number in (0, 1), got {backoff_factor}")
+        min_scale = ck.positive_float("min_scale", min_scale)
+        if min_scale > init_scale:      # a backoff would then raise the scale
+            raise ValueError(f"min_scale: expected at most init_scale ({init_scale}), got {min_scale}")
+        self.scale, self.growth_factor, self.backoff_factor = init_scale, growth_factor, backoff_factor
         self.growth_interval = ck.positive_int("growth_interval", growth_interval)
-        self.min_scale = float(min_scale)
+        self.min_scale = min_scale
         self.clean_steps = 0
         self.skipped_steps = 0
 
     def scale_grad(self, dpred):
         """dpred * scale, computed in float32 and rounded once to dpred's dtype (the default scale 2^16
-        is itself beyond float16's range, 65504, so it is never a float16 number)."""
+        is itself beyond float16's range, 65504, so it is never a float16 number).
+
+        Parameters
+        ----------
+        dpred : array
+            The loss gradient, in the model's 16-bit dtype.
+
+        Returns
+        -------
+        array
+            The scaled gradient, same shape and dtype.
+        """
         be = _backend(dpred)
         return be.astype(be.astype(dpred, np.float32) * np.float32(self.scale), be.dtype_of(dpred))
 
     def unscale_(self, grads):
         """Divide the (float32) gradients by the scale in place; True when all are finite. The flags
-        are combined on the device and read once: one host synchronisation per step on a GPU."""
+        are combined on the device and read once: one host synchronisation per step on a GPU.
+
+        Parameters
+        ----------
+        grads : dict of str to array
+            Float32 gradients, divided in place.
+
+        Returns
+        -------
+        bool
+        """
         inv = 1.0 / self.scale
         flags, xp = [], None
         for g in grads.values():
@@ -425,8 +480,21 @@ class LossScaler:
         return {"scale": self.scale, "clean_steps": self.clean_steps, "skipped_steps": self.skipped_steps}
 
     def load_state_dict(self, sd):
-        self.scale, self.clean_steps = float(sd["scale"]), int(sd["clean_steps"])
-        self.skipped_steps = int(sd.get("skipped_steps", 0))
+        """Restore :meth:`state_dict`'s output; everything is checked before anything is written.
+
+        Parameters
+        ----------
+        sd : dict
+            ``{'scale': float > 0, 'clean_steps': int >= 0, 'skipped_steps': int >= 0}``
+            (``skipped_steps`` optional, 0 when absent).
+        """
+        if not isinstance(sd, dict):
+            raise TypeError(f"sd: expected a dict from LossScaler.state_dict(), got {type(sd).__name__}")
+        if "scale" not in sd or "clean_steps" not in sd:
+            raise ValueError(f"sd: expected the keys 'scale' and 'clean_steps', got {sorted(sd)}")
+        scale = ck.positive_float("sd['scale']", sd["scale"])
+        clean, skipped = (ck.nonnegative_int(f"sd[{k!r}]", sd.get(k, 0)) for k in ("clean_steps", "skipped_steps"))
+        self.scale, self.clean_steps, self.skipped_steps = scale, clean, skipped
 
 
 def _widened_copy(p):
@@ -445,6 +513,19 @@ class MixedPrecision:
     :class:`LossScaler` (float16) the training loop scales the loss gradient (:meth:`scale_grad`),
     :meth:`unscale_` undoes it and checks for Inf/NaN, and :meth:`step` skips the update when it
     found any.
+
+    Parameters
+    ----------
+    optimizer_cls : type
+        :class:`SGD`, :class:`Adam` or :class:`AdamW`.
+    params : dict of str to array
+        The model's 16-bit parameters.
+    grads : dict of str to array
+        Their float32 gradients.
+    loss_scaler : LossScaler, optional
+        For float16 models; None (bfloat16) applies no scaling.
+    **kwargs
+        The wrapped optimizer's options (``lr``, ``betas``, ``weight_decay``, ...).
     """
 
     def __init__(self, optimizer_cls, params, grads, loss_scaler=None, **kwargs):
@@ -520,7 +601,19 @@ class MixedPrecision:
 
     def check_state_dict(self, sd):
         """The wrapped optimizer's :meth:`Optimizer.check_state_dict` plus the slot 'master' of every
-        parameter (float32 weights of its shape); nothing is written. Returns (step_count, state)."""
+        parameter (float32 weights of its shape); nothing is written.
+
+        Parameters
+        ----------
+        sd : dict
+            As :meth:`state_dict` returns it.
+
+        Returns
+        -------
+        step_count : int
+        state : dict
+            ``{param: {slot: array}}``, 'master' included.
+        """
         step_count, state = self.inner.check_state_dict(sd)
         for k, w in self.master.items():
             name = f"sd['state'][{k!r}]['master']"
@@ -534,7 +627,13 @@ class MixedPrecision:
     def load_state_dict(self, sd):
         """Restore :meth:`state_dict`'s output, all or nothing: everything is checked
         (:meth:`check_state_dict`) before the wrapped optimizer, the master weights and the 16-bit
-        copies made from them are written."""
+        copies made from them are written.
+
+        Parameters
+        ----------
+        sd : dict
+            As :meth:`state_dict` returns it.
+        """
         _, state = self.check_state_dict(sd)
         self.inner.load_state_dict(sd)
         for k in self.master:
@@ -543,8 +642,24 @@ class MixedPrecision:
 
 
 def mixed_precision(name, params, grads, dtype, **kwargs):
-    """The optimizer ``name`` ('sgd', 'adam', 'adamw') for a model of ``dtype``: itself for float32 and
-    float64, wrapped in :class:`MixedPrecision` for bfloat16, plus a :class:`LossScaler` for float16."""
+    """The optimizer ``name`` for a model of ``dtype``: itself for float32 and float64, wrapped in
+    :class:`MixedPrecision` for bfloat16, plus a :class:`LossScaler` for float16.
+
+    Parameters
+    ----------
+    name : str
+        'sgd', 'adam' or 'adamw'.
+    params : dict of str to array
+    grads : dict of str to array
+    dtype : str or dtype
+        The model's dtype.
+    **kwargs
+        The optimizer's options (``lr``, ``weight_decay``, ...).
+
+    Returns
+    -------
+    Optimizer or MixedPrecision
+    """
     cls = OPTIMIZERS[name]
     dt = np.dtype(dtype).name
     if dt not in ("bfloat16", "float16"):

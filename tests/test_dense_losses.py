@@ -169,3 +169,14 @@ def test_gradient_flow_of_a_16_bit_model_is_summed_in_float32(dtype):
     assert flow["dh"].dtype == np.float32 and flow["dc"].dtype == np.float32
     np.testing.assert_allclose(flow["dh"], expect, rtol=(B * H + 2) * 2.0 ** -24)
     assert np.all(np.isfinite(flow["dc"])) and np.all(flow["dc"] > 0)
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (("x", 4), ValueError, r"name: expected one of 'i', 'f', 'g', 'o', got 'x'"),
+    (("f", 0), ValueError, r"hidden_size: expected a positive integer, got 0"),
+    (("f", 2.0), TypeError, r"hidden_size: expected a positive integer"),
+])
+def test_gate_slice_checks_its_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        gl.gates.gate_slice(*args)
+    assert gl.gates.gate_slice("g", 3) == slice(6, 9)

@@ -1,4 +1,4 @@
-"""The API reference shows the defaults the code has (docs/hooks/docstring_defaults.py) and no
+"""The API reference shows the defaults the code has (docs/hooks/docstring_parameters.py) and no
 literal Sphinx roles (docs/hooks/sphinx_roles.py).
 
 Needs griffe (the documentation extra, ``make docs``); without it these tests skip, and the same
@@ -15,22 +15,22 @@ griffe = pytest.importorskip("griffe")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _hook(name="docstring_defaults"):
+def _hook(name="docstring_parameters"):
     spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "hooks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_the_reference_shows_every_default_the_code_has():
-    assert _hook().default_mismatches(search_paths=[str(ROOT)]) == []
+def test_the_reference_shows_every_parameter_and_default_the_code_has():
+    assert _hook().parameter_problems(search_paths=[str(ROOT)]) == []
 
 
-def _package(tmp_path, source):
+def _package(tmp_path, source, targets=()):
     pkg = tmp_path / "docpkg"
-    pkg.mkdir()
+    pkg.mkdir(exist_ok=True)
     (pkg / "__init__.py").write_text(textwrap.dedent(source))
-    return _hook().default_mismatches("docpkg", search_paths=[str(tmp_path)])
+    return _hook().parameter_problems("docpkg", search_paths=[str(tmp_path)], targets=targets)
 
 
 def test_a_grouped_entry_with_different_defaults_is_reported(tmp_path):
@@ -77,6 +77,52 @@ def test_a_documented_name_the_signature_lacks_is_reported(tmp_path):
             """
     ''')
     assert problems == ["docpkg.run: documents 'step', which its signature does not have"]
+
+
+def test_a_rendered_object_must_document_every_parameter(tmp_path):
+    source = '''
+        def run(steps, lr=0.1, **kwargs):
+            """Run.
+
+            Parameters
+            ----------
+            steps : int
+            """
+    '''
+    assert _package(tmp_path, source) == []                       # not rendered: not required
+    assert _package(tmp_path, source, targets=["docpkg"]) == [
+        "docpkg.run: the reference shows no row for lr, kwargs (add them to the docstring's Parameters "
+        "section)"]
+
+
+def test_prose_after_the_parameters_section_is_reported(tmp_path):
+    problems = _package(tmp_path, '''
+        def run(steps=1):
+            """Run.
+
+            Parameters
+            ----------
+            steps : int
+
+            Supported dtypes: all of them.
+            """
+    ''')
+    assert problems and all("which its signature does not have" in p for p in problems), problems
+
+
+def test_a_description_starting_with_a_comparison_is_reported(tmp_path):
+    problems = _package(tmp_path, '''
+        def run(lr=0.1):
+            """Run.
+
+            Parameters
+            ----------
+            lr : float
+                > 0.
+            """
+    ''')
+    assert problems == ["docpkg.run: the description of 'lr' starts with '>', which Markdown renders as a "
+                        "quotation (write 'At least 0', 'Greater than 1', ...)"]
 
 
 def test_correct_entries_pass_and_private_names_are_not_checked(tmp_path):

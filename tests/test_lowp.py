@@ -447,6 +447,48 @@ def test_loss_scaler_default_scale_is_not_a_float16_overflow():
     assert s.unscale_({"a": np.ones(3, np.float32), "b": np.array([1.0, np.inf], np.float32)}) is False
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(init_scale=0.0), ValueError, r"init_scale: expected a finite number > 0, got 0.0"),
+    (dict(init_scale=float("inf")), ValueError, r"init_scale: expected a finite number > 0, got inf"),
+    (dict(growth_factor=1.0), ValueError, r"growth_factor: expected a finite number > 1, got 1.0"),
+    (dict(growth_factor=float("nan")), ValueError, r"growth_factor: expected a finite number > 1, got nan"),
+    (dict(growth_factor="2"), TypeError, r"growth_factor: expected a real number"),
+    (dict(backoff_factor=1.0), ValueError, r"backoff_factor: expected a number in \(0, 1\), got 1.0"),
+    (dict(backoff_factor=0.0), ValueError, r"backoff_factor: expected a number in \(0, 1\), got 0.0"),
+    (dict(min_scale=0.0), ValueError, r"min_scale: expected a finite number > 0, got 0.0"),
+    (dict(init_scale=1.0, min_scale=2.0), ValueError,
+     r"min_scale: expected at most init_scale \(1.0\), got 2.0"),
+    (dict(growth_interval=0), ValueError, r"growth_interval: expected a positive integer, got 0"),
+])
+def test_loss_scaler_options_are_checked(kwargs, error, match):
+    """Only init_scale and growth_interval were checked (and init_scale=0 passed): a growth factor <= 1
+    or NaN, a backoff factor >= 1 (the scale never shrinks on overflow, every step is skipped) or a
+    min_scale above the scale (a backoff that grows it) were accepted silently."""
+    from gpu_lstm.optim import LossScaler
+    with pytest.raises(error, match=match):
+        LossScaler(**kwargs)
+
+
+@pytest.mark.parametrize("sd, error, match", [
+    ({"clean_steps": 0}, ValueError, r"sd: expected the keys 'scale' and 'clean_steps'"),
+    ([1.0, 0], TypeError, r"sd: expected a dict"),
+    ({"scale": 0.0, "clean_steps": 0}, ValueError, r"sd\['scale'\]: expected a finite number > 0, got 0.0"),
+    ({"scale": 2.0, "clean_steps": -1}, ValueError, r"sd\['clean_steps'\]: expected an int >= 0, got -1"),
+    ({"scale": 2.0, "clean_steps": 1.5}, TypeError, r"sd\['clean_steps'\]: expected an int >= 0"),
+    ({"scale": 2.0, "clean_steps": 0, "skipped_steps": -2}, ValueError,
+     r"sd\['skipped_steps'\]: expected an int >= 0, got -2"),
+])
+def test_loss_scaler_load_state_dict_checks_everything_before_writing(sd, error, match):
+    from gpu_lstm.optim import LossScaler
+    s = LossScaler(init_scale=2.0 ** 10)
+    before = s.state_dict()
+    with pytest.raises(error, match=match):
+        s.load_state_dict(sd)
+    assert s.state_dict() == before
+    s.load_state_dict({"scale": 8.0, "clean_steps": 3, "skipped_steps": 1})
+    assert s.state_dict() == {"scale": 8.0, "clean_steps": 3, "skipped_steps": 1}
+
+
 @pytest.mark.parametrize("name", DTYPES)
 def test_return_cells_of_a_16_bit_model_are_float32(name):
     """cells are the float32 cell states the model computes with, not rounded to 16 bits: bitwise the

@@ -42,24 +42,51 @@ class LSTM(nn.Module):
     torch's generator), and ``forward(input, hx=None) -> output, (h_n, c_n)`` for Tensors (batched or
     not, batch_first or not) and PackedSequence (sorted or not), exactly as ``torch.nn.LSTM``.
 
-    gpu_lstm's own options (keywords only):
+    ``forward(input, hx=None, lengths=...)`` also takes per-sample lengths for a padded Tensor, the
+    same as a ``PackedSequence`` with ``enforce_sorted=False``.
 
-    * ``peephole``: Parameters ``weight_peep_l{k}`` (3, H), rows (i, f, o);
-    * ``zoneout_h``, ``zoneout_c``: zoneout probabilities (training only; expectation in eval);
-    * ``forget_bias``: the forget-gate slice of ``bias_ih`` starts at this value, of ``bias_hh`` at 0;
-    * ``learn_initial_state``: Parameters ``initial_h_l{k}`` (P,), ``initial_c_l{k}`` (H,), used when
-      ``hx`` is None;
-    * ``check_finite``: reject NaN/Inf inputs;
-    * ``seed``: seed of the dropout/zoneout masks (drawn from torch's generator when None and masks
-      are needed). Each training forward also draws its Philox call number from torch's (CPU)
-      generator, so masks follow ``torch.manual_seed`` as torch.nn.LSTM's dropout does, and
-      ``torch.utils.checkpoint`` (which restores torch's generator before recomputing) recomputes
-      the forward with the same masks;
-    * ``forward(input, hx=None, lengths=...)``: per-sample lengths for a padded Tensor, the same as a
-      ``PackedSequence`` with ``enforce_sorted=False``.
+    Parameters
+    ----------
+    input_size : int
+    hidden_size : int
+    num_layers : int
+    bias : bool
+    batch_first : bool
+    dropout : float
+        Between layers, in training mode, as torch.nn.LSTM.
+    bidirectional : bool
+    proj_size : int
+        Positive: an LSTM with projections (``weight_hr_l{k}``), as torch.nn.LSTM.
+    device : torch.device, optional
+        Where the Parameters are created; CPU tensors run the NumPy path, CUDA tensors the GPU path.
+    dtype : torch.dtype, optional
+        torch.float32, float64, bfloat16 or float16 (see below).
+    peephole : bool
+        gpu_lstm's own options start here (keywords only). Parameters ``weight_peep_l{k}`` (3, H),
+        rows (i, f, o).
+    zoneout_h : float
+        Zoneout probability of h (training only; its expectation in eval).
+    zoneout_c : float
+        Zoneout probability of c.
+    forget_bias : float, optional
+        The forget-gate slice of ``bias_ih`` starts at this value, of ``bias_hh`` at 0; None keeps
+        torch's initialisation.
+    learn_initial_state : bool
+        Parameters ``initial_h_l{k}`` (P,), ``initial_c_l{k}`` (H,), used when ``hx`` is None.
+    check_finite : bool
+        Reject NaN/Inf inputs.
+    seed : int, optional
+        Seed of the dropout/zoneout masks (drawn from torch's generator when None and masks are
+        needed). Each training forward also draws its Philox call number from torch's (CPU)
+        generator, so masks follow ``torch.manual_seed`` as torch.nn.LSTM's dropout does, and
+        ``torch.utils.checkpoint`` (which restores torch's generator before recomputing) recomputes
+        the forward with the same masks.
 
-    With any of the first four the ``state_dict`` has keys ``torch.nn.LSTM`` does not know; otherwise
-    it is exactly torch.nn.LSTM's, and loads strictly both ways.
+    Notes
+    -----
+    With ``peephole`` or ``learn_initial_state`` the ``state_dict`` has keys ``torch.nn.LSTM`` does
+    not know; otherwise it is exactly torch.nn.LSTM's, and loads strictly both ways.
+
     Supported dtypes: float32, float64, bfloat16 and float16. The 16-bit ones run gpu_lstm's 16-bit
     models (docs/precision.md): activations and Parameters in 16 bits, arithmetic, GEMM accumulation and
     the cell state in float32, the gradients computed in float32 and returned in the Parameters' dtype
