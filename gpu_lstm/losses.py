@@ -4,6 +4,7 @@
 that is the only host synchronisation). The gradient has the shape of the prediction.
 """
 
+import numbers
 from typing import Any, Tuple
 
 import numpy as np
@@ -30,16 +31,29 @@ def _check_mask_dtype(dtype):
                         f"got dtype {dtype.name}")
 
 
-def mse_loss(pred: Any, target: Any, mask: Any = None) -> Tuple[Any, Any]:
-    """Mean squared error, mean over the counted elements.
+def _check_float(name, dtype):
+    if dtype.kind != "f" and dtype.name != "bfloat16":
+        raise TypeError(f"{name}: expected a float array, got dtype {dtype.name}")
+
+
+def mse_loss(pred: Any, target: Any, mask: Any = None, check_mask: bool = True) -> Tuple[Any, Any]:
+    """Mean squared error, mean over the counted elements: sum(w d^2) / sum(w) with d = pred - target
+    and w the mask (1 everywhere without one).
 
     Parameters
     ----------
-    pred, target : array
-        Same shape and dtype; target may be a host (NumPy) array for predictions on the GPU (it is
-        copied over).
+    pred : array
+        Floats.
+    target : array
+        pred's shape and dtype; may be a host (NumPy) array for predictions on the GPU (it is copied
+        over).
     mask : array, optional
-        Broadcastable to pred's shape: 1 for elements that count, 0 for padding (host or device).
+        pred's number of axes, broadcastable to its shape (a (T, B) padding mask for (T, B, O)
+        predictions is ``mask[..., None]``), host or device: weights >= 0, 1 for elements that count
+        and 0 for padding.
+    check_mask : bool
+        Verify that the weights are finite and >= 0; on a GPU that costs one device-to-host
+        synchronisation, so a loop whose masks are valid by construction can turn it off.
 
     Returns
     -------
@@ -56,6 +70,7 @@ def mse_loss(pred: Any, target: Any, mask: Any = None) -> Tuple[Any, Any]:
     if target.shape != pred.shape:
         raise ValueError(f"target: expected shape {ck.shape_str(pred.shape)} (that of pred), got {ck.shape_str(target.shape)}")
     pdt = be.dtype_of(pred)   # a GPU bfloat16 array is uint16 bit patterns: its logical dtype
+    _check_float("pred", pdt)   # integer predictions would get a truncated integer gradient
     ck.check_dtype("target", target, pdt, be)
     # 16-bit predictions: the loss in float32 (be.wide), the gradient rounded once to pred's dtype
     w = be.wide
@@ -71,14 +86,21 @@ def mse_loss(pred: Any, target: Any, mask: Any = None) -> Tuple[Any, Any]:
         mask = ck.host_array("mask", mask)
         _check_mask_dtype(mask.dtype)
         mask = be.asarray("mask", mask.astype(w, copy=False))
+    # Broadcasting aligns trailing axes, so a (T, B) mask would land on pred's (B, O) axes: same ndim only.
+    if mask.ndim != pred.ndim:
+        raise ValueError(f"mask: expected {pred.ndim} axes like pred {ck.shape_str(pred.shape)} (a (T, B) "
+                         f"padding mask is mask[..., None]), got shape {ck.shape_str(mask.shape)}")
     try:
         mask = xp.broadcast_to(mask, pred.shape)
     except ValueError:
         raise ValueError(f"mask: expected an array broadcastable to {ck.shape_str(pred.shape)} (that of "
                          f"pred), got shape {ck.shape_str(mask.shape)}") from None
+    if check_mask and bool((~xp.isfinite(mask) | (mask < 0)).any()):
+        raise ValueError(f"mask: expected finite weights >= 0 (1 counts, 0 is padding), got values from "
+                         f"{float(mask.min())} to {float(mask.max())}")
     n = xp.maximum(mask.sum(), 1)
-    diff = diff * mask
-    return (diff * diff).sum() / n, be.astype(diff * (2 / n), pdt)
+    wdiff = diff * mask          # w d: the gradient's numerator; the loss is sum(w d^2), not (w d)^2
+    return (wdiff * diff).sum() / n, be.astype(wdiff * (2 / n), pdt)
 
 
 def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_INDEX,
@@ -96,6 +118,7 @@ def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_
         (...) values in [0, V), or ``ignore_index`` (padding), on the logits' device or on the host
         (NumPy; copied to the device).
     ignore_index : int
+        The target value that marks padding.
     check_targets : bool
         Verify the range of the targets; on a GPU that costs one device-to-host synchronisation, so a
         training loop whose targets are valid by construction can turn it off.
@@ -111,8 +134,9 @@ def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_
     _check_array("targets", targets)
     be = backend_for(logits)
     xp = be.xp
-    if be.dtype_of(logits).kind != "f" and be.dtype_of(logits).name != "bfloat16":
-        raise TypeError(f"logits: expected a float array, got dtype {logits.dtype.name}")
+    _check_float("logits", be.dtype_of(logits))
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index: expected an int, got {ignore_index!r} ({type(ignore_index).__name__})")
     targets = be.asarray("targets", targets)  # host targets for device logits: copied over
     if logits.ndim < 1 or logits.shape[:-1] != targets.shape:
         raise ValueError(f"targets: expected shape {ck.shape_str(logits.shape[:-1])} (logits without the "
@@ -142,9 +166,16 @@ def nats_to_bits(loss_nats: Any) -> float:
     Parameters
     ----------
     loss_nats : float or 0-d array
+        As the losses return it (host or device).
 
     Returns
     -------
     float
     """
+    is_number = isinstance(loss_nats, numbers.Real) and not isinstance(loss_nats, bool)
+    is_scalar_array = hasattr(loss_nats, "dtype") and getattr(loss_nats, "ndim", None) == 0 \
+        and np.dtype(loss_nats.dtype).kind == "f"
+    if not (is_number or is_scalar_array):
+        raise TypeError(f"loss_nats: expected a real number or a 0-d array, got {type(loss_nats).__name__}"
+                        + (f" of shape {ck.shape_str(loss_nats.shape)}" if hasattr(loss_nats, "shape") else ""))
     return float(loss_nats) / np.log(2.0)

@@ -12,24 +12,31 @@ def save_plot(history: Sequence[Tuple[int, float]], path: str, title: str, ylabe
     Parameters
     ----------
     history : sequence of (step, loss)
-        Losses must be > 0 to be drawn on the log scale.
+        At least one pair; the y axis is logarithmic when every loss is > 0.
     path : str
-        The PNG file to write.
-    title, ylabel : str
+        The file to write: a PNG whatever its extension.
+    title : str
+    ylabel : str
 
     Returns
     -------
     str or None
         ``path``, or None when matplotlib is not installed.
     """
+    for name, value in (("title", title), ("ylabel", ylabel)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name}: expected a str, got {type(value).__name__}")
+    if len(history) == 0:
+        raise ValueError("history: expected at least one (step, loss) pair, got none")
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
+        # A Figure of its own, not pyplot: no global backend switched under the caller, no figure
+        # registry to leak into.
+        from matplotlib.figure import Figure
+    except ImportError:
         return None
     steps, losses = zip(*history)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     ax.plot(steps, losses)
     if min(losses) > 0:
         ax.set_yscale("log")
@@ -38,8 +45,5 @@ def save_plot(history: Sequence[Tuple[int, float]], path: str, title: str, ylabe
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    finally:
-        plt.close(fig)
+    fig.savefig(path, dpi=110, format="png")      # the format from the extension would not be a PNG
     return path

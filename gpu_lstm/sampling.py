@@ -18,7 +18,8 @@ def sample_text(model: SequenceModel, vocab: CharVocab, length: int, seed: int =
     Parameters
     ----------
     model : SequenceModel
-        A character model (head='all', one-hot inputs and logits over ``vocab``).
+        A character model (head='all', one-hot inputs and logits over ``vocab``), in either layout;
+        it runs in eval mode and is left in the mode it was in.
     vocab : CharVocab
     length : int
         Characters to generate (>= 1).
@@ -44,20 +45,39 @@ def sample_text(model: SequenceModel, vocab: CharVocab, length: int, seed: int =
         raise ValueError(f"prime: expected characters of the model's vocabulary, got {unknown!r} "
                          f"which it does not have")
     xp, V = model.xp, len(vocab)
+    if model.head_mode != "all":
+        raise ValueError(f"model: expected a character model with head='all' (logits at every step), "
+                         f"got head={model.head_mode!r}")
+    if model.config["input_size"] != V:
+        raise ValueError(f"model: expected {V} inputs (one-hot over the vocabulary), got {model.config['input_size']}")
+    if model.config["output_size"] != V:
+        raise ValueError(f"model: expected {V} outputs (the vocabulary's size), got {model.config['output_size']}")
     rng = np.random.default_rng(seed)
+
+    def step(ids, state):
+        """ids (T,) -> the logits of the last step (V,) as float64 on the host, and the state."""
+        x = ids[None, :] if model.batch_first else ids[:, None]        # (1, T) or (T, 1)
+        logits, state = model(one_hot(xp.asarray(x), V, model.dtype, xp), state)
+        last = logits[0, -1] if model.batch_first else logits[-1, 0]
+        return np.asarray(model.lstm._be.to_numpy(last), dtype=np.float64), state
+
+    was_training = model.training
     model.eval()
-    logits, state = model(one_hot(xp.asarray(vocab.encode(prime)[:, None]), V, model.dtype, xp))
-    out = []
-    last = np.asarray(model.lstm._be.to_numpy(logits[-1, 0]), dtype=np.float64)
-    for _ in range(length):
-        z = last / temperature
-        p = np.exp(z - z.max())
-        p /= p.sum()
-        nxt = int(rng.choice(V, p=p))
-        out.append(nxt)
-        logits, state = model(one_hot(xp.asarray(np.array([[nxt]])), V, model.dtype, xp), state)
-        last = np.asarray(model.lstm._be.to_numpy(logits[-1, 0]), dtype=np.float64)
-    model.train()
+    try:
+        last, state = step(vocab.encode(prime), None)
+        out = []
+        for _ in range(length):
+            # Shifted before dividing: a tiny temperature sends the others to -inf (probability 0),
+            # never the maximum to +inf (NaN probabilities).
+            with np.errstate(over="ignore"):           # -inf there is intended
+                p = np.exp((last - last.max()) / temperature)
+            p /= p.sum()
+            nxt = int(rng.choice(V, p=p))
+            out.append(nxt)
+            last, state = step(np.array([nxt]), state)
+    finally:
+        if was_training:
+            model.train()
     return prime + vocab.decode(out)
 
 

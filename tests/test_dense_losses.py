@@ -180,3 +180,57 @@ def test_gate_slice_checks_its_arguments(args, error, match):
     with pytest.raises(error, match=match):
         gl.gates.gate_slice(*args)
     assert gl.gates.gate_slice("g", 3) == slice(6, 9)
+
+
+def test_mse_mask_values_are_weights_not_squared_weights():
+    """A mask value w weighted its element by w**2 (the masked difference was squared); now the loss
+    is sum(w d^2) / sum(w), the same for 0/1 masks, and a uniform mask of any value is no mask."""
+    rng = np.random.default_rng(3)
+    pred, target = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    plain = float(mse_loss(pred, target)[0])
+    for w in (2.0, 0.5):
+        assert abs(float(mse_loss(pred, target, np.full((4, 3), w))[0]) - plain) < 1e-14
+    weights = rng.uniform(0.1, 3.0, (4, 1))
+    loss, grad = mse_loss(pred, target, weights)
+    d = pred - target
+    assert abs(float(loss) - (weights * d * d).sum() / (weights.sum() * 3)) < 1e-14
+    f = lambda: float(mse_loss(pred, target, weights)[0])  # noqa: E731
+    assert relative_error(grad, numeric_gradient(f, pred, 1e-6)) < TOL
+
+
+@pytest.mark.parametrize("mask, error, match", [
+    (-np.ones((2, 3, 1)), ValueError, r"mask: expected finite weights >= 0 .*got values from -1.0"),
+    (np.full((2, 3, 1), np.nan), ValueError, r"mask: expected finite weights >= 0"),
+    (np.ones((2, 3)), ValueError, r"mask: expected 3 axes like pred \(2, 3, 4\) \(a \(T, B\) padding mask is mask\[\.\.\., None\]\), got "
+                                          r"shape \(2, 3\)"),
+])
+def test_mse_mask_is_checked(mask, error, match):
+    """A (T, B) padding mask on (T, B, O) predictions broadcast from the right, onto (B, O): a wrong
+    loss without an error. Negative or NaN weights gave nonsense losses."""
+    pred, target = np.ones((2, 3, 4)), np.zeros((2, 3, 4))
+    with pytest.raises(error, match=match):
+        mse_loss(pred, target, mask)
+    if error is ValueError and mask.ndim == 3:
+        mse_loss(pred, target, mask, check_mask=False)      # the check can be turned off (a GPU sync)
+
+
+def test_mse_integer_predictions_are_refused():
+    """int32 predictions gave an int32 gradient, truncated ([[0, 1, 2]] for [[0.67, 1.33, 2]])."""
+    p = np.array([[1, 2, 3]], np.int32)
+    with pytest.raises(TypeError, match="pred: expected a float array, got dtype int32"):
+        mse_loss(p, np.zeros_like(p))
+
+
+@pytest.mark.parametrize("ignore_index", [None, "x", 1.5, True])
+def test_softmax_ignore_index_must_be_an_int(ignore_index):
+    """ignore_index=None, 'x' or 1.5 was accepted and ignored nothing."""
+    with pytest.raises(TypeError, match="ignore_index: expected an int"):
+        softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 1]), ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("value", ["1.0", True, None, np.zeros(2)])
+def test_nats_to_bits_takes_a_number(value):
+    from gpu_lstm.losses import nats_to_bits
+    with pytest.raises(TypeError, match="loss_nats: expected a real number or a 0-d array"):
+        nats_to_bits(value)
+    assert abs(nats_to_bits(np.float32(np.log(2))) - 1.0) < 1e-7 and nats_to_bits(np.array(0.0)) == 0.0

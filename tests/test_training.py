@@ -68,3 +68,89 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "adding", "--steps", "0"])
     assert "expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def _char_model(vocab, **kwargs):
+    from gpu_lstm.model import SequenceModel
+    V = len(vocab)
+    return SequenceModel(V, 8, V, dtype="float64", device="cpu", seed=0, **kwargs)
+
+
+def test_sample_text_restores_the_callers_mode_even_on_error():
+    """sample_text left every model in training mode (dropout back on after model.eval())."""
+    from gpu_lstm.sampling import sample_text
+    from gpu_lstm.tasks import CharVocab
+    vocab = CharVocab("abc\n")
+    m = _char_model(vocab, dropout=0.0)
+    m.eval()
+    sample_text(m, vocab, 3)
+    assert m.training is False
+    m.train()
+    with pytest.raises(ValueError, match="prime"):
+        sample_text(m, vocab, 3, prime="z")
+    assert m.training is True
+    sample_text(m, vocab, 3)
+    assert m.training is True
+
+
+def test_sample_text_is_finite_at_a_tiny_temperature():
+    """temperature=1e-310 made the logits / temperature overflow to inf and the probabilities NaN."""
+    from gpu_lstm.sampling import sample_text
+    from gpu_lstm.tasks import CharVocab
+    vocab = CharVocab("abc\n")
+    text = sample_text(_char_model(vocab), vocab, 5, temperature=1e-310)
+    assert len(text) == 6 and set(text) <= set(vocab.chars)
+
+
+def test_sample_text_reads_a_batch_first_model_in_its_layout():
+    """A batch_first model got (T, 1, V) inputs: the prime read as T one-step sequences."""
+    from gpu_lstm.sampling import sample_text
+    from gpu_lstm.tasks import CharVocab
+    vocab = CharVocab("abcdefgh\n")
+    a, b = _char_model(vocab), _char_model(vocab, batch_first=True)
+    assert sample_text(a, vocab, 20, prime="abcabc", seed=3) == sample_text(b, vocab, 20, prime="abcabc", seed=3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(head="last"), "model: expected a character model with head='all'"),
+    (dict(output_size=5), r"model: expected 9 outputs \(the vocabulary's size\), got 5"),
+    (dict(input_size=5), r"model: expected 9 inputs \(one-hot over the vocabulary\), got 5"),
+])
+def test_sample_text_refuses_a_model_that_does_not_fit_the_vocabulary(kwargs, match):
+    from gpu_lstm.model import SequenceModel
+    from gpu_lstm.sampling import sample_text
+    from gpu_lstm.tasks import CharVocab
+    vocab = CharVocab("abcdefgh\n")
+    sizes = dict(input_size=9, output_size=9)
+    sizes.update({k: v for k, v in kwargs.items() if k in sizes})
+    m = SequenceModel(sizes["input_size"], 4, sizes["output_size"], device="cpu", seed=0,
+                      **{k: v for k, v in kwargs.items() if k not in sizes})
+    with pytest.raises(ValueError, match=match):
+        sample_text(m, vocab, 3)
+
+
+def test_save_plot_writes_a_png_at_exactly_the_path_it_returns(tmp_path):
+    """A path without '.png' got 'noext.png' written while 'noext' was returned; '.pdf' wrote a PDF;
+    and the caller's matplotlib backend was switched to Agg."""
+    matplotlib = pytest.importorskip("matplotlib")
+    from gpu_lstm.plotting import save_plot
+    backend = matplotlib.get_backend()
+    for name in ("noext", "curve.pdf"):
+        path = str(tmp_path / name)
+        assert save_plot([(1, 1.0), (2, 0.5)], path, "t", "loss") == path
+        with open(path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.get_backend() == backend
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (([], "t", "y"), ValueError, "history: expected at least one"),
+    (([(1, 1.0)], "t", None), TypeError, "ylabel: expected a str"),
+    (([(1, 1.0)], 3, "y"), TypeError, "title: expected a str"),
+])
+def test_save_plot_checks_its_arguments(tmp_path, args, error, match):
+    pytest.importorskip("matplotlib")
+    from gpu_lstm.plotting import save_plot
+    history, title, ylabel = args
+    with pytest.raises(error, match=match):
+        save_plot(history, str(tmp_path / "p.png"), title, ylabel)
