@@ -117,6 +117,19 @@ def write_atomically(path: str, write: Callable[[BinaryIO], Any], mode: int = 0o
     return path
 
 
+def _check_str_keys(name: str, value: Any) -> None:
+    """JSON object keys are strings: a non-str key would come back as one (or be lost to a
+    same-named str key), so extra would not read back as it was written."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{name}: expected str keys, got {k!r} ({type(k).__name__}); JSON keys are strings")
+            _check_str_keys(f"{name}[{k!r}]", v)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_str_keys(f"{name}[{i}]", v)
+
+
 def save_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None,
                     extra: Optional[Dict[str, Any]] = None) -> str:
     """Save a model's parameters (and optimizer state, and metadata) to one ``.npz`` file, atomically.
@@ -140,8 +153,17 @@ def save_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
     """
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra: expected a dict or None, got {type(extra).__name__}")
+    _check_str_keys("extra", extra or {})
     if not hasattr(model, "params"):
         raise TypeError(f"model: expected a model with a params dict, got {type(model).__name__}")
+    if optimizer is not None:
+        if not (hasattr(optimizer, "state_dict") and hasattr(optimizer, "params")):
+            raise TypeError(f"optimizer: expected an optimizer with state_dict() and params (gpu_lstm.optim), "
+                            f"got {type(optimizer).__name__}")
+        foreign = sorted(set(optimizer.params) - set(model.params))
+        if foreign:
+            raise ValueError(f"optimizer: expected an optimizer over the model's parameters, got one over "
+                             f"{', '.join(map(repr, foreign))}, which the model does not have")
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"path: expected a file name, got the folder {path!r}")
@@ -265,7 +287,11 @@ def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
             raise CheckpointError(f"checkpoint: {path} holds {saved.get('class')} state, "
                                   f"not {type(optimizer).__name__}")
         state = {}
-        for k in model.params:
+        # The optimizer's own parameters: all of the model's, or some (e.g. only the head trained).
+        for k in optimizer.params:
+            if k not in model.params:
+                raise CheckpointError(f"checkpoint: optimizer: expected an optimizer over the model's "
+                                      f"parameters, got one over {k!r}, which the model does not have")
             state[k] = {}
             for s in optimizer.slots:
                 key = f"optim/{k}/{s}"

@@ -80,7 +80,8 @@ class Dense:
                 raise ValueError(f"h: expected last axis of size in_features = {self.in_features}, "
                                  f"got shape {ck.shape_str(h.shape)}")
             lead = h.shape[:-1]
-            h2 = xp.ascontiguousarray(h.reshape(-1, self.in_features))       # (N, in)
+            # Saved for backward (dW, eq. 21): a copy, so a caller changing h afterwards cannot change dW.
+            h2 = h.reshape(-1, self.in_features).copy()                       # (N, in), C order
             z = be.empty((h2.shape[0], self.out_features))                    # (N, out)
             z[...] = self.params["b"]
             be.gemm(h2, self.params["W"], z, trans_b=True, beta=1.0)          # eq. (7), inside F
@@ -89,7 +90,8 @@ class Dense:
             else:
                 y = self._activate(z)
             self._saved = (h2, y, lead)
-            return y.reshape(lead + (self.out_features,))
+            # A copy: F' in backward reads the saved y, which `pred -= target` must not change.
+            return y.reshape(lead + (self.out_features,)).copy()
 
     __call__ = forward
 

@@ -12,6 +12,7 @@ the per-step maths is in _direction.py and cuda/, the torch name mapping in torc
 import contextlib
 import copy
 import numbers
+import warnings
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -131,8 +132,8 @@ class LSTM:
         Diagonal peephole weights "l{k}.P" (3, H), rows (i, f, o): c(t-1) into the input and forget
         gates, c(t) into the output gate (the variant of the chain-rules seed; docs/math.md).
     dropout : float
-        Dropout probability on the input of every layer but the first, as in torch.nn.LSTM, in
-        training mode only (see :meth:`train` / :meth:`eval`); masks come from the model's seeded
+        Dropout probability on the input of every layer but the first, as in torch.nn.LSTM (so with
+        one layer it has no effect, and a UserWarning says so), in training mode only (see :meth:`train` / :meth:`eval`); masks come from the model's seeded
         counter-based generator (Philox4x32-10, :mod:`gpu_lstm.philox`), so the same seed gives
         bitwise the same masks on every device; checkpoints save the generator's counter.
     forget_bias : float or None
@@ -212,6 +213,9 @@ class LSTM:
             if ck.nonnegative_float(name, value) >= 1.0:
                 raise ValueError(f"{name}: expected a probability in [0, 1), got {value}")
         self.dropout = float(dropout)
+        if self.dropout and self.num_layers == 1:     # as torch.nn.LSTM says, not silently nothing
+            warnings.warn(f"dropout={self.dropout} has no effect with num_layers=1: it applies to the input "
+                          f"of every layer but the first", UserWarning, stacklevel=2)
         self.zoneout_h, self.zoneout_c = float(zoneout_h), float(zoneout_c)
         if forget_bias is not None:
             if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \

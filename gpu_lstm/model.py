@@ -131,6 +131,11 @@ class SequenceModel:
         state : (h_n, c_n)
             The LSTM's final states, (num_layers * num_directions, B, features).
         """
+        shape = getattr(x, "shape", None)
+        if self.head_mode == "last" and shape is not None and len(shape) == 3 \
+                and shape[1 if self.batch_first else 0] == 0:       # checked before the LSTM records anything
+            raise ValueError(f"x: expected at least one time step for head='last' (its prediction comes "
+                             f"from the last step), got shape {ck.shape_str(shape)}")
         y, state = self.lstm(x, state, lengths=lengths)
         self._y_shape = tuple(y.shape)
         if self.head_mode == "all":

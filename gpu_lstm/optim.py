@@ -24,6 +24,25 @@ def _backend(a):
     return backend_for(a)
 
 
+def _check_updatable(name, a):
+    """a is updated in place: a float array (its logical dtype: a GPU bfloat16 array is uint16 bits)
+    that can be written. Checked before anything is written, so a failure cannot leave half an update."""
+    dt = _backend(a).dtype_of(a)
+    if dt.kind != "f" and dt.name != "bfloat16":
+        raise TypeError(f"{name}: expected a float array, got dtype {dt.name}")
+    if not getattr(a.flags, "writeable", True):      # CuPy arrays have no such flag: always writable
+        raise ValueError(f"{name}: expected a writable array (it is updated in place), got a read-only one")
+
+
+def _named_grads(grads):
+    """[(name, array)] of a dict or an iterable of gradients, each checked updatable."""
+    named = ([(f"grads[{k!r}]", g) for k, g in grads.items()] if isinstance(grads, dict)
+             else [(f"grads[{i}]", g) for i, g in enumerate(grads)])
+    for name, g in named:
+        _check_updatable(name, g)
+    return named
+
+
 def adam_constants(opt):
     """The scalars of one Adam/AdamW step as the array expressions of Adam._update use them (Python
     floats; the fused kernel rounds each to the parameter's dtype, as NumPy does).
@@ -65,6 +84,7 @@ class Optimizer:
         if set(params) != set(grads):
             raise ValueError(f"grads: expected the keys of params {sorted(params)}, got {sorted(grads)}")
         for k in params:
+            _check_updatable(f"params[{k!r}]", params[k])
             if params[k].shape != grads[k].shape:
                 raise ValueError(f"grads[{k!r}]: expected the parameter's shape {tuple(params[k].shape)}, "
                                  f"got {tuple(grads[k].shape)}")
@@ -145,14 +165,24 @@ class Optimizer:
                 if s not in slots:
                     raise KeyError(f"{name}: expected an array of shape {tuple(self.params[k].shape)}, got nothing")
                 v = slots[s]
-                if not (hasattr(v, "shape") and hasattr(v, "dtype")):
-                    v = np.asarray(v)
+                if not (hasattr(v, "shape") and isinstance(getattr(v, "dtype", None), np.dtype)):
+                    try:                 # lists, torch tensors, ...: what NumPy makes of them
+                        v = np.asarray(v)
+                    except (TypeError, ValueError) as exc:
+                        raise TypeError(f"{name}: expected an array of real numbers, got {type(v).__name__} "
+                                        f"({exc})") from None
                 if v.dtype.kind not in "fiu":
                     raise TypeError(f"{name}: expected an array of real numbers, got dtype {v.dtype.name}")
                 if tuple(v.shape) != tuple(self.params[k].shape):
                     raise ValueError(f"{name}: expected shape {tuple(self.params[k].shape)}, got {tuple(v.shape)}")
+                self._check_slot(name, s, v)
                 out[k][s] = v
         return int(step_count), out
+
+    def _check_slot(self, name: str, slot: str, v: Any) -> None:
+        """A loaded slot's values: finite (a NaN moment would turn every later update into NaN)."""
+        if not bool(_xp(v).isfinite(v).all()):
+            raise ValueError(f"{name}: expected finite values, got NaN or Inf")
 
     def load_state_dict(self, sd: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output, all or nothing.
@@ -255,6 +285,12 @@ class Adam(Optimizer):
         """
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}
 
+    def _check_slot(self, name: str, slot: str, v: Any) -> None:
+        super()._check_slot(name, slot, v)
+        # sqrt(v) in the update: a negative second moment makes the parameters NaN.
+        if slot == "v" and bool((v < 0).any()):
+            raise ValueError(f"{name}: expected values >= 0 (a second moment), got a minimum of {float(v.min())}")
+
     def _update(self, p, g, st):
         fused = getattr(_backend(p), "adam_step", None)
         if fused is not None and p.flags.c_contiguous and g.flags.c_contiguous:
@@ -349,6 +385,7 @@ def clip_grad_norm(grads: Arrays, max_norm: float, eps: float = 1e-6) -> Any:
     max_norm : float
         Positive. (To turn clipping off, do not call this.)
     eps : float
+        Added to the norm, finite and >= 0 (a negative one can flip the gradients' sign).
 
     Returns
     -------
@@ -357,7 +394,8 @@ def clip_grad_norm(grads: Arrays, max_norm: float, eps: float = 1e-6) -> Any:
     """
     # 0 would silently zero every gradient: clipping is turned off by not calling this.
     max_norm = ck.positive_float("max_norm", max_norm)
-    glist = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    eps = ck.nonnegative_float("eps", eps)
+    glist = [g for _, g in _named_grads(grads)]
     if not glist:
         raise ValueError("grads: expected at least one gradient array, got none")
     fused = _fused_norm(glist)
@@ -381,7 +419,7 @@ def clip_grad_value(grads: Arrays, clip_value: float) -> None:
         Positive.
     """
     clip_value = ck.positive_float("clip_value", clip_value)   # 0 would zero every gradient
-    for g in (grads.values() if isinstance(grads, dict) else grads):
+    for _, g in _named_grads(grads):
         _xp(g).clip(g, -clip_value, clip_value, out=g)
 
 

@@ -117,3 +117,51 @@ def test_training_with_dropout_and_zoneout_resumes_bitwise(tmp_path, device):
     steps(m2, opt2, data[3:])
     for k in m.params:
         np.testing.assert_array_equal(m2.params[k], m.params[k])
+
+
+def test_an_optimizer_over_some_of_the_parameters_round_trips(tmp_path):
+    """save_checkpoint wrote the state of an optimizer over the head only; load_checkpoint then looked
+    for every model parameter's slots and failed ('optimizer slot ... missing')."""
+    from gpu_lstm.model import SequenceModel
+    from gpu_lstm.optim import Adam
+    m = SequenceModel(2, 3, 1, dtype="float64", device="cpu", seed=0)
+    head = {k: m.params[k] for k in ("head.W", "head.b")}
+    opt = Adam(head, {k: m.grads[k] for k in head}, lr=0.1)
+    for g in m.grads.values():
+        g[...] = 1.0
+    opt.step()
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, m, opt)
+    m2 = SequenceModel(2, 3, 1, dtype="float64", device="cpu", seed=1)
+    head2 = {k: m2.params[k] for k in head}
+    opt2 = Adam(head2, {k: m2.grads[k] for k in head}, lr=0.1)
+    load_checkpoint(path, m2, opt2)
+    assert opt2.step_count == 1
+    for k in head:
+        for s in ("m", "v"):
+            np.testing.assert_array_equal(opt2.state[k][s], opt.state[k][s])
+
+
+def test_an_optimizer_over_other_parameters_is_refused_at_save(tmp_path):
+    from gpu_lstm.model import SequenceModel
+    from gpu_lstm.optim import SGD
+    m = SequenceModel(2, 3, 1, dtype="float64", device="cpu", seed=0)
+    opt = SGD({"other": np.ones(2)}, {"other": np.ones(2)}, lr=0.1)
+    with pytest.raises(ValueError, match=r"optimizer: expected an optimizer over the model's parameters, "
+                                         r"got one over 'other'"):
+        save_checkpoint(str(tmp_path / "c.npz"), m, opt)
+    with pytest.raises(TypeError, match="optimizer: expected an optimizer with state_dict"):
+        save_checkpoint(str(tmp_path / "c.npz"), m, object())
+    assert not (tmp_path / "c.npz").exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({1: "int", "1": "str"}, r"extra: expected str keys, got 1 \(int\)"),
+    ({"a": {2: "x"}}, r"extra\['a'\]: expected str keys, got 2 \(int\)"),
+])
+def test_extra_keys_must_be_strings(tmp_path, extra, match):
+    """{1: 'int', '1': 'str'} read back as {'1': 'str'}: JSON keys are strings, one entry was lost."""
+    from gpu_lstm.model import SequenceModel
+    m = SequenceModel(2, 3, 1, dtype="float64", device="cpu", seed=0)
+    with pytest.raises(TypeError, match=match):
+        save_checkpoint(str(tmp_path / "c.npz"), m, extra=extra)

@@ -234,3 +234,53 @@ def test_nats_to_bits_takes_a_number(value):
     with pytest.raises(TypeError, match="loss_nats: expected a real number or a 0-d array"):
         nats_to_bits(value)
     assert abs(nats_to_bits(np.float32(np.log(2))) - 1.0) < 1e-7 and nats_to_bits(np.array(0.0)) == 0.0
+
+
+@pytest.mark.parametrize("activation", ["identity", "sigmoid", "softmax"])
+def test_dense_output_and_input_can_be_changed_in_place_after_forward(activation):
+    """forward returned the array it saved for backward and saved the caller's input as a view:
+    `pred -= target; model.backward(pred)` (or changing h after forward) gave wrong gradients."""
+    rng = np.random.default_rng(4)
+    h, dy = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+    grads = []
+    for in_place in (False, True):
+        d = Dense(3, 2, activation, dtype="float64", seed=0)
+        x = h.copy()
+        y = d(x)
+        if in_place:
+            y *= 7.0
+            x[...] = 0.0
+        dh = d.backward(dy)
+        grads.append((dh, {k: v.copy() for k, v in d.grads.items()}))
+    np.testing.assert_array_equal(grads[0][0], grads[1][0])
+    for k in grads[0][1]:
+        np.testing.assert_array_equal(grads[0][1][k], grads[1][1][k])
+
+
+def test_sequence_model_prediction_can_be_changed_in_place():
+    rng = np.random.default_rng(5)
+    x, t = rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 2))
+    out = []
+    for in_place in (False, True):
+        m = SequenceModel(3, 4, 2, activation="sigmoid", dtype="float64", device="cpu", seed=0)
+        pred, _ = m(x)
+        if in_place:
+            pred -= t
+            dpred = pred
+        else:
+            dpred = pred - t
+        m.backward(dpred)
+        out.append({k: v.copy() for k, v in m.grads.items()})
+    for k in out[0]:
+        np.testing.assert_array_equal(out[0][k], out[1][k])
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_head_last_needs_a_time_step(batch_first):
+    """T = 0 with head='last' was an IndexError from inside the model."""
+    m = SequenceModel(2, 3, 1, head="last", device="cpu", seed=0, batch_first=batch_first)
+    x = np.zeros((2, 0, 2) if batch_first else (0, 2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"x: expected at least one time step for head='last'"):
+        m(x)
+    B = 2 if batch_first else 3                      # (B, T, I) or (T, B, I) with one step or more
+    assert m(np.zeros((2, 3, 2), np.float32))[0].shape == (B, 1)

@@ -278,3 +278,14 @@ def test_torch_autograd_function_wrapper():
         m2(xx.detach().numpy())
         m2.backward(np.ones((5, 2, 4)))
     np.testing.assert_allclose(m.grads["l0.W"], m2.grads["l0.W"], rtol=1e-13, atol=1e-15)
+
+
+def test_dropout_with_one_layer_warns_as_torch_does():
+    """dropout > 0 with num_layers=1 changed nothing, silently (torch.nn.LSTM warns)."""
+    with pytest.warns(UserWarning, match="dropout=0.5 has no effect with num_layers=1"):
+        gl.LSTM(3, 4, dropout=0.5, device="cpu")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gl.LSTM(3, 4, 2, dropout=0.5, device="cpu")
+        gl.LSTM(3, 4, device="cpu")

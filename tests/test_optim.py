@@ -115,3 +115,69 @@ def test_fused_optimizer_kernels_equal_the_numpy_optimizer_bitwise(dtype, cls, k
         np.testing.assert_array_equal(p2[k], params[k])
         for s in ref.slots:
             np.testing.assert_array_equal(fused.state[k][s], ref.state[k][s])
+
+
+@pytest.mark.parametrize("eps, error, match", [
+    (-6.0, ValueError, "eps: expected a finite number >= 0, got -6.0"),
+    (float("nan"), ValueError, "eps: expected a finite number >= 0, got nan"),
+    ("a", TypeError, "eps: expected a real number"),
+])
+def test_clip_grad_norm_checks_eps(eps, error, match):
+    """eps=-6 turned [3, 4] into [-3, -4] (norm + eps = -1): the update went uphill."""
+    from gpu_lstm.optim import clip_grad_norm
+    g = np.array([3.0, 4.0])
+    with pytest.raises(error, match=match):
+        clip_grad_norm([g], 1.0, eps=eps)
+    assert np.array_equal(g, [3.0, 4.0])
+
+
+@pytest.mark.parametrize("clip", ["norm", "value"])
+def test_clipping_refuses_integer_and_read_only_gradients(clip):
+    """clip_grad_norm zeroed integer gradients (the scale cast to int); clip_grad_value raised numpy's
+    casting error naming nothing."""
+    from gpu_lstm.optim import clip_grad_norm, clip_grad_value
+    f = (lambda g: clip_grad_norm(g, 1.0)) if clip == "norm" else (lambda g: clip_grad_value(g, 1.5))
+    a = np.array([3, 4])
+    with pytest.raises(TypeError, match=r"grads\[0\]: expected a float array, got dtype int64"):
+        f([a])
+    assert np.array_equal(a, [3, 4])
+    ro = np.array([3.0, 4.0])
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"grads\['b'\]: expected a writable array"):
+        f({"a": np.array([3.0, 4.0]), "b": ro})
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_optimizer_refuses_parameters_it_could_not_update_whole(cls):
+    """A read-only or integer parameter made step() fail after the others were updated (and the
+    step count and moments advanced): half an update, and numpy's error naming nothing."""
+    ro = np.ones(3)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\['b'\]: expected a writable array"):
+        cls({"a": np.ones(3), "b": ro}, {"a": np.ones(3), "b": np.ones(3)}, lr=0.1)
+    with pytest.raises(TypeError, match=r"params\['b'\]: expected a float array, got dtype int64"):
+        cls({"a": np.ones(3), "b": np.ones(3, np.int64)}, {"a": np.ones(3), "b": np.ones(3, np.int64)}, lr=0.1)
+
+
+def test_adam_state_dict_slots_are_checked():
+    """A negative second moment was loaded and the next step made the parameters NaN; torch tensors
+    and ragged lists failed with errors naming nothing."""
+    torch = pytest.importorskip("torch")
+    p, g = {"a": np.ones(3)}, {"a": np.ones(3)}
+    opt = Adam(p, g, lr=0.1)
+    opt.step()
+    sd = opt.state_dict()
+    before = {k: v.copy() for k, v in opt.state["a"].items()}
+    bad_v = dict(sd, state={"a": dict(sd["state"]["a"], v=-np.ones(3))})
+    with pytest.raises(ValueError, match=r"sd\['state'\]\['a'\]\['v'\]: expected values >= 0"):
+        opt.load_state_dict(bad_v)
+    nan_m = dict(sd, state={"a": dict(sd["state"]["a"], m=np.full(3, np.nan))})
+    with pytest.raises(ValueError, match=r"sd\['state'\]\['a'\]\['m'\]: expected finite values"):
+        opt.load_state_dict(nan_m)
+    ragged = dict(sd, state={"a": dict(sd["state"]["a"], m=[[1.0], [1.0, 2.0]])})
+    with pytest.raises(TypeError, match=r"sd\['state'\]\['a'\]\['m'\]: expected an array of real numbers"):
+        opt.load_state_dict(ragged)
+    assert all(np.array_equal(opt.state["a"][k], v) for k, v in before.items())
+    tensors = dict(sd, state={"a": {k: torch.from_numpy(v.copy()) for k, v in sd["state"]["a"].items()}})
+    opt.load_state_dict(tensors)
+    assert all(np.array_equal(opt.state["a"][k], v) for k, v in before.items())
