@@ -72,7 +72,7 @@ class Dense:
         array
             (..., out_features).
         """
-        be, xp = self._be, self._be.xp
+        be = self._be
         with be.activate():
             h = be.asarray("h", h)
             ck.check_dtype("h", h, self.dtype, be)
