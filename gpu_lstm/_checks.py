@@ -17,6 +17,16 @@ def positive_int(name, value):
     return int(value)
 
 
+def flag(name, value, allow_none=False):
+    """``value`` as a bool if it is True or False (NumPy's bool too), or None when allowed; a string
+    such as "no" is refused rather than read as True."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False{' or None' if allow_none else ''}, got {value!r}")
+    return bool(value)
+
+
 def nonnegative_int(name, value):
     """Return ``value`` as int if it is an integer >= 0 (bool excluded); raise naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -100,6 +110,8 @@ _EXPECTED = "'float32', 'float64', 'bfloat16' or 'float16'"
 def float_dtype(value):
     """Normalise 'float32' / 'float64' / 'bfloat16' / 'float16' (or the NumPy / ml_dtypes
     equivalents) to a NumPy dtype. 'bfloat16' needs ml_dtypes (ImportError naming it otherwise)."""
+    if value is None:       # np.dtype(None) is float64, not the float32 default: refused, not guessed
+        raise TypeError(f"dtype: expected {_EXPECTED}, got None")
     if isinstance(value, str) and value in ("bfloat16", "float16"):
         from .backend.lowp import dtype_of
         return dtype_of(value)

@@ -196,11 +196,10 @@ class LSTM:
         self.input_size = ck.positive_int("input_size", input_size)
         self.hidden_size = ck.positive_int("hidden_size", hidden_size)
         self.num_layers = ck.positive_int("num_layers", num_layers)
-        for name, flag in (("bias", bias), ("batch_first", batch_first), ("check_finite", check_finite),
-                           ("bidirectional", bidirectional), ("peephole", peephole),
-                           ("learn_initial_state", learn_initial_state)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"{name}: expected True or False, got {flag!r}")
+        for name, value in (("bias", bias), ("batch_first", batch_first), ("check_finite", check_finite),
+                            ("bidirectional", bidirectional), ("peephole", peephole),
+                            ("learn_initial_state", learn_initial_state)):
+            ck.flag(name, value)
         self.bias, self.batch_first, self.check_finite = bool(bias), bool(batch_first), bool(check_finite)
         self.bidirectional, self.peephole = bool(bidirectional), bool(peephole)
         self.learn_initial_state = bool(learn_initial_state)
@@ -548,7 +547,7 @@ class LSTM:
             ``weight_ih_l0``, ...; ``bias_ih`` is b and ``bias_hh`` is zero.
         """
         from .torch_state import torch_state_dict
-        return torch_state_dict(self, as_tensors)
+        return torch_state_dict(self, ck.flag("as_tensors", as_tensors, allow_none=True))
 
     def _torch_names(self):
         from .torch_state import torch_names
@@ -675,6 +674,8 @@ class LSTM:
             for inspection (backward takes no gradient for it). Of dtype float32 in a bfloat16 or
             float16 model (on every device): the cell state the model computes with, unrounded.
         """
+        check_finite = ck.flag("check_finite", check_finite, allow_none=True)
+        return_cells = ck.flag("return_cells", return_cells)
         with self._be.activate():
             return self._forward(x, hc, lengths, check_finite, return_cells)
 

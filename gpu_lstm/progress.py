@@ -4,6 +4,8 @@ import sys
 import time
 from typing import Optional, TextIO
 
+from . import _checks as ck
+
 
 class Progress:
     """One status line: redrawn in place on a terminal (at most 5 times a second), printed every
@@ -20,8 +22,11 @@ class Progress:
     """
 
     def __init__(self, total: int, every: int, stream: Optional[TextIO] = None) -> None:
-        self.total, self.every = total, max(1, every)
-        self.stream = stream or sys.stderr
+        self.total = ck.positive_int("total", total)
+        self.every = ck.positive_int("every", every)
+        if stream is not None and not hasattr(stream, "write"):
+            raise TypeError(f"stream: expected a file-like object with write(), got {type(stream).__name__}")
+        self.stream = sys.stderr if stream is None else stream   # `or` would swap an empty collector
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.t0 = self.last = time.perf_counter()
 
@@ -55,7 +60,7 @@ class Progress:
         """
         self.last = now = time.perf_counter()
         width = 24
-        done = int(width * step / self.total)
+        done = int(width * min(max(step, 0), self.total) / self.total)    # the bar never overflows
         bar = "#" * done + "." * (width - done)
         line = (f"[{bar}] step {step}/{self.total}  loss {loss:.4f}  "
                 f"{tokens / max(now - self.t0, 1e-9):,.0f} tokens/s")

@@ -57,7 +57,7 @@ def sample_text(model: SequenceModel, vocab: CharVocab, length: int, seed: int =
     def step(ids, state):
         """ids (T,) -> the logits of the last step (V,) as float64 on the host, and the state."""
         x = ids[None, :] if model.batch_first else ids[:, None]        # (1, T) or (T, 1)
-        logits, state = model(one_hot(xp.asarray(x), V, model.dtype, xp), state)
+        logits, state = model(one_hot(x, V, model.dtype, xp), state)
         last = logits[0, -1] if model.batch_first else logits[-1, 0]
         return np.asarray(model.lstm._be.to_numpy(last), dtype=np.float64), state
 

@@ -9,6 +9,7 @@
 """
 
 import gzip
+import numbers
 import os
 from importlib import resources
 from typing import Any, Tuple
@@ -44,6 +45,10 @@ def adding_batch(rng: np.random.Generator, T: int, B: int, dtype: str = "float32
     if T < 2:
         raise ValueError(f"T: expected at least 2 steps for the adding problem (one marker per half), got {T}")
     B = ck.positive_int("B", B)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), got "
+                        f"{type(rng).__name__}")
+    dtype = ck.float_dtype(dtype)       # an integer dtype would truncate the values in [0, 1) to 0
     values = rng.uniform(0.0, 1.0, (T, B))
     first = rng.integers(0, T // 2, B)
     second = rng.integers(T // 2, T, B)
@@ -149,12 +154,21 @@ class CharVocab:
         Parameters
         ----------
         ids : iterable of int
+            Each in [0, len(vocab)).
 
         Returns
         -------
         str
         """
-        return "".join(self.chars[int(i)] for i in ids)
+        out = []
+        for i in ids:
+            # No negative indexing (-1 is not the last character) and no truncated floats.
+            if isinstance(i, (bool, np.bool_)) or not isinstance(i, (numbers.Integral, np.integer)):
+                raise TypeError(f"ids: expected integers in [0, {len(self.chars)}), got {i!r} ({type(i).__name__})")
+            if not 0 <= i < len(self.chars):
+                raise ValueError(f"ids: expected integers in [0, {len(self.chars)}), got {int(i)}")
+            out.append(self.chars[int(i)])
+        return "".join(out)
 
 
 def one_hot(ids: Any, V: int, dtype: Any, xp: Any = np) -> Any:
@@ -163,7 +177,8 @@ def one_hot(ids: Any, V: int, dtype: Any, xp: Any = np) -> Any:
     Parameters
     ----------
     ids : array of int
-        Any shape (...), values in [0, V).
+        Any shape (...), values in [0, V). Host ids are checked on the host and then copied; device
+        ids cost one synchronisation to check, so loops pass host ids.
     V : int
         Vocabulary size.
     dtype : dtype
@@ -175,6 +190,13 @@ def one_hot(ids: Any, V: int, dtype: Any, xp: Any = np) -> Any:
     array
         (..., V).
     """
+    V = ck.positive_int("V", V)
+    if not (hasattr(ids, "dtype") and hasattr(ids, "shape")):
+        ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":       # bool ids would select rows as a mask, floats fail as indices
+        raise TypeError(f"ids: expected integers, got dtype {ids.dtype.name}")
+    if ids.size and (bool((ids < 0).any()) or bool((ids >= V).any())):   # -1 would be the last class
+        raise ValueError(f"ids: expected values in [0, {V}), got values from {int(ids.min())} to {int(ids.max())}")
     return xp.eye(V, dtype=dtype)[xp.asarray(ids)]
 
 
@@ -184,13 +206,20 @@ class StreamBatches:
 
     Parameters
     ----------
-    ids : numpy.ndarray
+    ids : array or sequence of int
         (N,) integer ids, N >= B * T + 1.
-    T, B : int
-        Steps per chunk and parallel streams.
+    T : int
+        Steps per chunk.
+    B : int
+        Parallel streams.
     """
 
     def __init__(self, ids: np.ndarray, T: int, B: int) -> None:
+        T, B = ck.positive_int("T", T), ck.positive_int("B", B)
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise TypeError(f"ids: expected a 1-D sequence of integer ids, got dtype {ids.dtype.name} "
+                            f"shape {ck.shape_str(ids.shape)}")
         n = (len(ids) - 1) // B
         if n < T:
             raise ValueError(f"text: expected at least B * T + 1 = {B * T + 1} characters for B={B} "

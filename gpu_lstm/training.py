@@ -328,8 +328,9 @@ def train_charlm(steps: int = 2000, T: int = 64, B: int = 32, hidden: int = 256,
 
     def next_batch(state):
         xi, yi, reset = batches.next()
-        # Carry (h, c) from the previous chunk of the same streams: truncated BPTT.
-        return one_hot(xp.asarray(xi), V, model.dtype, xp), xp.asarray(yi), None if reset else state
+        # Carry (h, c) from the previous chunk of the same streams: truncated BPTT. Host ids: one_hot
+        # checks their range without a device synchronisation.
+        return one_hot(xi, V, model.dtype, xp), xp.asarray(yi), None if reset else state
 
     def loss_fn(logits, targets):   # ids come from our own vocabulary: no per-step range check (sync)
         return softmax_cross_entropy(logits, targets, check_targets=False)
@@ -404,7 +405,7 @@ def evaluate_bpc(model: SequenceModel, ids: np.ndarray, V: int, T: int = 128, st
     state, total, count = None, 0.0, 0
     for s in range(0, n, T):
         xi, yi = batches.inputs[s: s + T], batches.targets[s: s + T]          # (t, streams)
-        logits, state = model(one_hot(xp.asarray(xi), V, model.dtype, xp), state)
+        logits, state = model(one_hot(xi, V, model.dtype, xp), state)
         loss, _ = softmax_cross_entropy(logits, xp.asarray(yi))
         total += float(loss) * yi.size
         count += yi.size

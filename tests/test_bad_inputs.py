@@ -375,3 +375,22 @@ def test_no_message_of_the_api_says_a_non_argument_prefix():
     """The one deliberate exception to 'name the argument': backward before forward names the call."""
     with pytest.raises(gl.BackwardBeforeForwardError, match="backward: called before forward"):
         _model().backward()
+
+
+def test_dtype_none_is_refused_not_float64():
+    """dtype=None gave a float64 model (np.dtype(None)), though the default is float32."""
+    with pytest.raises(TypeError, match="dtype: expected 'float32', 'float64', 'bfloat16' or 'float16', got None"):
+        gl.LSTM(2, 3, dtype=None, device="cpu")
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda m, x: m(x, check_finite="no"), "check_finite"),
+    (lambda m, x: m(x, return_cells="no"), "return_cells"),
+    (lambda m, x: m.torch_state_dict(as_tensors="no"), "as_tensors"),
+])
+def test_call_flags_are_true_or_false(call, name):
+    """check_finite='no' checked, return_cells='no' returned the cells, as_tensors='no' gave tensors:
+    any non-empty string read as True (the constructor's flags were already strict)."""
+    m = gl.LSTM(2, 3, device="cpu", seed=0)
+    with pytest.raises(TypeError, match=f"{name}: expected True or False"):
+        call(m, np.zeros((2, 1, 2), np.float32))

@@ -154,3 +154,90 @@ def test_save_plot_checks_its_arguments(tmp_path, args, error, match):
     history, title, ylabel = args
     with pytest.raises(error, match=match):
         save_plot(history, str(tmp_path / "p.png"), title, ylabel)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(dtype="int32"), TypeError, "dtype: expected"),
+    (dict(dtype="complex64"), TypeError, "dtype: expected"),
+    (dict(rng=0), TypeError, r"rng: expected a numpy\.random\.Generator .*, got int"),
+])
+def test_adding_batch_checks_dtype_and_rng(kwargs, error, match):
+    """dtype='int32' returned all-zero inputs and targets (values in [0, 1) truncated)."""
+    args = dict(rng=np.random.default_rng(0), T=4, B=2)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        tasks.adding_batch(args.pop("rng"), args.pop("T"), args.pop("B"), **args)
+
+
+@pytest.mark.parametrize("ids, V, error, match", [
+    (np.array([-1]), 3, ValueError, r"ids: expected values in \[0, 3\), got values from -1 to -1"),
+    (np.array([3]), 3, ValueError, r"ids: expected values in \[0, 3\), got values from 3 to 3"),
+    (np.array([True, False]), 3, TypeError, "ids: expected integers, got dtype bool"),
+    (np.array([1.0]), 3, TypeError, "ids: expected integers, got dtype float64"),
+    (np.array([0]), 0, ValueError, "V: expected a positive integer"),
+])
+def test_one_hot_checks_ids_and_V(ids, V, error, match):
+    """-1 silently gave the last class and bool ids were used as a row mask."""
+    with pytest.raises(error, match=match):
+        tasks.one_hot(ids, V, np.float32)
+    np.testing.assert_array_equal(tasks.one_hot(np.array([[2, 0]]), 3, np.float32),
+                                  [[[0, 0, 1], [1, 0, 0]]])
+
+
+@pytest.mark.parametrize("ids, error, match", [
+    ([-1], ValueError, r"ids: expected integers in \[0, 3\), got -1"),
+    ([3], ValueError, r"ids: expected integers in \[0, 3\), got 3"),
+    ([1.7], TypeError, r"ids: expected integers in \[0, 3\), got 1.7 \(float\)"),
+])
+def test_decode_checks_ids(ids, error, match):
+    """decode([-1]) silently returned the last character, decode([1.7]) the second."""
+    with pytest.raises(error, match=match):
+        tasks.CharVocab("abc").decode(ids)
+    assert tasks.CharVocab("abc").decode(np.array([2, 0])) == "ca"
+
+
+@pytest.mark.parametrize("T, B, error, match", [
+    (0, 2, ValueError, "T: expected a positive integer, got 0"),
+    (-3, 2, ValueError, "T: expected a positive integer, got -3"),
+    (2, 0, ValueError, "B: expected a positive integer, got 0"),
+    (2.5, 2, TypeError, "T: expected a positive integer"),
+])
+def test_stream_batches_checks_T_and_B(T, B, error, match):
+    """T=0 returned empty chunks forever; T=-3 a 7-row chunk; B=0 divided by zero."""
+    with pytest.raises(error, match=match):
+        tasks.StreamBatches(np.arange(20), T, B)
+
+
+def test_stream_batches_takes_a_sequence_of_integer_ids():
+    b = tasks.StreamBatches(list(range(9)), 2, 2)
+    x, y, reset = b.next()
+    np.testing.assert_array_equal(x, [[0, 4], [1, 5]])
+    with pytest.raises(TypeError, match="ids: expected a 1-D sequence of integer ids, got dtype float64"):
+        tasks.StreamBatches(np.zeros(9), 2, 2)
+
+
+@pytest.mark.parametrize("args, error, match", [
+    ((0, 1), ValueError, "total: expected a positive integer, got 0"),
+    ((5, 0), ValueError, "every: expected a positive integer, got 0"),
+    ((5, None), TypeError, "every: expected a positive integer"),
+    ((5, 1, 3), TypeError, "stream: expected a file-like object"),
+])
+def test_progress_checks_its_arguments(args, error, match):
+    """total=0 divided by zero in show(); every=0 became 1 silently."""
+    from gpu_lstm.progress import Progress
+    with pytest.raises(error, match=match):
+        Progress(*args)
+
+
+def test_progress_keeps_a_falsy_stream_and_a_bounded_bar():
+    from gpu_lstm.progress import Progress
+
+    class Collector(list):
+        def write(self, s):
+            self.append(s)
+
+        def flush(self):
+            pass
+    out = Collector()                   # empty, so falsy: `stream or sys.stderr` wrote to stderr
+    Progress(2, 1, out).show(7, 1.0, 10)
+    assert len(out) == 1 and "[" + "#" * 24 + "]" in out[0]
