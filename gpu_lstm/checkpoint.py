@@ -117,6 +117,19 @@ def write_atomically(path: str, write: Callable[[BinaryIO], Any], mode: int = 0o
     return path
 
 
+def _path(path: Any) -> str:
+    """path as a str, or TypeError / ValueError naming it."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path: expected a str or path-like, got {type(path).__name__}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not path:
+        raise ValueError("path: expected a file name, got ''")
+    return path
+
+
 def _check_str_keys(name: str, value: Any) -> None:
     """JSON object keys are strings: a non-str key would come back as one (or be lost to a
     same-named str key), so extra would not read back as it was written."""
@@ -164,7 +177,7 @@ def save_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
         if foreign:
             raise ValueError(f"optimizer: expected an optimizer over the model's parameters, got one over "
                              f"{', '.join(map(repr, foreign))}, which the model does not have")
-    path = os.fspath(path)
+    path = _path(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"path: expected a file name, got the folder {path!r}")
     host = _model_backend(model).to_numpy   # a GPU bfloat16 model's uint16 bits come back as bfloat16
@@ -214,6 +227,7 @@ def read_checkpoint(path: "str | os.PathLike") -> Tuple[Dict[str, Any], Dict[str
     CheckpointError
         When the file is missing, unreadable, corrupt or not a gpu_lstm checkpoint.
     """
+    path = _path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -228,6 +242,9 @@ def read_checkpoint(path: "str | os.PathLike") -> Tuple[Dict[str, Any], Dict[str
         meta = json.loads(arrays.pop("meta").tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"checkpoint: {path} has corrupt metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint: {path} has corrupt metadata: the metadata is not a JSON object "
+                              f"but a {type(meta).__name__}")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint: {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
     bits16 = meta.pop("bfloat16", [])
@@ -262,6 +279,8 @@ def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
     CheckpointError
         When anything does not match; nothing is written in that case.
     """
+    if not hasattr(model, "params"):
+        raise TypeError(f"model: expected a model with a params dict, got {type(model).__name__}")
     meta, arrays = read_checkpoint(path)
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     missing = sorted(set(model.params) - set(params))

@@ -17,12 +17,13 @@ class Dense:
     ----------
     in_features, out_features : int
     activation : {'identity', 'sigmoid', 'tanh', 'softmax'}
-    dtype : {'float32', 'float64'}
+    dtype : {'float32', 'float64', 'bfloat16', 'float16'}
     device : {'auto', 'cpu', 'gpu'}
     seed : int or None
         Seeds the initialisation.
     backend : optional
-        Share another layer's backend (and device) instead of ``device``.
+        Share another layer's backend (and device) instead of ``device``: the ``_be`` of a
+        :class:`gpu_lstm.LSTM` of the same dtype.
 
     Notes
     -----
@@ -43,9 +44,18 @@ class Dense:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
         self.activation = activation
         self.dtype = ck.float_dtype(dtype)
+        if backend is not None:
+            # The backend computes in its own dtype: a float64 layer on a float32 backend would have
+            # float64 parameters but float32 gradients and outputs.
+            if not (hasattr(backend, "dtype") and hasattr(backend, "gemm")):
+                raise TypeError(f"backend: expected another layer's backend (an LSTM's _be), got "
+                                f"{type(backend).__name__}")
+            if backend.dtype != self.dtype:
+                raise ValueError(f"backend: expected one of dtype {self.dtype.name} (the layer's), got one of "
+                                 f"{backend.dtype.name}")
         self._be = backend if backend is not None else get_backend(device, self.dtype)
         self.device = self._be.name
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(ck.seed("seed", seed))
         bound = 1.0 / np.sqrt(self.in_features)
         self.params = {
             "W": self._be.asarray("W", rng.uniform(-bound, bound, (self.out_features, self.in_features)).astype(self.dtype)),

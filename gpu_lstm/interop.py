@@ -96,9 +96,20 @@ def torch_lstm_function(lstm: Any) -> Callable:
                 return _to_torch(dx), None, None
             return _to_torch(dx), _to_torch(dh0), _to_torch(dc0)
 
+    want = getattr(torch, lstm.dtype.name)      # float32, float64, bfloat16, float16 share their names
+
     def f(x, h0=None, c0=None):
         if (h0 is None) != (c0 is None):
             raise ValueError("h0, c0: give both or neither")
+        # Checked here in torch's terms: the core's own message would suggest NumPy's .astype.
+        for name, t in (("x", x), ("h0", h0), ("c0", c0)):
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch tensor, got {type(t).__name__}")
+            if t.dtype != want:
+                raise TypeError(f"{name}: expected {want} (the LSTM's dtype), got {t.dtype}; convert with "
+                                f".to({want})")
         return LSTMFunction.apply(x, h0, c0)
 
     return f

@@ -575,7 +575,9 @@ class LSTM:
         if pair is None:
             return None, None
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise TypeError(f"{name}: expected a pair (h, c) of arrays, got {type(pair).__name__}")
+            got = f"{type(pair).__name__} of length {len(pair)}" if isinstance(pair, (tuple, list)) \
+                else type(pair).__name__
+            raise TypeError(f"{name}: expected a pair (h, c) of arrays, got {got}")
         LD = self.num_layers * self.num_directions
         out = []
         for idx, (part, feat) in enumerate((("h", self.output_size), ("c", self.hidden_size))):

@@ -98,7 +98,11 @@ def model_from_checkpoint(path: "str | os.PathLike", device: str = "auto") -> Tu
         The checkpoint's metadata.
     """
     meta, _ = read_checkpoint(path)
-    cfg = dict(meta.get("config") or {})
+    cfg = meta.get("config") or {}
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"checkpoint: {path} has corrupt metadata: config is a {type(cfg).__name__}, "
+                              f"expected the model's constructor arguments")
+    cfg = dict(cfg)
     needed = ("input_size", "hidden_size", "output_size", "num_layers")
     if any(k not in cfg for k in needed):
         raise CheckpointError(f"checkpoint: {path} holds no SequenceModel configuration "

@@ -90,7 +90,10 @@ def load_text(path: "str | os.PathLike") -> str:
     ValueError
         When it is not UTF-8 text or holds fewer than two distinct characters.
     """
-    path = os.fspath(path)
+    try:
+        path = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"text: expected a file path (str or path-like), got {type(path).__name__}") from None
     if os.path.isdir(path):
         raise IsADirectoryError(f"text: expected a text file, got the folder {path!r}")
     try:
@@ -98,7 +101,8 @@ def load_text(path: "str | os.PathLike") -> str:
             data = f.read()
     except OSError as exc:
         raise type(exc)(f"text: expected a readable file, got {path!r} ({exc.strerror or exc})") from None
-    if path.endswith(".gz"):
+    # gzip by its magic bytes or by name (any case): 'notes.GZ' is as compressed as 'notes.gz'.
+    if data[:2] == b"\x1f\x8b" or path.lower().endswith(".gz"):
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError) as exc:

@@ -29,6 +29,10 @@ def torch_names(m):
 
 
 def load_torch_state_dict(m, state_dict):
+    if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
+        hint = " (pass module.state_dict(), not the module)" if hasattr(state_dict, "state_dict") else ""
+        raise TypeError(f"state_dict: expected a mapping of torch names to tensors or arrays{hint}, got "
+                        f"{type(state_dict).__name__}")
     expected = torch_names(m)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -43,7 +47,11 @@ def load_torch_state_dict(m, state_dict):
         if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU; bfloat16 through an int16 view
             from .interop import _to_gl
             value = _to_gl(value.detach().cpu())
-        arr = np.asarray(to_numpy(value))
+        try:
+            arr = np.asarray(to_numpy(value))
+        except (TypeError, ValueError) as exc:     # a ragged list, an object NumPy cannot read
+            raise TypeError(f"state_dict[{key!r}]: expected a tensor or array of real numbers, got "
+                            f"{type(value).__name__} ({exc})") from None
         ck.real_array(f"state_dict[{key!r}]", arr)
         arr = arr.astype(np.float64)     # exact from torch's float types; rounded once by set_params
         ck.check_shape(f"state_dict[{key!r}]", arr, shape)

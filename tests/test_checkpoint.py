@@ -165,3 +165,32 @@ def test_extra_keys_must_be_strings(tmp_path, extra, match):
     m = SequenceModel(2, 3, 1, dtype="float64", device="cpu", seed=0)
     with pytest.raises(TypeError, match=match):
         save_checkpoint(str(tmp_path / "c.npz"), m, extra=extra)
+
+
+def test_checkpoint_arguments_and_metadata_shape_are_checked(tmp_path):
+    """read_checkpoint(None), load_checkpoint(path, None) and metadata that is a JSON list failed with
+    TypeError/AttributeError from inside; save_checkpoint('') with FileNotFoundError naming a temp file."""
+    import json
+    from gpu_lstm.checkpoint import read_checkpoint
+    from gpu_lstm.sampling import model_from_checkpoint
+    m = SequenceModel(2, 3, 1, dtype="float64", device="cpu", seed=0)
+    path = str(tmp_path / "c.npz")
+    save_checkpoint(path, m)
+    with pytest.raises(TypeError, match="path: expected a str or path-like, got NoneType"):
+        read_checkpoint(None)
+    with pytest.raises(ValueError, match="path: expected a file name, got ''"):
+        save_checkpoint("", m)
+    with pytest.raises(TypeError, match="model: expected a model with a params dict, got NoneType"):
+        load_checkpoint(path, None)
+    for meta, match in (([1, 2], "metadata is not a JSON object"),
+                        ({"format": None, "config": [1]}, "config")):
+        bad = str(tmp_path / "bad.npz")
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        good = json.loads(arrays["meta"].tobytes().decode())
+        if isinstance(meta, dict):
+            meta = dict(good, config=meta["config"])
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        np.savez(bad, **arrays)
+        with pytest.raises(CheckpointError, match=match):
+            model_from_checkpoint(bad, device="cpu")

@@ -284,3 +284,29 @@ def test_head_last_needs_a_time_step(batch_first):
         m(x)
     B = 2 if batch_first else 3                      # (B, T, I) or (T, B, I) with one step or more
     assert m(np.zeros((2, 3, 2), np.float32))[0].shape == (B, 1)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(dtype="float64", backend="lstm32"), ValueError, "backend: expected one of dtype float64 .*got one of float32"),
+    (dict(backend="cpu"), TypeError, "backend: expected another layer's backend"),
+    (dict(seed=-1), ValueError, "seed: expected an int >= 0"),
+    (dict(seed=1.5), TypeError, "seed: expected an int >= 0"),
+    (dict(seed=True), TypeError, "seed: expected an int >= 0"),
+])
+def test_dense_checks_backend_and_seed(kwargs, error, match):
+    """A float64 Dense on a float32 backend had float64 parameters but float32 gradients and outputs;
+    backend='cpu' was an AttributeError; bad seeds raised numpy's errors naming nothing."""
+    if kwargs.get("backend") == "lstm32":
+        kwargs["backend"] = gl.LSTM(2, 3, dtype="float32", device="cpu")._be
+    with pytest.raises(error, match=match):
+        Dense(3, 2, **kwargs)
+
+
+def test_sequence_model_state_errors_name_state():
+    """state=(h,) was reported as 'hc: expected a pair (h, c) of arrays, got tuple'."""
+    m = SequenceModel(2, 3, 1, device="cpu", seed=0)
+    x = np.zeros((2, 1, 2), np.float32)
+    _, (h, c) = m(x)
+    with pytest.raises(TypeError, match="state: expected a pair .*got tuple of length 1"):
+        m(x, (h,))
+    m(x, (h, c))

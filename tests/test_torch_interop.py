@@ -85,3 +85,35 @@ def test_16_bit_tensors_cross_to_and_from_torch_without_a_copy(name):
     assert a.dtype.name == name and a.ctypes.data == t.data_ptr()   # bfloat16: an ml_dtypes view
     back = _to_torch(a)
     assert back.dtype == t.dtype and back.data_ptr() == t.data_ptr() and torch.equal(back, t)
+
+
+def test_load_torch_state_dict_names_a_module_or_a_ragged_value():
+    """Passing the module was "TypeError: 'LSTM' object is not iterable"; a ragged list value numpy's
+    "setting an array element with a sequence", naming no key."""
+    torch = pytest.importorskip("torch")
+    m = gl.LSTM(2, 3, device="cpu", seed=0)
+    t = torch.nn.LSTM(2, 3)
+    before = {k: v.copy() for k, v in m.params.items()}
+    with pytest.raises(TypeError, match=r"state_dict: expected a mapping .*\(pass module\.state_dict\(\), not the module\)"):
+        m.load_torch_state_dict(t)
+    with pytest.raises(TypeError, match="state_dict: expected a mapping .*got NoneType"):
+        m.load_torch_state_dict(None)
+    sd = dict(t.state_dict(), weight_ih_l0=[[1.0], [1.0, 2.0]])
+    with pytest.raises(TypeError, match=r"state_dict\['weight_ih_l0'\]: expected a tensor or array"):
+        m.load_torch_state_dict(sd)
+    assert all(np.array_equal(m.params[k], v) for k, v in before.items())
+
+
+def test_torch_lstm_function_checks_in_torch_terms():
+    """A float32 tensor on a float64 model got a hint to call .astype (NumPy's); a NumPy array was an
+    AttributeError ('detach')."""
+    torch = pytest.importorskip("torch")
+    from gpu_lstm.interop import torch_lstm_function
+    f = torch_lstm_function(gl.LSTM(3, 4, dtype="float64", device="cpu", seed=0))
+    with pytest.raises(TypeError, match=r"x: expected torch\.float64 \(the LSTM's dtype\), got torch\.float32; "
+                                        r"convert with \.to\(torch\.float64\)"):
+        f(torch.zeros(5, 2, 3))
+    with pytest.raises(TypeError, match="x: expected a torch tensor, got ndarray"):
+        f(np.zeros((5, 2, 3)))
+    y, h, c = f(torch.zeros(5, 2, 3, dtype=torch.float64))
+    assert y.shape == (5, 2, 4)

@@ -241,3 +241,18 @@ def test_progress_keeps_a_falsy_stream_and_a_bounded_bar():
     out = Collector()                   # empty, so falsy: `stream or sys.stderr` wrote to stderr
     Progress(2, 1, out).show(7, 1.0, 10)
     assert len(out) == 1 and "[" + "#" * 24 + "]" in out[0]
+
+
+def test_load_text_reads_gzip_by_content_and_any_path_type(tmp_path):
+    """'x.GZ' was read as raw bytes ('non-UTF-8 byte at offset 1'); a bytes path failed in endswith."""
+    import gzip
+    raw = "In the beginning\n" * 3
+    for name in ("a.GZ", "a.txt.gz", "no_extension"):
+        p = tmp_path / name
+        p.write_bytes(gzip.compress(raw.encode()))
+        assert tasks.load_text(p) == raw
+    plain = tmp_path / "plain.txt"
+    plain.write_text(raw)
+    assert tasks.load_text(bytes(plain)) == raw
+    with pytest.raises(TypeError, match="text: expected a file path"):
+        tasks.load_text(None)
