@@ -8,7 +8,8 @@
 # `gpu-lstm check --device gpu` passed; non-zero otherwise, with the reason as the last log line.
 set -uo pipefail
 OUT=${1:?usage: gpu_verify.sh OUTDIR}
-mkdir -p "$OUT"
+# Absolute before the cd below: a relative OUTDIR means the caller's folder, not the checkout's.
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || { echo "gpu_verify.sh: cannot create OUTDIR $1" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # test_gpu.py fails at collection instead of skipping when no GPU is usable
@@ -52,6 +53,10 @@ PY
   echo "check $?" >> "$STATUS"
 } 2>&1 | tee "$LOG"
 FAILED=$(awk '$2 != 0 {print $1}' "$STATUS" | tr '\n' ' ')
+# A step with no recorded status did not run to the end: a failure, never a pass.
+for step in probe pytest check; do
+  grep -q "^$step " "$STATUS" 2>/dev/null || FAILED="$FAILED$step(no-status) "
+done
 rm -f "$STATUS" "$OUT/.pytest.out"
 if [ -n "$FAILED" ]; then
   echo "GPU VERIFICATION FAILED: $FAILED(see $LOG)" | tee -a "$LOG"
