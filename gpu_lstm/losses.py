@@ -144,6 +144,8 @@ def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_
     if targets.dtype.kind not in "iu":
         raise TypeError(f"targets: expected an integer array, got {targets.dtype.name}")
     V = logits.shape[-1]
+    if V == 0:
+        raise ValueError(f"logits: expected at least one class on the last axis, got shape {ck.shape_str(logits.shape)}")
     t = xp.ascontiguousarray(targets.reshape(-1), dtype=xp.int64)
     valid = t != ignore_index
     if check_targets and bool((valid & ((t < 0) | (t >= V))).any()):

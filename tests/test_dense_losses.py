@@ -310,3 +310,9 @@ def test_sequence_model_state_errors_name_state():
     with pytest.raises(TypeError, match="state: expected a pair .*got tuple of length 1"):
         m(x, (h,))
     m(x, (h, c))
+
+
+def test_softmax_needs_a_class():
+    """(B, 0) logits were numpy's "cannot reshape array of size 0"."""
+    with pytest.raises(ValueError, match=r"logits: expected at least one class on the last axis, got shape \(2, 0\)"):
+        softmax_cross_entropy(np.zeros((2, 0)), np.array([0, 0]))

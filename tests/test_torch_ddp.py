@@ -15,6 +15,22 @@ import torch.distributed  # noqa: E402
 pytestmark = [pytest.mark.torch,
               pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")]
 HERE = os.path.dirname(__file__)
+# Two ranks on the CPU finish in seconds; a rank still alive after this is hung (a gloo teardown that
+# never joins, seen once on a heavily loaded machine): the test fails naming it instead of stalling.
+DEADLINE_S = 180
+
+
+def _spawn(fn, args):
+    """torch.multiprocessing.spawn of two ranks, joined under DEADLINE_S."""
+    import time
+    ctx = torch.multiprocessing.spawn(fn, args=args, nprocs=2, join=False)
+    end = time.monotonic() + DEADLINE_S
+    while not ctx.join(timeout=max(0.0, end - time.monotonic())):
+        if time.monotonic() >= end:
+            hung = [rank for rank, p in enumerate(ctx.processes) if p.is_alive()]
+            for p in ctx.processes:
+                p.terminate()
+            pytest.fail(f"rank(s) {hung} still running after {DEADLINE_S} s (hung in a collective or teardown)")
 
 
 def test_ddp_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
@@ -25,7 +41,7 @@ def test_ddp_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
         sys.path.remove(HERE)
     from gpu_lstm.distributed import free_port
     out = str(tmp_path / "grads")
-    torch.multiprocessing.spawn(ddp_worker.worker, args=(2, free_port(), out), nprocs=2, join=True)
+    _spawn(ddp_worker.worker, (2, free_port(), out))
     x, y, lengths = ddp_worker.batch()
     full = ddp_worker.gradients(ddp_worker.make_model(), x, y, lengths)
     half = ddp_worker.gradients(ddp_worker.make_model(), x[:, :4], y[:4], lengths[:4])
@@ -51,8 +67,7 @@ def test_a_rank_joins_its_gloo_threads_before_it_returns(tmp_path):
         sys.path.remove(HERE)
     from gpu_lstm.distributed import free_port
     out = str(tmp_path / "threads")
-    torch.multiprocessing.spawn(ddp_worker.train_and_report_threads, args=(2, free_port(), out), nprocs=2,
-                                join=True)
+    _spawn(ddp_worker.train_and_report_threads, (2, free_port(), out))
     for rank in range(2):
         with open(f"{out}.{rank}") as f:
             seen = json.load(f)
