@@ -118,7 +118,7 @@ def main(reps=None, which="auto"):
     lines = [f"# Host overhead per call, {datetime.date.today().isoformat()}",
              f"# machine: CPU-only development machine, device calls stubbed ({platform.processor() or platform.machine()}, "
              f"Python {platform.python_version()}, NumPy {np.__version__})",
-             f"# command: python benchmarks/host_overhead.py --cupy {which}",
+             f"# command: python benchmarks/host_overhead.py --cupy {which}" + (f" --reps {reps}" if reps else ""),
              *(h.format(version=version) for h in HEADER[which]),
              f"# H, B reduced to ({SMALL_H}, {SMALL_B}); T as in the shape. 'train' = forward + backward of one call.",
              f"{'shape (H,B,T)':>16} {'algo':>6} {'fwd us/call':>12} {'train us/call':>14} {'train us/step':>14}"]
@@ -131,9 +131,21 @@ def main(reps=None, which="auto"):
     return lines
 
 
+def _positive_int(text):
+    """argparse type: --reps 0 would fall back to the default, a negative one crash the median."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="host overhead per call, device calls stubbed")
-    ap.add_argument("--reps", type=int, default=None, help="timed calls per row (default: 50, 20 for T >= 1000)")
+    ap.add_argument("--reps", type=_positive_int, default=None,
+                    help="timed calls per row (default: 50, 20 for T >= 1000)")
     ap.add_argument("--cupy", choices=("auto", "real", "stand-in"), default="auto",
                     help="real CuPy with stubbed CUDA libraries, or the test stand-in (default: auto = real "
                          "when CuPy, cc and nm are present)")

@@ -6,6 +6,7 @@ and torch) and the ratio ours / torch per engine, one panel per mode.
 """
 
 import json
+import os
 import sys
 
 
@@ -83,10 +84,15 @@ def plot(results, out):
     return out
 
 
+def default_png(src):
+    """The PNG beside the JSON: its name with the extension replaced (only the file name's)."""
+    return os.path.splitext(src)[0] + ".png"
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     src = sys.argv[1]
-    dst = sys.argv[2] if len(sys.argv) > 2 else src.rsplit(".", 1)[0] + ".png"
+    dst = sys.argv[2] if len(sys.argv) > 2 else default_png(src)
     with open(src) as f:
         print(plot(json.load(f), dst))

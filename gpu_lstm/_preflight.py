@@ -57,3 +57,19 @@ def check_fits_in_memory(needed, what):
     if free is not None and needed > free:
         raise MemoryError(f"{what}: expected sizes whose training fits in the {free / 2**30:.1f} GiB of "
                           f"available memory, got sizes needing about {needed / 2**30:.1f} GiB")
+
+
+def remove_stale(out_dir, names):
+    """Remove the files ``names`` of an earlier run from ``out_dir`` (those this run does not rewrite),
+    so a folder never mixes two runs' outputs. Missing ones are fine.
+
+    Parameters
+    ----------
+    out_dir : str
+    names : iterable of str
+    """
+    for name in names:
+        try:
+            os.unlink(os.path.join(out_dir, name))
+        except FileNotFoundError:
+            pass

@@ -452,7 +452,8 @@ def run(device="auto", quick=False, reps=None, warmup=None, shapes=None, modes=M
 
 
 def _f(v, fmt):
-    return "-" if v is None else format(v, fmt)
+    """v in fmt, or '-' padded to fmt's width: an empty cell must not shift the columns after it."""
+    return format("-", ">" + fmt.split(".")[0]) if v is None else format(v, fmt)
 
 
 HEADER = (f"{'H':>5} {'B':>4} {'T':>5} {'prec':>4} {'mode':>9} {'algo':>10} {'ours ms':>9} {'torch ms':>9} "
@@ -472,8 +473,10 @@ def format_row(r):
 
 
 def write_json(path, result):
-    """Write ``result`` to ``path`` atomically (a temporary file renamed over it)."""
+    """Write ``result`` to ``path`` atomically (a temporary file renamed over it); a symlink is written
+    through (its target replaced), not replaced by a file."""
     import os
+    path = os.path.realpath(path)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=2)

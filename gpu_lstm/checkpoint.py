@@ -92,7 +92,9 @@ def write_atomically(path: str, write: Callable[[BinaryIO], Any], mode: int = 0o
     str
         ``path``.
     """
-    folder = os.path.dirname(os.path.abspath(path))
+    # Through a symlink (latest.npz -> run-5.npz): the rename replaces its target, not the link.
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
     remove_stale_temporaries(folder)
     fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", suffix=".tmp", dir=folder)
     try:
@@ -101,7 +103,7 @@ def write_atomically(path: str, write: Callable[[BinaryIO], Any], mode: int = 0o
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

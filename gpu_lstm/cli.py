@@ -6,6 +6,7 @@ line on stderr and exit status 2 (GPU_LSTM_DEBUG=1 shows the traceback instead).
 """
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -100,7 +101,9 @@ def cmd_train(args):
         raise ValueError(f"--text: expected only with the charlm task, got it with {args.task!r}")
     common = dict(steps=args.steps, hidden=args.hidden, layers=args.layers, lr=args.lr, clip=args.clip,
                   optimizer=args.optimizer, device=args.device, dtype=args.dtype, seed=args.seed,
-                  log_every=args.log_every, out_dir=args.out or f"runs/{args.task}")
+                  log_every=args.log_every, out_dir=f"runs/{args.task}" if args.out is None else args.out)
+    if not common["out_dir"]:          # '' would otherwise fall back to runs/TASK, another run's folder
+        raise ValueError("--out: expected a folder name, got ''")
     if args.batch:
         common["B"] = args.batch
     if args.seq_len:
@@ -110,6 +113,37 @@ def cmd_train(args):
             common[k] = training.task_defaults(args.task)[k]
     if args.task == "charlm" and args.text is not None:
         common["text"] = args.text
+    from gpu_lstm.distributed import under_torchrun
+    if args.nproc is not None and under_torchrun():
+        raise ValueError(f"--nproc: expected only when not under torchrun (its --nproc_per_node starts the "
+                         f"processes), got --nproc {args.nproc}")
+    with _in_option_terms():
+        return _train(args, common)
+
+
+# The API's argument names as this command's options, so an error names what the user typed.
+_TRAIN_OPTIONS = {"out_dir": "--out", "text": "--text", "T": "-T/--seq-len", "B": "-B/--batch",
+                  "hidden": "-H/--hidden", "layers": "-L/--layers", "lr": "--lr", "steps": "--steps",
+                  "clip": "--clip", "seed": "--seed", "log_every": "--log-every", "dtype": "--dtype",
+                  "optimizer": "--optimizer"}
+
+
+@contextlib.contextmanager
+def _in_option_terms(names=_TRAIN_OPTIONS):
+    """Re-raise a user error whose message starts with an API argument ("out_dir: ...") under the
+    command-line option's name ("--out: ..."); anything else passes unchanged."""
+    try:
+        yield
+    except (OSError, ValueError, TypeError) as exc:
+        msg = str(exc.args[0]) if len(exc.args) == 1 else None
+        head, sep, rest = (msg or "").partition(": ")
+        if not sep or head not in names:
+            raise
+        raise type(exc)(f"{names[head]}: {rest}") from None
+
+
+def _train(args, common):
+    from gpu_lstm import training
     from gpu_lstm.distributed import under_torchrun
     if args.ddp or under_torchrun():
         return _train_ddp(args, common)
@@ -204,7 +238,7 @@ def _check_writable_file(option, path):
 # stubs for the CUDA libraries when CuPy is installed, else the test stand-in: no device to choose), over fixed shapes (nothing to make quicker), and prints its table (no JSON writer). Refused
 # rather than ignored, so a command line never looks as if it did what it did not.
 _NOT_WITH_HOST_OVERHEAD = (
-    ("device", lambda v: v != "auto", "--device", "it always runs with the device calls stubbed"),
+    ("device", lambda v: v is not None, "--device", "it always runs with the device calls stubbed"),
     ("quick", bool, "--quick", "its shapes are fixed (--reps sets the repetitions)"),
     ("json", lambda v: v is not None, "--json", "it prints its table only"),
 )
@@ -232,6 +266,7 @@ def _host_overhead(args):
 def cmd_bench(args):
     if getattr(args, "host_overhead", False):
         return _host_overhead(args)
+    args.device = args.device or "auto"       # None: not given (so --host-overhead can refuse a given one)
     from gpu_lstm import bench
     _require_gpu_if_asked(args.device)
     _check_writable_file("--json", args.json)
@@ -297,9 +332,17 @@ def _sizes(p, hidden, batch, seq_len, seq_help, layers=None):
         p.add_argument("-L", "--layers", type=_positive_int, default=layers, help="stacked LSTM layers")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: the usage block it prints first would bury the line
+    that says what was wrong (--help shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser():
     import gpu_lstm
-    p = argparse.ArgumentParser(prog="gpu-lstm", description=__doc__, formatter_class=_HelpFormatter)
+    p = _Parser(prog="gpu-lstm", description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("--version", action="version", version=f"gpu-lstm {gpu_lstm.__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -356,10 +399,11 @@ def build_parser():
     s.set_defaults(func=cmd_sample)
 
     b = add("bench", "time gpu_lstm against torch.nn.LSTM (cuDNN on a GPU) side by side")
-    b.add_argument("--device", default="auto", choices=devices, help=device_help)
+    b.add_argument("--device", default=None, choices=devices, help=device_help + " (default: auto)")
     b.add_argument("--quick", action="store_true", help="a few shapes only")
     b.add_argument("--reps", type=_positive_int, default=None,
-                   help="timed repetitions per row, median reported (default: 20 on a GPU, fewer on a CPU)")
+                   help="timed repetitions per row, median reported (default: 20; 5 with --quick on a CPU; "
+                        "50, or 20 at T >= 1000, with --host-overhead)")
     b.add_argument("--json", default=None, metavar="FILE",
                    help="write raw results with the environment to this file (default: none)")
     b.add_argument("--host-overhead", action="store_true",

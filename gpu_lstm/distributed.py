@@ -250,7 +250,10 @@ def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=
         if out_dir:
             # Atomic like the single-process runs (gpu_lstm/checkpoint.py): a kill leaves the old file.
             from .checkpoint import write_atomically
+            from ._preflight import remove_stale
             os.makedirs(out_dir, exist_ok=True)
+            # A single-process run's files would mix two runs in one folder.
+            remove_stale(out_dir, ("summary.json", "checkpoint.npz", "loss.png"))
             ckpt = os.path.join(out_dir, "checkpoint.pt")
             state = {"model": net.state_dict(), "optimizer": opt.state_dict(),
                      "extra": {"task": task, "vocab": vocab.chars if vocab else None, "hidden": hidden,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 import numpy as np
 
 from . import _checks as ck
-from ._preflight import check_fits_in_memory, prepare_output, training_bytes
+from ._preflight import check_fits_in_memory, prepare_output, remove_stale, training_bytes
 from .backend import resolve_device
 from .checkpoint import save_checkpoint, write_atomically
 from .losses import mse_loss, nats_to_bits, softmax_cross_entropy
@@ -147,8 +147,8 @@ def _save_run(out_dir, model, opt, extra, summary):
     summary_path = os.path.join(out_dir, "summary.json")
     path = os.path.join(out_dir, "checkpoint.npz")
     try:
-        if os.path.exists(summary_path):
-            os.unlink(summary_path)
+        # checkpoint.pt is a data-parallel run's: left beside this run's files it would mix two runs.
+        remove_stale(out_dir, ("summary.json", "checkpoint.pt"))
         summary["checkpoint"] = save_checkpoint(path, model, opt, extra={**extra, "run_id": run_id})
     except OSError as exc:
         try:
@@ -179,6 +179,11 @@ def _plot(history, out_dir, title, ylabel, summary):
     except OSError as exc:   # a plot is not worth losing the run for
         summary["plot"] = None
         summary["plot_error"] = f"loss.png not written: {exc.strerror or exc}"
+    if summary["plot"] is None:      # no new plot: an earlier run's would pass for this one's
+        try:
+            remove_stale(out_dir, ("loss.png",))
+        except OSError:
+            pass
 
 
 def train_adding(steps: int = 2000, T: int = 100, B: int = 64, hidden: int = 64, layers: int = 1,
@@ -228,10 +233,10 @@ def train_adding(steps: int = 2000, T: int = 100, B: int = 64, hidden: int = 64,
     itemsize = ck.float_dtype(dtype).itemsize
     check_fits_in_memory(training_bytes(2, hidden, 1, layers, T, max(B, 1000), itemsize),
                          "hidden, layers, B, T")
-    out_dir = prepare_output(out_dir)
     rng = np.random.default_rng(seed)
     model = SequenceModel(2, hidden, 1, layers, head="last", dtype=dtype, device=device, seed=seed)
     opt = make_optimizer(model, optimizer, lr)
+    out_dir = prepare_output(out_dir)     # after the model: a missing GPU leaves no empty folder behind
     xp = model.xp
     x_test, y_test = adding_batch(np.random.default_rng(seed + 10_000), T, 1000, dtype)
     x_test, y_test = xp.asarray(x_test), xp.asarray(y_test)
@@ -321,9 +326,9 @@ def train_charlm(steps: int = 2000, T: int = 64, B: int = 32, hidden: int = 256,
     itemsize = ck.float_dtype(dtype).itemsize
     check_fits_in_memory(training_bytes(V, hidden, V, layers, max(T, 128), max(B, 16), itemsize),
                          "hidden, layers, B, T")
-    out_dir = prepare_output(out_dir)
     model = SequenceModel(V, hidden, V, layers, head="all", dtype=dtype, device=device, seed=seed)
     opt = make_optimizer(model, optimizer, lr)
+    out_dir = prepare_output(out_dir)     # after the model: a missing GPU leaves no empty folder behind
     xp = model.xp
 
     def next_batch(state):

@@ -286,3 +286,59 @@ def test_engines_for_each_precision():
     for prec in ("tf32", "bf16", "fp16"):
         assert bench.engines_for(prec, all4) == ("graph", "plan", "eager")
     assert bench.engines_for("bf16", ("plan", "eager")) == ("plan", "eager")
+
+
+def test_a_missing_cell_keeps_the_columns_aligned():
+    """An empty cell printed as an unpadded '-', so on the CPU (no floor) the memory columns moved one
+    header to the left."""
+    from gpu_lstm.bench import HEADER, format_row
+    full = dict(H=256, B=32, T=50, precision="fp32", dtype="float32", mode="training", algo="eager",
+                ours_ms=1.0, opponent_ms=2.0, ratio=0.5, ours_tflops=1.0, floor_ms=0.5,
+                ours_mem_bytes=2 ** 20, opponent_mem_bytes=2 ** 21, note="")
+    empty = dict(full, ours_ms=None, opponent_ms=None, ratio=None, ours_tflops=None, floor_ms=None,
+                 ours_mem_bytes=None, opponent_mem_bytes=None)
+    assert len(format_row(full)) == len(format_row(empty)) == len(HEADER) - len("note")
+    mib_at = HEADER.index("ours MiB") + len("ours MiB")
+    assert format_row(dict(full, floor_ms=None))[:mib_at].endswith("1.00")
+
+
+def test_json_and_checkpoints_write_through_a_symlink(tmp_path):
+    """os.replace over 'latest.json -> run.json' turned the link into a file and left run.json as it was."""
+    from gpu_lstm.bench import write_json
+    from gpu_lstm.checkpoint import write_atomically
+    target, link = tmp_path / "run.json", tmp_path / "latest.json"
+    target.write_text("{}")
+    link.symlink_to(target)
+    write_json(str(link), {"a": 1})
+    assert link.is_symlink() and json.loads(target.read_text()) == {"a": 1}
+    write_atomically(str(link), lambda f: f.write(b'{"b": 2}'))
+    assert link.is_symlink() and json.loads(target.read_text()) == {"b": 2}
+
+
+def test_plot_results_default_png_stays_beside_its_input():
+    """'run.v2/results' gave 'run.png' one folder up (rsplit('.') over the whole path)."""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location(
+        "plot_results", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "plot_results.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.default_png("/tmp/run.v2/results") == "/tmp/run.v2/results.png"
+    assert mod.default_png("/tmp/run/bench.json") == "/tmp/run/bench.png"
+
+
+@pytest.mark.parametrize("reps", ["0", "-1"])
+def test_host_overhead_refuses_non_positive_reps(reps):
+    """--reps 0 used the default silently, --reps -1 crashed with a StatisticsError traceback."""
+    import os
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "host_overhead.py")
+    res = subprocess.run([sys.executable, script, "--reps", reps], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "--reps" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_host_overhead_refuses_an_explicit_device_auto_too(capsys):
+    """--device auto was accepted (indistinguishable from the default) though --host-overhead refuses --device."""
+    assert main(["bench", "--host-overhead", "--device", "auto"]) == 2
+    assert "--device" in capsys.readouterr().err

@@ -142,9 +142,9 @@ def test_bench_json_path_is_checked_before_benchmarking(tmp_path, monkeypatch, c
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--nproc", "2", "-B", "3"], "B: expected a multiple of the number of processes (2)"),
-    (["--nproc", "3"], "B: expected a multiple of the number of processes (3) so that every process gets an "
-                       "equal shard, got 64"),          # the default batch
+    (["--nproc", "2", "-B", "3"], "-B/--batch: expected a multiple of the number of processes (2)"),
+    (["--nproc", "3"], "-B/--batch: expected a multiple of the number of processes (3) so that every process "
+                       "gets an equal shard, got 64"),          # the default batch
 ])
 def test_ddp_batch_split_is_checked_before_any_process_starts(tmp_path, capsys, monkeypatch, argv, expected):
     """--ddp --nproc 2 --batch 3 failed inside the spawned processes, with their tracebacks flattened."""
@@ -236,11 +236,11 @@ CLI_ERRORS = [
     (["sample", "{tmp}/garbage.npz"], "corrupt or truncated"),
     (["sample", "{tmp}"], "checkpoint:"),
     (["sample", "{ckpt}", "--device", "gpu"], "device='gpu' requested but"),
-    (["train", "adding", "--out", "{tmp}/garbage.npz"], "out_dir: expected a folder"),
+    (["train", "adding", "--out", "{tmp}/garbage.npz"], "--out: expected a folder"),
     (["train", "adding", "--text", "{tmp}/garbage.npz"], "--text: expected only with the charlm task"),
     (["train", "charlm", "--text", "{tmp}/missing.txt", "--out", "{tmp}/o"], "No such file"),
     (["train", "charlm", "--text", "{tmp}/garbage.npz", "--out", "{tmp}/o"], "text: expected UTF-8 text"),
-    (["train", "adding", "-T", "1", "--out", "{tmp}/o"], "T: expected at least 2 steps"),
+    (["train", "adding", "-T", "1", "--out", "{tmp}/o"], "-T/--seq-len: expected at least 2 steps"),
     (["train", "adding", "-H", "2000000", "--out", "{tmp}/o"], "hidden, layers, B, T: expected sizes"),
     (["train", "adding", "--device", "gpu", "--out", "{tmp}/o"], "device='gpu' requested but"),
     (["check", "--device", "gpu"], "device='gpu' requested but"),
@@ -439,3 +439,83 @@ def test_summary_always_describes_the_checkpoint_beside_it(tmp_path, monkeypatch
     assert meta["extra"]["run_id"] != first["run_id"]          # the new checkpoint is there ...
     assert not (tmp_path / "summary.json").exists()            # ... and no summary of the old run
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+# ---- the command line in its own terms (review findings) ------------------------------------------------
+def _one_error_line(capsys):
+    """The error line: exactly one, and the last on stderr (train's settings line may come first)."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
+def test_an_invalid_option_value_is_one_line(capsys):
+    """argparse printed a 7-line usage block before its error."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "adding", "--steps", "0"])
+    assert e.value.code == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("gpu-lstm train: error: argument --steps: expected a positive integer"), line
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--out", ""], "--out: expected a folder name, got ''"),
+    (["-T", "1"], "-T/--seq-len: expected at least 2 steps"),
+    (["--out", "{tmp}/a-file"], "--out: expected a folder"),
+])
+def test_train_errors_name_the_command_line_option(tmp_path, capsys, no_training, argv, expected):
+    """--out '' trained into runs/adding (the `or` default); -T 1 and --out FILE were reported as the
+    API's 'T:' and 'out_dir:'."""
+    (tmp_path / "a-file").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    rc = cli.main(["train", "adding", "--device", "cpu", "--steps", "2", *argv])
+    assert rc == 2
+    assert expected in _one_error_line(capsys)
+
+
+def test_nproc_under_torchrun_is_refused(monkeypatch, capsys):
+    """Under torchrun --nproc was ignored silently (torchrun's --nproc_per_node decides)."""
+    for k, v in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(k, v)
+    from gpu_lstm import distributed
+    monkeypatch.setattr(distributed, "run", lambda *a, **k: pytest.fail("training started"))
+    assert cli.main(["train", "adding", "--device", "cpu", "--nproc", "4"]) == 2
+    assert "--nproc: expected only when not under torchrun" in _one_error_line(capsys)
+
+
+def test_train_on_a_missing_gpu_leaves_no_output_folder(tmp_path, capsys):
+    """The output folder was created before the model found no GPU: an empty folder was left."""
+    from gpu_lstm.backend import gpu_available
+    if gpu_available()[0]:
+        pytest.skip("a GPU is available here")
+    out = tmp_path / "run"
+    assert cli.main(["train", "adding", "--device", "gpu", "--steps", "2", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_a_rerun_into_a_folder_leaves_nothing_of_the_previous_run(tmp_path, monkeypatch):
+    """Without matplotlib the previous run's loss.png stayed beside the new checkpoint; a DDP run's
+    checkpoint.pt stayed beside a single-process run's files."""
+    out = tmp_path / "run"
+    training.train_adding(out_dir=str(out), **_quiet(**TINY))
+    (out / "checkpoint.pt").write_bytes(b"from another kind of run")
+    assert (out / "loss.png").exists() or pytest.importorskip("matplotlib")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)           # matplotlib missing now
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    s = training.train_adding(out_dir=str(out), **_quiet(**TINY))
+    assert s["plot"] is None
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "summary.json"]
+
+
+def test_a_data_parallel_run_removes_a_single_process_runs_files(tmp_path):
+    """A --ddp run into a single-process run's folder replaced summary.json but left checkpoint.npz and
+    loss.png, so the folder mixed two runs."""
+    pytest.importorskip("torch")
+    import io
+    from gpu_lstm import distributed
+    out = tmp_path / "run"
+    training.train_adding(out_dir=str(out), **_quiet(**TINY))
+    distributed.train("adding", steps=2, T=4, B=4, hidden=3, dtype="float64", device="cpu",
+                      out_dir=str(out), stream=io.StringIO())
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "summary.json"]
