@@ -308,7 +308,7 @@ def test_bad_input_names_the_argument():
         m(torch.zeros(2, 1, 3, dtype=F64))
     with pytest.raises(ValueError, match=r"input: expected a 2-D \(unbatched\) or 3-D Tensor, got 4-D"):
         m(torch.zeros(2, 1, 3, 1))
-    with pytest.raises(ValueError, match=r"x: expected input size I = 3"):
+    with pytest.raises(ValueError, match=r"input: expected 3 features on the last axis"):
         m(torch.zeros(2, 1, 5))
     with pytest.raises(ValueError, match=r"hx\[1\] \(c_0\): expected shape \(2, 1, 4\), got \(2, 1, 3\)"):
         m(torch.zeros(2, 1, 3), (torch.zeros(2, 1, 4), torch.zeros(2, 1, 3)))
@@ -613,3 +613,86 @@ def test_bfloat16_compile_fullgraph_matches_eager():
     assert torch.equal(out.detach(), eager.detach()) and torch.equal(x.grad, gx)
     for n, p in m.named_parameters():
         assert p.grad.dtype == torch.bfloat16 and torch.equal(p.grad, g_eager[n]), n
+
+
+# ---- review findings: where the drop-in differed from torch.nn.LSTM ------------------------------------
+@pytest.mark.parametrize("kw", [dict(dropout=0.5), dict(zoneout_h=0.2)])
+def test_masks_seed_does_not_shift_torchs_generator(kw):
+    """With dropout or zoneout and no seed, the mask seed was drawn from torch's generator before the
+    weights: under the same torch.manual_seed the weights (and every layer built after) differed from
+    torch.nn.LSTM's."""
+    torch.manual_seed(0)
+    ours = glt.LSTM(3, 4, 2, dtype=F64, **kw)
+    after_ours = torch.rand(3)
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 4, 2, dtype=F64, dropout=kw.get("dropout", 0.0))
+    after_ref = torch.rand(3)
+    for name, p in ref.named_parameters():
+        assert torch.equal(getattr(ours, name), p), name
+    assert torch.equal(after_ours, after_ref)
+
+
+def test_options_changed_after_construction_take_effect_or_are_refused():
+    """batch_first/dropout set after construction were ignored (a frozen config): h_n came back (1, 4, 5)
+    for (2, 4, 3) batch-first input; dropout set later drew no masks."""
+    ref, m = _pair(L=1)
+    m.batch_first = ref.batch_first = True
+    x = torch.randn(2, 4, 3, dtype=F64)
+    y, (h, c) = m(x)
+    y_ref, (h_ref, c_ref) = ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-13)
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-13)
+    m.zoneout_h = 0.5            # takes effect: training draws masks now
+    torch.manual_seed(1)
+    a = m(x)[0]
+    torch.manual_seed(2)
+    b = m(x)[0]
+    assert not torch.equal(a, b)                              # masks are drawn now
+    m.hidden_size = 7
+    with pytest.raises(ValueError, match=r"hidden_size: changed from 5 to 7 after construction"):
+        m(x)
+    m.hidden_size = 5
+    m.zoneout_h = 1.5
+    with pytest.raises(ValueError, match="zoneout_h: expected a probability in"):
+        m(x)
+
+
+def test_parameters_of_another_dtype_or_layout():
+    """A float32 bias in a float64 module was used silently (torch raises); a non-contiguous weight,
+    valid in torch, failed with gpu_lstm's internal names ('params['l0.W']: expected a C-contiguous')."""
+    ref, m = _pair(L=1)
+    x = torch.randn(4, 2, 3, dtype=F64)
+    with torch.no_grad():
+        for mod in (m, ref):
+            mod.weight_ih_l0.set_(mod.weight_ih_l0.t().contiguous().t())
+    assert not m.weight_ih_l0.is_contiguous()
+    y, _ = m(x)
+    torch.testing.assert_close(y, ref(x)[0], rtol=0, atol=1e-13)
+    y.sum().backward()
+    assert m.weight_ih_l0.grad.shape == m.weight_ih_l0.shape
+    m.bias_hh_l0.data = m.bias_hh_l0.data.float()
+    with pytest.raises(TypeError, match=r"bias_hh_l0: expected dtype torch\.float64 .*got torch\.float32"):
+        m(x)
+
+
+def test_flatten_parameters_and_all_weights_exist():
+    """Common torch.nn.LSTM calls were AttributeErrors."""
+    ref, m = _pair(L=2, bidirectional=True, proj_size=2)
+    m.flatten_parameters()
+    assert [[tuple(w.shape) for w in layer] for layer in m.all_weights] == \
+        [[tuple(w.shape) for w in layer] for layer in ref.all_weights]
+
+
+def test_unbatched_errors_show_what_was_passed():
+    """Messages showed the internally batched shapes: 'expected (1, 1, 4) ..., got (4, 1)'."""
+    m = glt.LSTM(7, 4, dtype=F64)
+    with pytest.raises(ValueError, match=r"hx\[0\] \(h_0\): expected shape \(1, 4\) \(unbatched\), got \(4,\)"):
+        m(torch.randn(5, 7, dtype=F64), (torch.zeros(4, dtype=F64), torch.zeros(4, dtype=F64)))
+    with pytest.raises(ValueError, match=r"input: expected 7 features on the last axis, got shape \(5, 3\)"):
+        m(torch.randn(5, 3, dtype=F64))
+
+
+def test_empty_lengths_say_how_many_are_expected():
+    m = glt.LSTM(3, 4, dtype=F64)
+    with pytest.raises(ValueError, match=r"lengths: expected 2 lengths \(one per sample\), got 0"):
+        m(torch.randn(4, 2, 3, dtype=F64), lengths=[])

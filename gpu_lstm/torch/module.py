@@ -12,6 +12,23 @@ from ..gates import GATE_INDEX
 from . import _ops
 
 _UIDS = itertools.count(1)
+# The options the core is built from (its config), and those the Parameters' names and shapes follow:
+# the latter cannot change after construction, the others (batch_first, dropout, ...) can, as in torch.
+_CONFIG = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "bidirectional", "proj_size",
+           "peephole", "dropout", "learn_initial_state", "zoneout_h", "zoneout_c", "check_finite", "seed")
+_STRUCTURE = ("input_size", "hidden_size", "num_layers", "bias", "bidirectional", "proj_size", "peephole",
+              "learn_initial_state")
+
+
+def _peek_seed():
+    """A mask seed from torch's CPU generator, which is then restored: drawing it would shift the
+    weights' initialisation (and every layer built afterwards) away from torch.nn.LSTM's under the same
+    torch.manual_seed."""
+    state = torch.get_rng_state()
+    try:
+        return int(torch.randint(0, 2 ** 62, (1,)).item())
+    finally:
+        torch.set_rng_state(state)
 
 
 def _lengths_tensor(lengths):
@@ -25,6 +42,8 @@ def _lengths_tensor(lengths):
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"lengths: expected a 1-D sequence of integers, got {type(lengths).__name__} that "
                         f"torch cannot convert ({exc})") from None
+    if t.numel() == 0:         # [] has no integer dtype to check; its count is checked against B
+        return t.to("cpu", torch.int64)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         shown = t.flatten()[:6].tolist()
         raise TypeError(f"lengths: expected integers, got dtype {t.dtype} (values {shown!r}"
@@ -117,7 +136,7 @@ class LSTM(nn.Module):
         self.zoneout_h, self.zoneout_c, self.forget_bias = float(zoneout_h), float(zoneout_c), forget_bias
         self.check_finite = bool(check_finite)
         if seed is None and (self.dropout or self.zoneout_h or self.zoneout_c):
-            seed = int(torch.randint(0, 2 ** 62, (1,)).item())
+            seed = _peek_seed()
         self.seed = seed
         self._names = _ops.flat_names({**cfg, "seed": self.seed})
         H, P, D = self.hidden_size, self.proj_size or self.hidden_size, 2 if self.bidirectional else 1
@@ -132,13 +151,30 @@ class LSTM(nn.Module):
 
     # ---- identity of the core (not pickled: rebuilt on load) ----------------------------------------
     def _register(self):
-        cfg = {k: getattr(self, k) for k in ("input_size", "hidden_size", "num_layers", "bias",
-                                              "batch_first", "bidirectional", "proj_size", "peephole",
-                                              "dropout", "learn_initial_state", "zoneout_h", "zoneout_c",
-                                              "check_finite", "seed")}
+        cfg = {k: getattr(self, k) for k in _CONFIG}
+        self._config_values = cfg
         self._config = json.dumps(cfg, sort_keys=True)
         self._uid = next(_UIDS)
         self._engine = _ops.register_engine(self._uid, self._config)
+
+    def _sync_config(self):
+        """Options set after construction, as torch.nn.LSTM reads them at every forward: batch_first,
+        dropout, zoneout and check_finite are checked as the constructor checks them and the core is
+        rebuilt; a size or structure option cannot be honoured (the Parameters keep their shapes)."""
+        now = {k: getattr(self, k) for k in _CONFIG}
+        was = self._config_values
+        if now == was:
+            return
+        fixed = [k for k in _STRUCTURE if now[k] != was[k]]
+        if fixed:
+            k = fixed[0]
+            raise ValueError(f"{k}: changed from {was[k]!r} to {now[k]!r} after construction; the Parameters "
+                             f"have the old shapes, so build a new module")
+        from ..lstm import LSTM as CoreLSTM
+        CoreLSTM(**{k: v for k, v in now.items() if k != "seed"}, dtype="float64", device="cpu", seed=0)
+        if self.seed is None and (self.dropout or self.zoneout_h or self.zoneout_c):
+            self.seed = _peek_seed()
+        self._register()
 
     def __getstate__(self):
         state = super().__getstate__().copy() if hasattr(super(), "__getstate__") else self.__dict__.copy()
@@ -165,7 +201,29 @@ class LSTM(nn.Module):
                         p[f * H:(f + 1) * H] = self.forget_bias if name.startswith("bias_ih") else 0.0
 
     def _flat_weights(self):
-        return [getattr(self, n) for n, _, _ in self._names]
+        """The Parameters in the core's order: one dtype and device (torch.nn.LSTM raises otherwise, and
+        the core would compute in the first one's), C-contiguous (a transposed view is valid in torch;
+        autograd carries the gradient back through .contiguous())."""
+        weights = [getattr(self, n) for n, _, _ in self._names]
+        first, w0 = self._names[0][0], weights[0]
+        for (name, _, _), w in zip(self._names, weights):
+            if w.dtype != w0.dtype or w.device != w0.device:
+                raise TypeError(f"{name}: expected dtype {w0.dtype} on {w0.device} like {first}, got "
+                                f"{w.dtype} on {w.device}")
+        return [w if w.is_contiguous() else w.contiguous() for w in weights]
+
+    def flatten_parameters(self):
+        """torch.nn.LSTM's call to compact cuDNN's weight buffer. The Parameters are read where they
+        are here, so there is nothing to do; kept so code written for torch.nn.LSTM runs unchanged."""
+
+    @property
+    def all_weights(self):
+        """The Parameters per layer and direction, as torch.nn.LSTM's ``all_weights``."""
+        groups = {}
+        for name, _, _ in self._names:
+            suffix = name[name.rindex("_l"):]             # "_l0" or "_l0_reverse"
+            groups.setdefault(suffix, []).append(getattr(self, name))
+        return list(groups.values())
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
@@ -179,6 +237,7 @@ class LSTM(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, input, hx=None, *, lengths=None):
+        self._sync_config()
         packed = isinstance(input, PackedSequence)
         if packed:
             if lengths is not None:
@@ -194,6 +253,9 @@ class LSTM(nn.Module):
         weights = self._flat_weights()
         if x.dim() not in (2, 3):
             raise ValueError(f"input: expected a 2-D (unbatched) or 3-D Tensor, got {x.dim()}-D of shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input: expected {self.input_size} features on the last axis, got shape "
                              f"{tuple(x.shape)}")
         unbatched = x.dim() == 2
         if unbatched:
@@ -216,17 +278,22 @@ class LSTM(nn.Module):
                 if not isinstance(t, torch.Tensor):
                     raise TypeError(f"hx[{i}] ({name}): expected a Tensor, got {type(t).__name__}")
             h0, c0 = hx
-            if unbatched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
             B = x.shape[0] if self.batch_first else x.shape[1]
             LD = self.num_layers * (2 if self.bidirectional else 1)
             for name, t, feat in (("hx[0] (h_0)", h0, self.proj_size or self.hidden_size),
                                   ("hx[1] (c_0)", c0, self.hidden_size)):
-                if tuple(t.shape) != (LD, B, feat):
-                    raise ValueError(f"{name}: expected shape {(LD, B, feat)}" + (" (unbatched: without B)" if unbatched else "")
+                # Checked as given (an unbatched state has no B axis), before any reshaping.
+                want = (LD, feat) if unbatched else (LD, B, feat)
+                if tuple(t.shape) != want:
+                    raise ValueError(f"{name}: expected shape {want}" + (" (unbatched)" if unbatched else "")
                                      + f", got {tuple(t.shape)}")
                 if t.dtype != x.dtype or t.device != x.device:
                     raise TypeError(f"{name}: expected dtype {x.dtype} on {x.device}, got {t.dtype} on {t.device}")
+            if unbatched:
+                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        if lens is not None and not packed and lens.numel() != (x.shape[0] if self.batch_first else x.shape[1]):
+            raise ValueError(f"lengths: expected {x.shape[0] if self.batch_first else x.shape[1]} lengths (one "
+                             f"per sample), got {lens.numel()}")
         need_tape = torch.is_grad_enabled() and (
             x.requires_grad or any(w.requires_grad for w in weights)
             or (h0 is not None and (h0.requires_grad or c0.requires_grad)))
