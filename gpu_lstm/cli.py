@@ -58,9 +58,23 @@ def cmd_info(args):
     return 0
 
 
+_SIZE_OPTIONS = "-H/--hidden, -B/--batch, -T/--seq-len"
+
+
+def _check_sizes_fit(args, input_size, layers, itemsize):
+    """The training-memory preflight of `gpu-lstm train`, naming this command's options: otherwise
+    too large a -H ends in NumPy's 'Unable to allocate ... TiB'. Host memory, so for CPU runs."""
+    from gpu_lstm.backend import resolve_device
+    from gpu_lstm._preflight import check_fits_in_memory, training_bytes
+    if resolve_device(args.device) == "cpu":
+        check_fits_in_memory(training_bytes(input_size, args.hidden, 0, layers, args.seq_len, args.batch,
+                                            itemsize), _SIZE_OPTIONS)
+
+
 def cmd_check(args):
     from gpu_lstm import LSTM
     from gpu_lstm.gradcheck import lstm_gradient_check
+    _check_sizes_fit(args, args.input_size, args.layers, 8)
     t0 = time.perf_counter()
     lstm = LSTM(args.input_size, args.hidden, args.layers, dtype="float64", device=args.device,
                 seed=args.seed)
@@ -277,6 +291,7 @@ def cmd_profile(args):
     from gpu_lstm.backend import resolve_device
     from gpu_lstm.profile import print_profile
     _require_gpu_if_asked(args.device)
+    _check_sizes_fit(args, args.hidden, 1, 4)
     print_profile(resolve_device(args.device), args.hidden, args.batch, args.seq_len, args.reps)
     return 0
 

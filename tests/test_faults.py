@@ -519,3 +519,11 @@ def test_a_data_parallel_run_removes_a_single_process_runs_files(tmp_path):
     distributed.train("adding", steps=2, T=4, B=4, hidden=3, dtype="float64", device="cpu",
                       out_dir=str(out), stream=io.StringIO())
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "summary.json"]
+
+
+@pytest.mark.parametrize("command", ["check", "profile"])
+def test_sizes_that_cannot_fit_name_the_options(command, capsys):
+    """-H 2000000 ended in numpy's 'Unable to allocate 1.16 TiB', naming no option."""
+    assert cli.main([command, "--device", "cpu", "-H", "2000000"]) == 2
+    line = _one_error_line(capsys)
+    assert "-H/--hidden, -B/--batch, -T/--seq-len: expected sizes whose training fits" in line, line
