@@ -20,10 +20,18 @@ HERE = os.path.dirname(__file__)
 DEADLINE_S = 180
 
 
-def _spawn(fn, args):
-    """torch.multiprocessing.spawn of two ranks, joined under DEADLINE_S."""
+def _spawn_ranks(fn_name, out):
+    """Two ranks of ``ddp_worker.<fn_name>(rank, 2, port, out)`` (a module of its own so the spawned
+    processes can import it), joined under DEADLINE_S. Returns the worker module."""
     import time
-    ctx = torch.multiprocessing.spawn(fn, args=args, nprocs=2, join=False)
+    sys.path.insert(0, HERE)
+    try:
+        import ddp_worker
+    finally:
+        sys.path.remove(HERE)
+    from gpu_lstm.distributed import free_port
+    ctx = torch.multiprocessing.spawn(getattr(ddp_worker, fn_name), args=(2, free_port(), out), nprocs=2,
+                                      join=False)
     end = time.monotonic() + DEADLINE_S
     while not ctx.join(timeout=max(0.0, end - time.monotonic())):
         if time.monotonic() >= end:
@@ -31,17 +39,12 @@ def _spawn(fn, args):
             for p in ctx.processes:
                 p.terminate()
             pytest.fail(f"rank(s) {hung} still running after {DEADLINE_S} s (hung in a collective or teardown)")
+    return ddp_worker
 
 
 def test_ddp_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
-    sys.path.insert(0, HERE)
-    try:
-        import ddp_worker
-    finally:
-        sys.path.remove(HERE)
-    from gpu_lstm.distributed import free_port
     out = str(tmp_path / "grads")
-    _spawn(ddp_worker.worker, (2, free_port(), out))
+    ddp_worker = _spawn_ranks("worker", out)
     x, y, lengths = ddp_worker.batch()
     full = ddp_worker.gradients(ddp_worker.make_model(), x, y, lengths)
     half = ddp_worker.gradients(ddp_worker.make_model(), x[:, :4], y[:4], lengths[:4])
@@ -60,14 +63,8 @@ def test_a_rank_joins_its_gloo_threads_before_it_returns(tmp_path):
     """A gloo thread that outlives the rank's teardown can free a finished collective's tensor while the
     interpreter finalizes, which aborts the process ("terminate called without an active exception",
     seen under load about once in 25 torchrun runs); the teardown must leave none."""
-    sys.path.insert(0, HERE)
-    try:
-        import ddp_worker
-    finally:
-        sys.path.remove(HERE)
-    from gpu_lstm.distributed import free_port
     out = str(tmp_path / "threads")
-    _spawn(ddp_worker.train_and_report_threads, (2, free_port(), out))
+    _spawn_ranks("train_and_report_threads", out)
     for rank in range(2):
         with open(f"{out}.{rank}") as f:
             seen = json.load(f)
