@@ -139,7 +139,8 @@ def cmd_train(args):
 _TRAIN_OPTIONS = {"out_dir": "--out", "text": "--text", "T": "-T/--seq-len", "B": "-B/--batch",
                   "hidden": "-H/--hidden", "layers": "-L/--layers", "lr": "--lr", "steps": "--steps",
                   "clip": "--clip", "seed": "--seed", "log_every": "--log-every", "dtype": "--dtype",
-                  "optimizer": "--optimizer"}
+                  "optimizer": "--optimizer", "hidden, layers, B, T": "-H/--hidden, -L/--layers, -B/--batch, "
+                                                                      "-T/--seq-len"}
 
 
 @contextlib.contextmanager
@@ -148,7 +149,7 @@ def _in_option_terms(names=_TRAIN_OPTIONS):
     command-line option's name ("--out: ..."); anything else passes unchanged."""
     try:
         yield
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, MemoryError) as exc:
         msg = str(exc.args[0]) if len(exc.args) == 1 else None
         head, sep, rest = (msg or "").partition(": ")
         if not sep or head not in names:

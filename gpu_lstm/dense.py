@@ -82,6 +82,13 @@ class Dense:
         array
             (..., out_features).
         """
+        return self._forward(h, owned=False)
+
+    __call__ = forward
+
+    def _forward(self, h: Any, owned: bool) -> Any:
+        """``owned``: h is the caller's own temporary (SequenceModel's LSTM output), which nobody can
+        change before backward, so it is saved without a copy."""
         be = self._be
         with be.activate():
             h = be.asarray("h", h)
@@ -90,8 +97,10 @@ class Dense:
                 raise ValueError(f"h: expected last axis of size in_features = {self.in_features}, "
                                  f"got shape {ck.shape_str(h.shape)}")
             lead = h.shape[:-1]
-            # Saved for backward (dW, eq. 21): a copy, so a caller changing h afterwards cannot change dW.
-            h2 = h.reshape(-1, self.in_features).copy()                       # (N, in), C order
+            h2 = h.reshape(-1, self.in_features)                              # (N, in)
+            # Saved for backward (dW, eq. 21): a copy of a user's h, so changing it afterwards cannot
+            # change dW.
+            h2 = be.xp.ascontiguousarray(h2) if owned else h2.copy()
             z = be.empty((h2.shape[0], self.out_features))                    # (N, out)
             z[...] = self.params["b"]
             be.gemm(h2, self.params["W"], z, trans_b=True, beta=1.0)          # eq. (7), inside F
@@ -100,10 +109,9 @@ class Dense:
             else:
                 y = self._activate(z)
             self._saved = (h2, y, lead)
-            # A copy: F' in backward reads the saved y, which `pred -= target` must not change.
-            return y.reshape(lead + (self.out_features,)).copy()
-
-    __call__ = forward
+            y = y.reshape(lead + (self.out_features,))
+            # F' in backward reads the saved y (all but identity), which `pred -= target` must not change.
+            return y if self.activation == "identity" else y.copy()
 
     def _activate(self, z):
         xp = self._be.xp

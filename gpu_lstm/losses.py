@@ -98,7 +98,8 @@ def mse_loss(pred: Any, target: Any, mask: Any = None, check_mask: bool = True) 
     if check_mask and bool((~xp.isfinite(mask) | (mask < 0)).any()):
         raise ValueError(f"mask: expected finite weights >= 0 (1 counts, 0 is padding), got values from "
                          f"{float(mask.min())} to {float(mask.max())}")
-    n = xp.maximum(mask.sum(), 1)
+    total = mask.sum()
+    n = xp.where(total > 0, total, 1)   # the weights' sum (below 1 too); nothing counted: loss 0, not NaN
     wdiff = diff * mask          # w d: the gradient's numerator; the loss is sum(w d^2), not (w d)^2
     return (wdiff * diff).sum() / n, be.astype(wdiff * (2 / n), pdt)
 
@@ -175,8 +176,10 @@ def nats_to_bits(loss_nats: Any) -> float:
     float
     """
     is_number = isinstance(loss_nats, numbers.Real) and not isinstance(loss_nats, bool)
-    is_scalar_array = hasattr(loss_nats, "dtype") and getattr(loss_nats, "ndim", None) == 0 \
-        and np.dtype(loss_nats.dtype).kind == "f"
+    dt = getattr(loss_nats, "dtype", None)
+    # NumPy/CuPy dtypes have .kind, torch's .is_floating_point: a 0-d float of either kind is a loss
+    is_scalar_array = getattr(loss_nats, "ndim", None) == 0 and (
+        getattr(dt, "kind", None) == "f" or getattr(dt, "is_floating_point", False))
     if not (is_number or is_scalar_array):
         raise TypeError(f"loss_nats: expected a real number or a 0-d array, got {type(loss_nats).__name__}"
                         + (f" of shape {ck.shape_str(loss_nats.shape)}" if hasattr(loss_nats, "shape") else ""))

@@ -87,6 +87,17 @@ class _Scratch:
         return alt
 
 
+# The one-layer dropout warning's text; internal constructions of a core filter on it.
+ONE_LAYER_DROPOUT = "has no effect with num_layers=1"
+
+
+def warn_one_layer_dropout(dropout: float, stacklevel: int) -> None:
+    """Warn that dropout does nothing with one layer (it applies to the input of every layer but the
+    first), as torch.nn.LSTM does; ``stacklevel`` points the warning at the user's line."""
+    warnings.warn(f"dropout={dropout} {ONE_LAYER_DROPOUT}: it applies to the input of every layer but the "
+                  f"first", UserWarning, stacklevel=stacklevel)
+
+
 class LSTM:
     """A stack of LSTM layers trained with exact backpropagation through time.
 
@@ -213,8 +224,7 @@ class LSTM:
                 raise ValueError(f"{name}: expected a probability in [0, 1), got {value}")
         self.dropout = float(dropout)
         if self.dropout and self.num_layers == 1:     # as torch.nn.LSTM says, not silently nothing
-            warnings.warn(f"dropout={self.dropout} has no effect with num_layers=1: it applies to the input "
-                          f"of every layer but the first", UserWarning, stacklevel=2)
+            warn_one_layer_dropout(self.dropout, stacklevel=3)
         self.zoneout_h, self.zoneout_c = float(zoneout_h), float(zoneout_c)
         if forget_bias is not None:
             if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \

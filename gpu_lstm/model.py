@@ -143,7 +143,7 @@ class SequenceModel:
         y, state = self.lstm(x, state, lengths=lengths)
         self._y_shape = tuple(y.shape)
         if self.head_mode == "all":
-            return self.head(y), state
+            return self.head._forward(y, owned=True), state      # y is this model's: no copy
         xp = self.xp
         time_axis = 1 if self.batch_first else 0
         B = y.shape[1 - time_axis]
@@ -154,7 +154,7 @@ class SequenceModel:
             idx = xp.asarray(np.asarray(to_numpy(lengths), dtype=np.int64) - 1)
             self._last = idx
             last = y[xp.arange(B), idx] if self.batch_first else y[idx, xp.arange(B)]
-        return self.head(last), state
+        return self.head._forward(last, owned=True), state
 
     __call__ = forward
 

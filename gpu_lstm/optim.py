@@ -568,6 +568,8 @@ class MixedPrecision:
 
     def __init__(self, optimizer_cls, params, grads, loss_scaler=None, **kwargs):
         self.params, self.grads = params, grads
+        for k, p in params.items():      # refreshed in place after every step: checked before the first
+            _check_updatable(f"params[{k!r}]", p)
         for k, g in grads.items():
             if np.dtype(g.dtype) != np.float32:
                 raise TypeError(f"grads[{k!r}]: mixed precision expects float32 gradients, got {g.dtype}")

@@ -316,3 +316,17 @@ def test_softmax_needs_a_class():
     """(B, 0) logits were numpy's "cannot reshape array of size 0"."""
     with pytest.raises(ValueError, match=r"logits: expected at least one class on the last axis, got shape \(2, 0\)"):
         softmax_cross_entropy(np.zeros((2, 0)), np.array([0, 0]))
+
+
+def test_mse_weights_summing_below_one_are_still_a_weighted_mean():
+    """The denominator was max(sum(w), 1): weights summing to 0.5 halved the loss."""
+    loss, grad = mse_loss(np.array([[2.0]]), np.array([[0.0]]), np.array([[0.5]]))
+    assert float(loss) == 4.0 and float(grad[0, 0]) == 4.0
+    loss, grad = mse_loss(np.array([[2.0]]), np.array([[0.0]]), np.array([[0.0]]))
+    assert float(loss) == 0.0 and float(grad[0, 0]) == 0.0          # nothing counted: 0, not NaN
+
+
+def test_nats_to_bits_takes_a_0d_torch_tensor():
+    torch = pytest.importorskip("torch")
+    from gpu_lstm.losses import nats_to_bits
+    assert abs(nats_to_bits(torch.tensor(float(np.log(2)))) - 1.0) < 1e-7

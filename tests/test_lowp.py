@@ -550,3 +550,14 @@ def test_mse_loss_mask_dtype_errors_name_the_mask():
     mask[2:] = False
     loss, _ = mse_loss(pred, tgt, mask=mask)
     assert float(loss) == 1.0
+
+
+def test_mixed_precision_refuses_16_bit_parameters_it_could_not_refresh():
+    """A read-only 16-bit parameter passed, and step() failed after the master weights, the other
+    parameters and the step count were updated."""
+    from gpu_lstm.optim import Adam, MixedPrecision
+    ro = np.ones(3, np.float16)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"params\['b'\]: expected a writable array"):
+        MixedPrecision(Adam, {"a": np.ones(3, np.float16), "b": ro},
+                       {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}, lr=0.1)

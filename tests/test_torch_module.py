@@ -696,3 +696,21 @@ def test_empty_lengths_say_how_many_are_expected():
     m = glt.LSTM(3, 4, dtype=F64)
     with pytest.raises(ValueError, match=r"lengths: expected 2 lengths \(one per sample\), got 0"):
         m(torch.randn(4, 2, 3, dtype=F64), lengths=[])
+
+
+def test_options_set_to_numpy_scalars_after_construction():
+    """np.bool_/np.float32 values passed the check, then every forward failed in json.dumps."""
+    ref, m = _pair(L=1)
+    m.batch_first = np.bool_(True)
+    m.zoneout_h = np.float32(0.25)
+    y, _ = m(torch.randn(2, 4, 3, dtype=F64))
+    assert y.shape == (2, 4, 5) and m.batch_first is True and m.zoneout_h == 0.25
+
+
+def test_one_layer_dropout_warns_once_from_the_users_line():
+    import warnings
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        glt.LSTM(3, 4, dropout=0.5, dtype=F64)(torch.randn(2, 1, 3, dtype=F64))
+    ours = [w for w in seen if "has no effect with num_layers=1" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename == __file__, [(w.filename, str(w.message)) for w in ours]

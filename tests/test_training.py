@@ -76,21 +76,31 @@ def _char_model(vocab, **kwargs):
     return SequenceModel(V, 8, V, dtype="float64", device="cpu", seed=0, **kwargs)
 
 
-def test_sample_text_restores_the_callers_mode_even_on_error():
+def test_sample_text_restores_the_callers_mode_even_on_error(monkeypatch):
     """sample_text left every model in training mode (dropout back on after model.eval())."""
+    from gpu_lstm.model import SequenceModel
     from gpu_lstm.sampling import sample_text
     from gpu_lstm.tasks import CharVocab
     vocab = CharVocab("abc\n")
-    m = _char_model(vocab, dropout=0.0)
+    m = _char_model(vocab)
     m.eval()
     sample_text(m, vocab, 3)
     assert m.training is False
     m.train()
-    with pytest.raises(ValueError, match="prime"):
-        sample_text(m, vocab, 3, prime="z")
-    assert m.training is True
     sample_text(m, vocab, 3)
     assert m.training is True
+    calls = []
+    real = SequenceModel.forward
+
+    def fails_on_the_second_step(self, *a, **k):        # an error inside the loop, in eval mode
+        calls.append(self.training)
+        if len(calls) == 2:
+            raise RuntimeError("device lost")
+        return real(self, *a, **k)
+    monkeypatch.setattr(SequenceModel, "__call__", fails_on_the_second_step)
+    with pytest.raises(RuntimeError, match="device lost"):
+        sample_text(m, vocab, 3)
+    assert calls == [False, False] and m.training is True
 
 
 def test_sample_text_is_finite_at_a_tiny_temperature():

@@ -43,6 +43,7 @@ import contextlib
 import functools
 import itertools
 import json
+import warnings
 import weakref
 from typing import List, Optional, Tuple
 
@@ -51,6 +52,16 @@ import torch
 
 _TAPES = {}                                  # handle id -> (core LSTM, Tape)
 _NEXT_ID = itertools.count(1)
+@contextlib.contextmanager
+def quiet_core():
+    """Build cores without their one-layer dropout warning: the module gives it once, pointing at the
+    user's line, rather than once per core built inside."""
+    from ..lstm import ONE_LAYER_DROPOUT
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=f".*{ONE_LAYER_DROPOUT}", category=UserWarning)
+        yield
+
+
 _ENGINES = weakref.WeakValueDictionary()     # module uid -> _Engine (the module holds it)
 
 
@@ -95,10 +106,11 @@ class _Engine:
             seed = cfg.pop("seed")
             kw = dict(dtype=str(dtype).replace("torch.", ""), seed=seed)
             if device.type == "cpu":
-                core = LSTM(**cfg, device="cpu", **kw)
+                with quiet_core():
+                    core = LSTM(**cfg, device="cpu", **kw)
             elif device.type == "cuda":
                 import cupy
-                with cupy.cuda.Device(device.index if device.index is not None else 0):
+                with cupy.cuda.Device(device.index if device.index is not None else 0), quiet_core():
                     core = LSTM(**cfg, device="gpu", **kw)
             else:
                 raise ValueError(f"input: expected a CPU or CUDA tensor, got device {device}")

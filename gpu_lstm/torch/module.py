@@ -128,7 +128,11 @@ class LSTM(nn.Module):
         from ..lstm import LSTM as CoreLSTM
         seed = ck.seed("seed", seed)       # here, not at the first forward inside the op
         # Every option is checked once by the core's constructor (same messages as gpu_lstm.LSTM).
-        CoreLSTM(**cfg, forget_bias=forget_bias, dtype="float64", device="cpu", seed=0)
+        with _ops.quiet_core():
+            CoreLSTM(**cfg, forget_bias=forget_bias, dtype="float64", device="cpu", seed=0)
+        if dropout and num_layers == 1:
+            from ..lstm import warn_one_layer_dropout
+            warn_one_layer_dropout(float(dropout), stacklevel=3)       # the user's line, once
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
         self.dropout, self.proj_size = float(dropout), int(proj_size)
@@ -171,7 +175,11 @@ class LSTM(nn.Module):
             raise ValueError(f"{k}: changed from {was[k]!r} to {now[k]!r} after construction; the Parameters "
                              f"have the old shapes, so build a new module")
         from ..lstm import LSTM as CoreLSTM
-        CoreLSTM(**{k: v for k, v in now.items() if k != "seed"}, dtype="float64", device="cpu", seed=0)
+        with _ops.quiet_core():
+            CoreLSTM(**{k: v for k, v in now.items() if k != "seed"}, dtype="float64", device="cpu", seed=0)
+        # Checked: now written, as plain Python values (the config is JSON), as the constructor stores them.
+        self.batch_first, self.check_finite = bool(self.batch_first), bool(self.check_finite)
+        self.dropout, self.zoneout_h, self.zoneout_c = float(self.dropout), float(self.zoneout_h), float(self.zoneout_c)
         if self.seed is None and (self.dropout or self.zoneout_h or self.zoneout_c):
             self.seed = _peek_seed()
         self._register()
