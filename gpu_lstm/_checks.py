@@ -27,6 +27,21 @@ def flag(name, value, allow_none=False):
     return bool(value)
 
 
+def float_kind(name, dtype):
+    """Raise TypeError naming ``name`` unless ``dtype`` (a logical dtype: a GPU bfloat16 array's, not
+    its uint16 bits) is a floating-point type, bfloat16 included."""
+    if dtype.kind != "f" and dtype.name != "bfloat16":
+        raise TypeError(f"{name}: expected a float array, got dtype {dtype.name}")
+
+
+def pair(name, value, hint=""):
+    """Raise TypeError naming ``name`` unless ``value`` is None or a 2-tuple/list (an (h, c) state)."""
+    if value is not None and (not isinstance(value, (tuple, list)) or len(value) != 2):
+        got = f"{type(value).__name__} of length {len(value)}" if isinstance(value, (tuple, list)) \
+            else type(value).__name__
+        raise TypeError(f"{name}: expected a pair (h, c) of arrays{hint}, got {got}")
+
+
 def nonnegative_int(name, value):
     """Return ``value`` as int if it is an integer >= 0 (bool excluded); raise naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -31,11 +31,6 @@ def _check_mask_dtype(dtype):
                         f"got dtype {dtype.name}")
 
 
-def _check_float(name, dtype):
-    if dtype.kind != "f" and dtype.name != "bfloat16":
-        raise TypeError(f"{name}: expected a float array, got dtype {dtype.name}")
-
-
 def mse_loss(pred: Any, target: Any, mask: Any = None, check_mask: bool = True) -> Tuple[Any, Any]:
     """Mean squared error, mean over the counted elements: sum(w d^2) / sum(w) with d = pred - target
     and w the mask (1 everywhere without one).
@@ -70,7 +65,7 @@ def mse_loss(pred: Any, target: Any, mask: Any = None, check_mask: bool = True) 
     if target.shape != pred.shape:
         raise ValueError(f"target: expected shape {ck.shape_str(pred.shape)} (that of pred), got {ck.shape_str(target.shape)}")
     pdt = be.dtype_of(pred)   # a GPU bfloat16 array is uint16 bit patterns: its logical dtype
-    _check_float("pred", pdt)   # integer predictions would get a truncated integer gradient
+    ck.float_kind("pred", pdt)   # integer predictions would get a truncated integer gradient
     ck.check_dtype("target", target, pdt, be)
     # 16-bit predictions: the loss in float32 (be.wide), the gradient rounded once to pred's dtype
     w = be.wide
@@ -135,7 +130,7 @@ def softmax_cross_entropy(logits: Any, targets: Any, ignore_index: int = IGNORE_
     _check_array("targets", targets)
     be = backend_for(logits)
     xp = be.xp
-    _check_float("logits", be.dtype_of(logits))
+    ck.float_kind("logits", be.dtype_of(logits))
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index: expected an int, got {ignore_index!r} ({type(ignore_index).__name__})")
     targets = be.asarray("targets", targets)  # host targets for device logits: copied over

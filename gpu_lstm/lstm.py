@@ -584,10 +584,7 @@ class LSTM:
         """Check an (h, c) pair: (num_layers * D, B, P) and (num_layers * D, B, H); None means zeros."""
         if pair is None:
             return None, None
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            got = f"{type(pair).__name__} of length {len(pair)}" if isinstance(pair, (tuple, list)) \
-                else type(pair).__name__
-            raise TypeError(f"{name}: expected a pair (h, c) of arrays, got {got}")
+        ck.pair(name, pair)
         LD = self.num_layers * self.num_directions
         out = []
         for idx, (part, feat) in enumerate((("h", self.output_size), ("c", self.hidden_size))):

@@ -136,10 +136,7 @@ class SequenceModel:
                 and shape[1 if self.batch_first else 0] == 0:       # checked before the LSTM records anything
             raise ValueError(f"x: expected at least one time step for head='last' (its prediction comes "
                              f"from the last step), got shape {ck.shape_str(shape)}")
-        if state is not None and (not isinstance(state, (tuple, list)) or len(state) != 2):
-            got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) \
-                else type(state).__name__
-            raise TypeError(f"state: expected a pair (h, c) of arrays, as a previous call returns, got {got}")
+        ck.pair("state", state, hint=", as a previous call returns")
         y, state = self.lstm(x, state, lengths=lengths)
         self._y_shape = tuple(y.shape)
         if self.head_mode == "all":

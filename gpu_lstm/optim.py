@@ -27,9 +27,7 @@ def _backend(a):
 def _check_updatable(name, a):
     """a is updated in place: a float array (its logical dtype: a GPU bfloat16 array is uint16 bits)
     that can be written. Checked before anything is written, so a failure cannot leave half an update."""
-    dt = _backend(a).dtype_of(a)
-    if dt.kind != "f" and dt.name != "bfloat16":
-        raise TypeError(f"{name}: expected a float array, got dtype {dt.name}")
+    ck.float_kind(name, _backend(a).dtype_of(a))
     if not getattr(a.flags, "writeable", True):      # CuPy arrays have no such flag: always writable
         raise ValueError(f"{name}: expected a writable array (it is updated in place), got a read-only one")
 
