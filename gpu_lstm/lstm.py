@@ -248,19 +248,18 @@ class LSTM:
         self.device = self._be.name
         self.algo = algo
         self.low_precision = self._be.wide != self.dtype
-        if (self.low_precision or math == "tf32") and algo == "persistent":
-            # The persistent kernels are float32/float64 with FP32/FP64 FMA loops (a bf16 tensor-core
-            # variant is future work); plans and graphs take every dtype and math mode.
-            what = self.dtype.name if self.low_precision else "math='tf32'"
+        # The persistent kernels are float32/float64 with FP32/FP64 FMA loops (a bf16 tensor-core
+        # variant is future work); plans and graphs take every dtype and math mode.
+        not_persistent = (self.dtype.name if self.low_precision else "math='tf32'" if math == "tf32" else None)
+        if not_persistent and algo == "persistent":
             raise ValueError(f"algo='persistent': the persistent kernels run float32/float64 models with "
-                             f"the default math; {what} models run algo='auto', 'graph', 'plan' or 'eager'")
+                             f"the default math; {not_persistent} models run algo='auto', 'graph', 'plan' or 'eager'")
         self._algo, self.algo_reason = _plan.resolve_algo(algo, self._be)
-        if self._algo == "persistent" and (self.low_precision or math == "tf32"):
+        if self._algo == "persistent" and not_persistent:
             # only GPU_LSTM_ALGO gets here (an explicit algo was refused above): what plain 'auto' runs
-            what = self.dtype.name if self.low_precision else "math='tf32'"
             fallback, why = _plan.resolve_algo("auto", self._be, use_env=False)
-            self._algo, self.algo_reason = fallback, (f"{_plan.ALGO_ENV}=persistent does not apply to {what} "
-                                                      f"models (float32/float64 kernels); {why}")
+            self._algo, self.algo_reason = fallback, (f"{_plan.ALGO_ENV}=persistent does not apply to "
+                                                      f"{not_persistent} models (float32/float64 kernels); {why}")
         # Where the persistent kernels cannot run a call (options, capacity), what 'auto' would run.
         self._persistent_fallback = (_plan.resolve_algo("auto", self._be, use_env=False)[0]
                                      if self._algo == "persistent" else None)

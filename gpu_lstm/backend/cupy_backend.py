@@ -356,17 +356,12 @@ class CupyBackend:
             return functools.partial(out.fill, 0) if beta == 0.0 else None
         ta, tb, m, n, k, ld1, ld2, ldc = args
         handle = self._capture_handle(lane)
-        if self.low:   # the same cublasGemmEx arguments as the eager _gemm_low
-            self._check_low_operands(a, b, out)
-            t_ab = _CUDA_TYPES[a.dtype.name]
-            return handle.gemm_ex_call(ta, tb, m, n, k, b.data.ptr, t_ab, ld1, a.data.ptr, t_ab, ld2, beta,
-                                       out.data.ptr, _CUDA_TYPES[out.dtype.name], ldc, CUBLAS_COMPUTE_32F,
-                                       CUBLAS_GEMM_DEFAULT)
-        if self.math == "tf32":
-            return handle.gemm_ex_call(ta, tb, m, n, k, b.data.ptr, CUDA_R_32F, ld1, a.data.ptr, CUDA_R_32F, ld2,
-                                       beta, out.data.ptr, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_TF32,
-                                       CUBLAS_GEMM_DEFAULT)
-        return handle.gemm_call(ta, tb, m, n, k, b.data.ptr, ld1, a.data.ptr, ld2, beta, out.data.ptr, ldc)
+        ex = self._gemm_ex_types(a, b, out)
+        if ex is None:
+            return handle.gemm_call(ta, tb, m, n, k, b.data.ptr, ld1, a.data.ptr, ld2, beta, out.data.ptr, ldc)
+        t_ab, t_c, compute = ex
+        return handle.gemm_ex_call(ta, tb, m, n, k, b.data.ptr, t_ab, ld1, a.data.ptr, t_ab, ld2, beta,
+                                   out.data.ptr, t_c, ldc, compute, CUBLAS_GEMM_DEFAULT)
 
     def prepare(self, name, *args):
         """The kernel launch(es) of ``name(*args)`` with grid, block and argument tuple built once."""
@@ -496,22 +491,17 @@ class CupyBackend:
             # current stream: set both rather than rely on the handle's state.
             cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
             cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
-            if self.low:
-                self._gemm_low(handle, a, b, out, ta, tb, m, n, k, ld1, ld2, ldc, beta)
+            ex = self._gemm_ex_types(a, b, out)
+            if ex is None:
+                self._gemm_fn(handle, ta, tb, m, n, k,
+                              self._scalars[1.0], b.data.ptr, ld1, a.data.ptr, ld2,
+                              self._scalars[float(beta)], out.data.ptr, ldc)
                 return
-            if self.math == "tf32":
-                # cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb,
-                #              beta, C, Ctype, ldc, computeType, algo): all three operands CUDA_R_32F
-                # (= 0), CUBLAS_COMPUTE_32F_FAST_TF32 (= 77), CUBLAS_GEMM_DEFAULT (= -1); alpha/beta
-                # are float (the compute type's scale type, CUDA_R_32F).
-                cublas.gemmEx(handle, ta, tb, m, n, k, self._scalars[1.0],
-                              b.data.ptr, CUDA_R_32F, ld1, a.data.ptr, CUDA_R_32F, ld2,
-                              self._scalars[float(beta)], out.data.ptr, CUDA_R_32F, ldc,
-                              CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT)
-                return
-            self._gemm_fn(handle, ta, tb, m, n, k,
-                          self._scalars[1.0], b.data.ptr, ld1, a.data.ptr, ld2,
-                          self._scalars[float(beta)], out.data.ptr, ldc)
+            t_ab, t_c, compute = ex
+            # Column-major: C^T = op(B)^T op(A)^T, so cuBLAS's A is our b (as for Sgemm).
+            cublas.gemmEx(handle, ta, tb, m, n, k, self._scalars[1.0],
+                          b.data.ptr, t_ab, ld1, a.data.ptr, t_ab, ld2,
+                          self._scalars[float(beta)], out.data.ptr, t_c, ldc, compute, CUBLAS_GEMM_DEFAULT)
         except Exception as exc:
             raise RuntimeError(f"{self._gemm_name}(m={m}, n={n}, k={k}) failed: {exc}") from exc
 
@@ -520,29 +510,32 @@ class CupyBackend:
         instantiations (the host backend's _fn picks by buffer dtype the same way)."""
         return self.low and a.dtype == self.wide
 
-    def _check_low_operands(self, a, b, out):
-        if a.dtype != self.storage or b.dtype != self.storage or out.dtype not in (self.storage, self.wide):
-            raise TypeError(f"cublasGemmEx: a {self.dtype.name} model's GEMM needs A and B in the storage "
-                            f"type ({self.storage.name}) and C in it or in float32, got {a.dtype.name}, "
-                            f"{b.dtype.name} -> {out.dtype.name}")
+    def _gemm_ex_types(self, a, b, out):
+        """(A/B type, C type, compute type) of this model's cublasGemmEx, or None where it calls
+        S/Dgemm: the one choice the eager GEMM and the plans' captured GEMM share, so they agree bitwise.
 
-    def _gemm_low(self, handle, a, b, out, ta, tb, m, n, k, ld1, ld2, ldc, beta):
-        """A 16-bit model's GEMM: cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda,
-        B, Btype, ldb, beta, C, Ctype, ldc, computeType, algo) with A and B in the storage type
-        (CUDA_R_16BF = 14 or CUDA_R_16F = 2), C in the output buffer's type (the storage type, or
-        CUDA_R_32F = 0 for the float32 parameter gradients), CUBLAS_COMPUTE_32F (= 68: float32
-        products and sums, one rounding to C's type) and CUBLAS_GEMM_DEFAULT (= -1). For compute type
-        32F the scale type is CUDA_R_32F, so alpha and beta point to float32 host values. These enum
-        values and the 32F scale type are from cuBLAS's library_types.h / cublas_api.h (CUDA 11+) as
-        we know them; not yet run on a GPU. cuBLAS accepts exactly these (A/B, C) pairs with compute
-        32F: (16BF, 16BF), (16BF, 32F), (16F, 16F), (16F, 32F)."""
-        self._check_low_operands(a, b, out)
-        ta_, tc = _CUDA_TYPES[a.dtype.name], _CUDA_TYPES[out.dtype.name]
-        # Column-major: C^T = op(B)^T op(A)^T, so cuBLAS's A is our b (as for Sgemm below).
-        cublas.gemmEx(handle, ta, tb, m, n, k, self._scalars[1.0],
-                      b.data.ptr, ta_, ld1, a.data.ptr, ta_, ld2,
-                      self._scalars[float(beta)], out.data.ptr, tc, ldc,
-                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+        cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C,
+        Ctype, ldc, computeType, algo), always with CUBLAS_GEMM_DEFAULT (= -1):
+
+        * a 16-bit model: A and B in the storage type (CUDA_R_16BF = 14 or CUDA_R_16F = 2), C in the
+          output buffer's type (the storage type, or CUDA_R_32F = 0 for the float32 parameter
+          gradients), CUBLAS_COMPUTE_32F (= 68: float32 products and sums, one rounding to C's type).
+          cuBLAS accepts exactly these (A/B, C) pairs with compute 32F: (16BF, 16BF), (16BF, 32F),
+          (16F, 16F), (16F, 32F).
+        * math='tf32': all three CUDA_R_32F, CUBLAS_COMPUTE_32F_FAST_TF32 (= 77).
+
+        For both compute types the scale type is CUDA_R_32F, so alpha and beta point to float32 host
+        values. These enum values and scale types are from cuBLAS's library_types.h / cublas_api.h
+        (CUDA 11+) as we know them; not yet run on a GPU."""
+        if self.low:
+            if a.dtype != self.storage or b.dtype != self.storage or out.dtype not in (self.storage, self.wide):
+                raise TypeError(f"cublasGemmEx: a {self.dtype.name} model's GEMM needs A and B in the storage "
+                                f"type ({self.storage.name}) and C in it or in float32, got {a.dtype.name}, "
+                                f"{b.dtype.name} -> {out.dtype.name}")
+            return _CUDA_TYPES[a.dtype.name], _CUDA_TYPES[out.dtype.name], CUBLAS_COMPUTE_32F
+        if self.math == "tf32":
+            return CUDA_R_32F, CUDA_R_32F, CUBLAS_COMPUTE_32F_FAST_TF32
+        return None
 
     def _launch(self, name, n, args, wide=False):
         """One launch of ``name`` instantiated for the storage type, or with ``wide`` for the wide
