@@ -52,6 +52,9 @@ import torch
 
 _TAPES = {}                                  # handle id -> (core LSTM, Tape)
 _NEXT_ID = itertools.count(1)
+_ENGINES = weakref.WeakValueDictionary()     # module uid -> _Engine (the module holds it)
+
+
 @contextlib.contextmanager
 def quiet_core():
     """Build cores without their one-layer dropout warning: the module gives it once, pointing at the
@@ -60,9 +63,6 @@ def quiet_core():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=f".*{ONE_LAYER_DROPOUT}", category=UserWarning)
         yield
-
-
-_ENGINES = weakref.WeakValueDictionary()     # module uid -> _Engine (the module holds it)
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,15 +105,15 @@ class _Engine:
             cfg = dict(parse_config(self.config))
             seed = cfg.pop("seed")
             kw = dict(dtype=str(dtype).replace("torch.", ""), seed=seed)
-            if device.type == "cpu":
-                with quiet_core():
+            with quiet_core():
+                if device.type == "cpu":
                     core = LSTM(**cfg, device="cpu", **kw)
-            elif device.type == "cuda":
-                import cupy
-                with cupy.cuda.Device(device.index if device.index is not None else 0), quiet_core():
-                    core = LSTM(**cfg, device="gpu", **kw)
-            else:
-                raise ValueError(f"input: expected a CPU or CUDA tensor, got device {device}")
+                elif device.type == "cuda":
+                    import cupy
+                    with cupy.cuda.Device(device.index if device.index is not None else 0):
+                        core = LSTM(**cfg, device="gpu", **kw)
+                else:
+                    raise ValueError(f"input: expected a CPU or CUDA tensor, got device {device}")
             core.params, core.grads = {}, {}
             core.torch_buffers = {}          # "b" / "grads" -> {core name: torch tensor}, see above
             self.cores[key] = core

@@ -18,6 +18,11 @@ _CONFIG = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "bi
            "peephole", "dropout", "learn_initial_state", "zoneout_h", "zoneout_c", "check_finite", "seed")
 _STRUCTURE = ("input_size", "hidden_size", "num_layers", "bias", "bidirectional", "proj_size", "peephole",
               "learn_initial_state")
+# How each checked option is stored: plain Python values (the config is JSON); seed is checked apart.
+_KINDS = {**dict.fromkeys(("input_size", "hidden_size", "num_layers", "proj_size"), int),
+          **dict.fromkeys(("bias", "batch_first", "bidirectional", "peephole", "learn_initial_state",
+                           "check_finite"), bool),
+          **dict.fromkeys(("dropout", "zoneout_h", "zoneout_c"), float)}
 
 
 def _peek_seed():
@@ -42,9 +47,8 @@ def _lengths_tensor(lengths):
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(f"lengths: expected a 1-D sequence of integers, got {type(lengths).__name__} that "
                         f"torch cannot convert ({exc})") from None
-    if t.numel() == 0:         # [] has no integer dtype to check; its count is checked against B
-        return t.to("cpu", torch.int64)
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+    # [] has no integer dtype to check (torch makes it float32); its count is checked against B
+    if t.numel() and (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool):
         shown = t.flatten()[:6].tolist()
         raise TypeError(f"lengths: expected integers, got dtype {t.dtype} (values {shown!r}"
                         f"{', ...' if t.numel() > 6 else ''}), which would be truncated")
@@ -125,23 +129,12 @@ class LSTM(nn.Module):
                    peephole=peephole, dropout=dropout, learn_initial_state=learn_initial_state,
                    zoneout_h=zoneout_h, zoneout_c=zoneout_c, check_finite=check_finite)
         from .. import _checks as ck
-        from ..lstm import LSTM as CoreLSTM
-        seed = ck.seed("seed", seed)       # here, not at the first forward inside the op
-        # Every option is checked once by the core's constructor (same messages as gpu_lstm.LSTM).
-        with _ops.quiet_core():
-            CoreLSTM(**cfg, forget_bias=forget_bias, dtype="float64", device="cpu", seed=0)
-        if dropout and num_layers == 1:
+        self.seed = ck.seed("seed", seed)       # here, not at the first forward inside the op
+        self._store_options(cfg, forget_bias)
+        if self.dropout and self.num_layers == 1:
             from ..lstm import warn_one_layer_dropout
-            warn_one_layer_dropout(float(dropout), stacklevel=3)       # the user's line, once
-        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
-        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
-        self.dropout, self.proj_size = float(dropout), int(proj_size)
-        self.peephole, self.learn_initial_state = bool(peephole), bool(learn_initial_state)
-        self.zoneout_h, self.zoneout_c, self.forget_bias = float(zoneout_h), float(zoneout_c), forget_bias
-        self.check_finite = bool(check_finite)
-        if seed is None and (self.dropout or self.zoneout_h or self.zoneout_c):
-            seed = _peek_seed()
-        self.seed = seed
+            warn_one_layer_dropout(self.dropout, stacklevel=3)       # the user's line, once
+        self.forget_bias = forget_bias
         self._names = _ops.flat_names({**cfg, "seed": self.seed})
         H, P, D = self.hidden_size, self.proj_size or self.hidden_size, 2 if self.bidirectional else 1
         for torch_name, ours, _ in self._names:
@@ -154,10 +147,22 @@ class LSTM(nn.Module):
         self.reset_parameters()
 
     # ---- identity of the core (not pickled: rebuilt on load) ----------------------------------------
+    def _store_options(self, cfg, forget_bias=None):
+        """Check the options ``cfg`` (every key of _KINDS) as gpu_lstm.LSTM's constructor checks them
+        (same messages), then store them; a run with dropout or zoneout and no seed gets one from
+        torch's generator, as torch.nn.LSTM's masks would."""
+        from ..lstm import LSTM as CoreLSTM
+        with _ops.quiet_core():
+            CoreLSTM(**cfg, forget_bias=forget_bias, dtype="float64", device="cpu", seed=0)
+        for k, v in cfg.items():
+            setattr(self, k, _KINDS[k](v))
+        if self.seed is None and (self.dropout or self.zoneout_h or self.zoneout_c):
+            self.seed = _peek_seed()
+
     def _register(self):
-        cfg = {k: getattr(self, k) for k in _CONFIG}
-        self._config_values = cfg
-        self._config = json.dumps(cfg, sort_keys=True)
+        # the values kept beside their JSON: forward compares them, and torch.compile cannot trace json.loads
+        self._config_values = {k: getattr(self, k) for k in _CONFIG}
+        self._config = json.dumps(self._config_values, sort_keys=True)
         self._uid = next(_UIDS)
         self._engine = _ops.register_engine(self._uid, self._config)
 
@@ -174,14 +179,7 @@ class LSTM(nn.Module):
             k = fixed[0]
             raise ValueError(f"{k}: changed from {was[k]!r} to {now[k]!r} after construction; the Parameters "
                              f"have the old shapes, so build a new module")
-        from ..lstm import LSTM as CoreLSTM
-        with _ops.quiet_core():
-            CoreLSTM(**{k: v for k, v in now.items() if k != "seed"}, dtype="float64", device="cpu", seed=0)
-        # Checked: now written, as plain Python values (the config is JSON), as the constructor stores them.
-        self.batch_first, self.check_finite = bool(self.batch_first), bool(self.check_finite)
-        self.dropout, self.zoneout_h, self.zoneout_c = float(self.dropout), float(self.zoneout_h), float(self.zoneout_c)
-        if self.seed is None and (self.dropout or self.zoneout_h or self.zoneout_c):
-            self.seed = _peek_seed()
+        self._store_options({k: v for k, v in now.items() if k != "seed"})
         self._register()
 
     def __getstate__(self):
@@ -228,9 +226,8 @@ class LSTM(nn.Module):
     def all_weights(self):
         """The Parameters per layer and direction, as torch.nn.LSTM's ``all_weights``."""
         groups = {}
-        for name, _, _ in self._names:
-            suffix = name[name.rindex("_l"):]             # "_l0" or "_l0_reverse"
-            groups.setdefault(suffix, []).append(getattr(self, name))
+        for name, ours, _ in self._names:
+            groups.setdefault(ours.split(".")[0], []).append(getattr(self, name))    # "l0", "l0_reverse"
         return list(groups.values())
 
     def extra_repr(self):
@@ -270,6 +267,7 @@ class LSTM(nn.Module):
             if packed or lens is not None:
                 raise ValueError("lengths: not supported with an unbatched (2-D) input")
             x = x.unsqueeze(1) if not self.batch_first else x.unsqueeze(0)
+        B = x.shape[0] if self.batch_first else x.shape[1]
         if x.dtype != weights[0].dtype or x.device != weights[0].device:
             raise TypeError(f"input: expected dtype {weights[0].dtype} on {weights[0].device} (the "
                             f"parameters'), got {x.dtype} on {x.device}")
@@ -286,7 +284,6 @@ class LSTM(nn.Module):
                 if not isinstance(t, torch.Tensor):
                     raise TypeError(f"hx[{i}] ({name}): expected a Tensor, got {type(t).__name__}")
             h0, c0 = hx
-            B = x.shape[0] if self.batch_first else x.shape[1]
             LD = self.num_layers * (2 if self.bidirectional else 1)
             for name, t, feat in (("hx[0] (h_0)", h0, self.proj_size or self.hidden_size),
                                   ("hx[1] (c_0)", c0, self.hidden_size)):
@@ -299,9 +296,8 @@ class LSTM(nn.Module):
                     raise TypeError(f"{name}: expected dtype {x.dtype} on {x.device}, got {t.dtype} on {t.device}")
             if unbatched:
                 h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        if lens is not None and not packed and lens.numel() != (x.shape[0] if self.batch_first else x.shape[1]):
-            raise ValueError(f"lengths: expected {x.shape[0] if self.batch_first else x.shape[1]} lengths (one "
-                             f"per sample), got {lens.numel()}")
+        if lens is not None and not packed and lens.numel() != B:
+            raise ValueError(f"lengths: expected {B} lengths (one per sample), got {lens.numel()}")
         need_tape = torch.is_grad_enabled() and (
             x.requires_grad or any(w.requires_grad for w in weights)
             or (h0 is not None and (h0.requires_grad or c0.requires_grad)))
