@@ -330,7 +330,7 @@ def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
                 if v.dtype.kind != "f":
                     raise CheckpointError(f"checkpoint: {path}: optimizer slot 'optim/{k}/{s}' is "
                                           f"{v.dtype.name}, expected floating point")
-        opt_state = {"step_count": step_count, "state": state}
+        opt_state = step_count, state
     rng = _mask_rng(model)
     mask_state = meta.get("mask_rng") if rng is not None else None
     if mask_state is not None:
@@ -345,7 +345,7 @@ def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
     for k, v in params.items():     # uploaded by the backend (bfloat16 as its bit patterns)
         model.params[k][...] = be.asarray(f"param/{k}", v)
     if opt_state is not None:
-        optimizer.load_state_dict(opt_state)
+        optimizer._write_state(*opt_state)      # checked above
     if mask_state is not None:
         rng.set_rng_state(mask_state)
     return meta

@@ -191,7 +191,11 @@ class Optimizer:
             ``{'step_count', 'state'}`` as :meth:`state_dict` returns it; everything is checked by
             :meth:`check_state_dict` before anything is written.
         """
-        step_count, state = self.check_state_dict(sd)
+        self._write_state(*self.check_state_dict(sd))
+
+    def _write_state(self, step_count: int, state: Dict[str, Dict[str, Any]]) -> None:
+        """Write what :meth:`check_state_dict` returned (callers that checked already write through
+        this, not load_state_dict, so the state is checked once)."""
         for k in self.params:
             for s in self.slots:
                 self.state[k][s][...] = _xp(self.params[k]).asarray(state[k][s])
@@ -672,8 +676,12 @@ class MixedPrecision:
         sd : dict
             As :meth:`state_dict` returns it.
         """
-        _, state = self.check_state_dict(sd)
-        self.inner.load_state_dict(sd)
+        self._write_state(*self.check_state_dict(sd))
+
+    def _write_state(self, step_count, state):
+        """Write what :meth:`check_state_dict` returned: the wrapped optimizer's slots and step count,
+        the master weights and the 16-bit copies made from them."""
+        self.inner._write_state(step_count, state)
         for k in self.master:
             self.master[k][...] = _xp(self.master[k]).asarray(state[k]["master"])
         self._refresh()
