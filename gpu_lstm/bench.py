@@ -473,14 +473,10 @@ def format_row(r):
 
 
 def write_json(path, result):
-    """Write ``result`` to ``path`` atomically (a temporary file renamed over it); a symlink is written
-    through (its target replaced), not replaced by a file."""
-    import os
-    path = os.path.realpath(path)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
+    """Write ``result`` to ``path`` atomically, as checkpoints are written (a symlink is written
+    through: its target replaced, not the link)."""
+    from .checkpoint import write_atomically
+    write_atomically(path, lambda f: f.write(json.dumps(result, indent=2).encode()))
 
 
 def main(args):
