@@ -145,6 +145,23 @@ def _check_str_keys(name: str, value: Any) -> None:
             _check_str_keys(f"{name}[{i}]", v)
 
 
+def _check_model_and_optimizer(model, optimizer, error=ValueError, prefix=""):
+    """What saving and loading both need: a model with a params dict, and an optimizer (if any) with
+    state_dict() over some or all of its parameters (``error``, ``prefix``: how a foreign parameter is
+    reported)."""
+    if not hasattr(model, "params"):
+        raise TypeError(f"model: expected a model with a params dict, got {type(model).__name__}")
+    if optimizer is None:
+        return
+    if not (hasattr(optimizer, "state_dict") and hasattr(optimizer, "params")):
+        raise TypeError(f"optimizer: expected an optimizer with state_dict() and params (gpu_lstm.optim), "
+                        f"got {type(optimizer).__name__}")
+    foreign = sorted(set(optimizer.params) - set(model.params))
+    if foreign:
+        raise error(f"{prefix}optimizer: expected an optimizer over the model's parameters, got one over "
+                    f"{', '.join(map(repr, foreign))}, which the model does not have")
+
+
 def save_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None,
                     extra: Optional[Dict[str, Any]] = None) -> str:
     """Save a model's parameters (and optimizer state, and metadata) to one ``.npz`` file, atomically.
@@ -169,16 +186,7 @@ def save_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
     if extra is not None and not isinstance(extra, dict):
         raise TypeError(f"extra: expected a dict or None, got {type(extra).__name__}")
     _check_str_keys("extra", extra or {})
-    if not hasattr(model, "params"):
-        raise TypeError(f"model: expected a model with a params dict, got {type(model).__name__}")
-    if optimizer is not None:
-        if not (hasattr(optimizer, "state_dict") and hasattr(optimizer, "params")):
-            raise TypeError(f"optimizer: expected an optimizer with state_dict() and params (gpu_lstm.optim), "
-                            f"got {type(optimizer).__name__}")
-        foreign = sorted(set(optimizer.params) - set(model.params))
-        if foreign:
-            raise ValueError(f"optimizer: expected an optimizer over the model's parameters, got one over "
-                             f"{', '.join(map(repr, foreign))}, which the model does not have")
+    _check_model_and_optimizer(model, optimizer)
     path = _path(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"path: expected a file name, got the folder {path!r}")
@@ -281,8 +289,7 @@ def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
     CheckpointError
         When anything does not match; nothing is written in that case.
     """
-    if not hasattr(model, "params"):
-        raise TypeError(f"model: expected a model with a params dict, got {type(model).__name__}")
+    _check_model_and_optimizer(model, optimizer, error=CheckpointError, prefix="checkpoint: ")
     meta, arrays = read_checkpoint(path)
     params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     missing = sorted(set(model.params) - set(params))
@@ -310,9 +317,6 @@ def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
         state = {}
         # The optimizer's own parameters: all of the model's, or some (e.g. only the head trained).
         for k in optimizer.params:
-            if k not in model.params:
-                raise CheckpointError(f"checkpoint: optimizer: expected an optimizer over the model's "
-                                      f"parameters, got one over {k!r}, which the model does not have")
             state[k] = {}
             for s in optimizer.slots:
                 key = f"optim/{k}/{s}"
