@@ -2,6 +2,7 @@
 and what was received, so a user never has to read a traceback into the library to fix a call."""
 
 import numbers
+import os
 
 import numpy as np
 
@@ -15,6 +16,15 @@ def positive_int(name, value):
     if value <= 0:
         raise ValueError(f"{name}: expected a positive integer, got {value}")
     return int(value)
+
+
+def path(name, value, expected):
+    """``value`` (a str, bytes or os.PathLike) as a str path; TypeError naming ``name`` and ``expected``
+    (e.g. "a str or path-like") otherwise."""
+    try:
+        return os.fsdecode(os.fspath(value))
+    except TypeError:
+        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}") from None
 
 
 def flag(name, value, allow_none=False):

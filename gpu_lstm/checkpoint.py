@@ -18,6 +18,8 @@ from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from . import _checks as ck
+
 
 FORMAT = "gpu_lstm.checkpoint/1"
 _TMP_PREFIX = ".ckpt-"
@@ -121,12 +123,7 @@ def write_atomically(path: str, write: Callable[[BinaryIO], Any], mode: int = 0o
 
 def _path(path: Any) -> str:
     """path as a str, or TypeError / ValueError naming it."""
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"path: expected a str or path-like, got {type(path).__name__}") from None
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
+    path = ck.path("path", path, "a str or path-like")
     if not path:
         raise ValueError("path: expected a file name, got ''")
     return path
@@ -338,9 +335,8 @@ def load_checkpoint(path: "str | os.PathLike", model: Any, optimizer: Any = None
     rng = _mask_rng(model)
     mask_state = meta.get("mask_rng") if rng is not None else None
     if mask_state is not None:
-        from ._checks import rng_state
         try:
-            rng_state("mask_rng", mask_state)     # the rules of LSTM.set_rng_state, checked before any write
+            ck.rng_state("mask_rng", mask_state)     # the rules of LSTM.set_rng_state, checked before any write
         except (TypeError, ValueError, KeyError) as exc:
             msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             raise CheckpointError(f"checkpoint: {path} has a corrupt dropout/zoneout generator state: "

@@ -90,10 +90,7 @@ def load_text(path: "str | os.PathLike") -> str:
     ValueError
         When it is not UTF-8 text or holds fewer than two distinct characters.
     """
-    try:
-        path = os.fsdecode(os.fspath(path))
-    except TypeError:
-        raise TypeError(f"text: expected a file path (str or path-like), got {type(path).__name__}") from None
+    path = ck.path("text", path, "a file path (str or path-like)")
     if os.path.isdir(path):
         raise IsADirectoryError(f"text: expected a text file, got the folder {path!r}")
     try:
