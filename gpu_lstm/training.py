@@ -374,7 +374,7 @@ def task_defaults(task: str) -> Dict[str, Any]:
         ``{'T': int, 'B': int, 'hidden': int, 'lr': float}``.
     """
     runs = {"adding": train_adding, "charlm": train_charlm}
-    if task not in runs:
+    if not isinstance(task, str) or task not in runs:     # (a list is unhashable)
         raise ValueError(f"task: expected one of {sorted(runs)}, got {task!r}")
     signature = inspect.signature(runs[task]).parameters
     return {name: signature[name].default for name in ("T", "B", "hidden", "lr")}
