@@ -128,11 +128,12 @@ def cmd_train(args):
     if args.task == "charlm" and args.text is not None:
         common["text"] = args.text
     from gpu_lstm.distributed import under_torchrun
-    if args.nproc is not None and under_torchrun():
+    torchrun = under_torchrun()
+    if args.nproc is not None and torchrun:
         raise ValueError(f"--nproc: expected only when not under torchrun (its --nproc_per_node starts the "
                          f"processes), got --nproc {args.nproc}")
     with _in_option_terms():
-        return _train(args, common)
+        return _train(args, common, torchrun)
 
 
 # The API's argument names as this command's options, so an error names what the user typed.
@@ -144,7 +145,7 @@ _TRAIN_OPTIONS = {"out_dir": "--out", "text": "--text", "T": "-T/--seq-len", "B"
 
 
 @contextlib.contextmanager
-def _in_option_terms(names=_TRAIN_OPTIONS):
+def _in_option_terms():
     """Re-raise a user error whose message starts with an API argument ("out_dir: ...") under the
     command-line option's name ("--out: ..."); anything else passes unchanged."""
     try:
@@ -152,15 +153,14 @@ def _in_option_terms(names=_TRAIN_OPTIONS):
     except (OSError, ValueError, TypeError, MemoryError) as exc:
         msg = str(exc.args[0]) if len(exc.args) == 1 else None
         head, sep, rest = (msg or "").partition(": ")
-        if not sep or head not in names:
+        if not sep or head not in _TRAIN_OPTIONS:
             raise
-        raise type(exc)(f"{names[head]}: {rest}") from None
+        raise type(exc)(f"{_TRAIN_OPTIONS[head]}: {rest}") from None
 
 
-def _train(args, common):
+def _train(args, common, torchrun):
     from gpu_lstm import training
-    from gpu_lstm.distributed import under_torchrun
-    if args.ddp or under_torchrun():
+    if args.ddp or torchrun:
         return _train_ddp(args, common)
     if args.nproc is not None:
         raise ValueError(f"--nproc: expected only with --ddp (processes to start), got --nproc {args.nproc} "

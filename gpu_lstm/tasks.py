@@ -164,7 +164,7 @@ class CharVocab:
         out = []
         for i in ids:
             # No negative indexing (-1 is not the last character) and no truncated floats.
-            if isinstance(i, (bool, np.bool_)) or not isinstance(i, (numbers.Integral, np.integer)):
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):     # np.bool_ is not Integral
                 raise TypeError(f"ids: expected integers in [0, {len(self.chars)}), got {i!r} ({type(i).__name__})")
             if not 0 <= i < len(self.chars):
                 raise ValueError(f"ids: expected integers in [0, {len(self.chars)}), got {int(i)}")
