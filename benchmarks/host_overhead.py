@@ -131,18 +131,8 @@ def main(reps=None, which="auto"):
     return lines
 
 
-def _positive_int(text):
-    """argparse type: --reps 0 would fall back to the default, a negative one crash the median."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 if __name__ == "__main__":
+    from gpu_lstm.cli import _positive_int    # the CLI's check (imports neither CuPy nor the stubs)
     ap = argparse.ArgumentParser(description="host overhead per call, device calls stubbed")
     ap.add_argument("--reps", type=_positive_int, default=None,
                     help="timed calls per row (default: 50, 20 for T >= 1000)")

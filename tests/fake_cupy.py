@@ -345,29 +345,29 @@ def _view(ptr, ctype, rows, cols, ld):
     return np.lib.stride_tricks.as_strided(flat, shape=(rows, cols), strides=(item, ld * item))
 
 
-def _gemm(ctype, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
-    if _cublas_state["pointer_mode"] != 0:
+def _require_host_mode(mode):
+    if mode != 0:
         raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
+
+
+def _gemm(ctype, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+    _require_host_mode(_cublas_state["pointer_mode"])
     for v in (transa, transb, m, n, k, lda, ldb, ldc):
         if not isinstance(v, int):
             raise TypeError(f"fake cuBLAS: integer arguments expected, got {type(v).__name__}")
     a = ctypes.cast(alpha, ctypes.POINTER(ctype)).contents.value
     b = ctypes.cast(beta, ctypes.POINTER(ctype)).contents.value
-    opA = _view(A, ctype, k, m, lda).T if transa == 1 else _view(A, ctype, m, k, lda)
-    opB = _view(B, ctype, n, k, ldb).T if transb == 1 else _view(B, ctype, k, n, ldb)
-    Cm = _view(C, ctype, m, n, ldc)
-    Cm[...] = a * (opA @ opB) + (b * Cm if b != 0 else 0)
-    _cublas_state["calls"] += 1
-    _cublas_state["plain"] += 1
+    _gemm_values(ctype, transa, transb, m, n, k, a, A, lda, B, ldb, b, C, ldc)
 
 
 # pointer_mode starts NOT in host mode: the backend must set it. plain: Sgemm/Dgemm runs through either
 # binding (CuPy's wrapper or the ctypes one), gemm_ex: GemmEx runs through either.
-_cublas_state = {"pointer_mode": 1, "calls": 0, "plain": 0}
+_cublas_state = {"pointer_mode": 1, "plain": 0}
 
 # cudaDataType_t the fake's gemmEx accepts: CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14, as
 # (ctypes element, NumPy dtype of the values); bfloat16 is read from uint16 memory as ml_dtypes.bfloat16.
 _CUDA_TYPES = {0: (ctypes.c_float, "float32"), 2: (ctypes.c_uint16, "float16"), 14: (ctypes.c_uint16, "bfloat16")}
+_CUDA_SIZES = {t: ctypes.sizeof(ct) for t, (ct, _) in _CUDA_TYPES.items()}
 _COMPUTE = {68: "32F", 77: "32F_FAST_TF32"}  # cublasComputeType_t
 # (A/B type, C type) pairs cuBLAS takes with each compute type (cublasGemmEx's table, as we know it)
 _EX_PAIRS = {"32F": {(0, 0), (2, 2), (2, 0), (14, 14), (14, 0)}, "32F_FAST_TF32": {(0, 0)}}
@@ -433,11 +433,9 @@ def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ld
     bfloat16), C of that type or float32, compute type 32F or 32F_FAST_TF32 (float32 only), algo
     CUBLAS_GEMM_DEFAULT, float32 host scalars, integer sizes and leading dimensions."""
     _check_ex(Atype, Btype, Ctype, compute, algo, (transa, transb, m, n, k, lda, ldb, ldc))
-    if _cublas_state["pointer_mode"] != 0:
-        raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
+    _require_host_mode(_cublas_state["pointer_mode"])
     _gemm_ex_values(transa, transb, m, n, k, _read_f32(alpha), A, Atype, lda, B, Btype, ldb, _read_f32(beta),
                     C, Ctype, ldc, compute)
-    _cublas_state["calls"] += 1
 
 
 def _make_cublas():
@@ -1112,8 +1110,7 @@ class FakeLibcublas:
         st = self._handle(h)
         if st is None:
             return 1
-        if st["pointer_mode"] != 0:
-            raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
+        _require_host_mode(st["pointer_mode"])
         # alpha/beta are read when the GEMM is issued (host pointer mode), also when it is captured.
         a = ctypes.cast(alpha, ctypes.POINTER(ctype)).contents.value
         b = ctypes.cast(beta, ctypes.POINTER(ctype)).contents.value
@@ -1127,13 +1124,11 @@ class FakeLibcublas:
         if st is None:
             return 1
         _check_ex(Atype, Btype, Ctype, compute, algo, (transa, transb, m, n, k, lda, ldb, ldc))
-        if st["pointer_mode"] != 0:
-            raise RuntimeError("fake cuBLAS: alpha/beta are host pointers but the pointer mode is not HOST")
+        _require_host_mode(st["pointer_mode"])
         fn = functools.partial(_gemm_ex_values, transa, transb, m, n, k, _read_f32(alpha), A, Atype, lda, B,
                                Btype, ldb, _read_f32(beta), C, Ctype, ldc, compute)
-        size = {t: ctypes.sizeof(ct) for t, (ct, _) in _CUDA_TYPES.items()}
-        return self._submit(st, fn, transa, transb, m, n, k, (A, size[Atype], lda), (B, size[Btype], ldb),
-                            (C, size[Ctype], ldc))
+        return self._submit(st, fn, transa, transb, m, n, k, (A, _CUDA_SIZES[Atype], lda),
+                            (B, _CUDA_SIZES[Btype], ldb), (C, _CUDA_SIZES[Ctype], ldc))
 
     def _submit(self, st, fn, transa, transb, m, n, k, A, B, C):
         """Run or record one GEMM on the handle's stream; A, B, C are (pointer, element size, ld)."""

@@ -45,8 +45,7 @@ def case(name):
 
 
 def device_input(m, shape=(T, B, I)):
-    x = cp.asarray(np.ones(shape, np.float32).astype(m.dtype))
-    return x
+    return cp.asarray(np.ones(shape, np.float32).astype(m.dtype))
 
 
 def train_calls(m, n=2, fwd_kw=None):
@@ -56,7 +55,14 @@ def train_calls(m, n=2, fwd_kw=None):
         y = y[0] if isinstance(y, tuple) else y
         assert y.shape[:2] == (T, B), y.shape
         m.backward(cp.ones(y.shape, y.dtype))
-    return x
+
+
+def call_counts(step):
+    """The stubbed CUDA calls ``step()`` makes: {(library, function): count}, changed ones only."""
+    before = stub_cuda.counts()
+    step()
+    after = stub_cuda.counts()
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 
 
 OPTIONS = {
@@ -96,11 +102,7 @@ def _():
     for t in (5, 10):
         x, dy = cp.ones((t, B, I), cp.float32), cp.ones((t, B, H), cp.float32)
         for _ in range(3):                    # the third call is steady state (graphs captured)
-            before = stub_cuda.counts()
-            m(x)
-            m.backward(dy)
-            after = stub_cuda.counts()
-        diff = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+            diff = call_counts(lambda: (m(x), m.backward(dy)))
         assert diff.get(("runtime", "graphLaunch")) == 2, diff
         assert not any(k[0] == "cublas" for k in diff), diff
         # What is left is T-independent: copying x and dy into the plan's static buffers and the
@@ -116,12 +118,13 @@ def _():
     counts = []
     for t in (4, 8):
         x = cp.ones((t, B, I), cp.float32)
-        for _ in range(2):
-            before = stub_cuda.counts()
+
+        def step():
             y = m(x)[0]
             m.backward(cp.ones(y.shape, y.dtype))
-            after = stub_cuda.counts()
-        counts.append(after.get(("cublas", "cublasSgemm_v2"), 0) - before.get(("cublas", "cublasSgemm_v2"), 0))
+        for _ in range(2):
+            diff = call_counts(step)
+        counts.append(diff.get(("cublas", "cublasSgemm_v2"), 0))
     # one recurrent GEMM per step forward and one backward, plus a T-independent number
     assert counts[1] - counts[0] == 2 * 4, counts
 
