@@ -61,22 +61,24 @@ def cmd_info(args):
 _SIZE_OPTIONS = "-H/--hidden, -B/--batch, -T/--seq-len"
 
 
-def _check_sizes_fit(args, input_size, layers, itemsize):
-    """The training-memory preflight of `gpu-lstm train`, naming this command's options: otherwise
-    too large a -H ends in NumPy's 'Unable to allocate ... TiB'. Host memory, so for CPU runs."""
-    from gpu_lstm.backend import resolve_device
+def _check_sizes_fit(device, args, input_size, layers, itemsize):
+    """`gpu-lstm train`'s training-memory preflight for check and profile, naming their options:
+    otherwise too large a -H ends in NumPy's 'Unable to allocate ... TiB'. Host memory, so only where
+    the resolved ``device`` is the CPU."""
     from gpu_lstm._preflight import check_fits_in_memory, training_bytes
-    if resolve_device(args.device) == "cpu":
+    if device == "cpu":
         check_fits_in_memory(training_bytes(input_size, args.hidden, 0, layers, args.seq_len, args.batch,
                                             itemsize), _SIZE_OPTIONS)
 
 
 def cmd_check(args):
     from gpu_lstm import LSTM
+    from gpu_lstm.backend import resolve_device
     from gpu_lstm.gradcheck import lstm_gradient_check
-    _check_sizes_fit(args, args.input_size, args.layers, 8)
+    device = resolve_device(args.device)      # once: 'auto' probes CuPy, cuBLAS and NVRTC
+    _check_sizes_fit(device, args, args.input_size, args.layers, 8)
     t0 = time.perf_counter()
-    lstm = LSTM(args.input_size, args.hidden, args.layers, dtype="float64", device=args.device,
+    lstm = LSTM(args.input_size, args.hidden, args.layers, dtype="float64", device=device,
                 seed=args.seed)
     print(f"gpu-lstm check: {lstm!r}")
     print(f"device: {lstm._be.describe()}")
@@ -122,9 +124,10 @@ def cmd_train(args):
         common["B"] = args.batch
     if args.seq_len:
         common["T"] = args.seq_len
+    defaults = training.task_defaults(args.task)
     for k in ("hidden", "lr"):           # shown in the run's settings line, so filled in here
         if common[k] is None:
-            common[k] = training.task_defaults(args.task)[k]
+            common[k] = defaults[k]
     if args.task == "charlm" and args.text is not None:
         common["text"] = args.text
     from gpu_lstm.distributed import under_torchrun
@@ -145,17 +148,17 @@ _TRAIN_OPTIONS = {"out_dir": "--out", "text": "--text", "T": "-T/--seq-len", "B"
 
 
 @contextlib.contextmanager
-def _in_option_terms():
+def _in_option_terms(options=_TRAIN_OPTIONS):
     """Re-raise a user error whose message starts with an API argument ("out_dir: ...") under the
-    command-line option's name ("--out: ..."); anything else passes unchanged."""
+    command-line option's name in ``options`` ("--out: ..."); anything else passes unchanged."""
     try:
         yield
     except (OSError, ValueError, TypeError, MemoryError) as exc:
         msg = str(exc.args[0]) if len(exc.args) == 1 else None
         head, sep, rest = (msg or "").partition(": ")
-        if not sep or head not in _TRAIN_OPTIONS:
+        if not sep or head not in options:
             raise
-        raise type(exc)(f"{_TRAIN_OPTIONS[head]}: {rest}") from None
+        raise type(exc)(f"{options[head]}: {rest}") from None
 
 
 def _train(args, common, torchrun):
@@ -213,11 +216,9 @@ def cmd_sample(args):
     if not vocab:
         raise ValueError(f"checkpoint: expected a char-model checkpoint (with a vocabulary), got "
                          f"{args.checkpoint}, which has none")
-    try:
+    with _in_option_terms({"prime": "--prime"}):
         text = sample_text(model, CharVocab(vocab), args.length, seed=args.seed, prime=args.prime,
                            temperature=args.temperature)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("prime: ", "--prime: ", 1)) from None
     print(text)
     return 0
 
@@ -289,11 +290,10 @@ def cmd_bench(args):
 
 
 def cmd_profile(args):
-    from gpu_lstm.backend import resolve_device
     from gpu_lstm.profile import print_profile
-    _require_gpu_if_asked(args.device)
-    _check_sizes_fit(args, args.hidden, 1, 4)
-    print_profile(resolve_device(args.device), args.hidden, args.batch, args.seq_len, args.reps)
+    device = _require_gpu_if_asked(args.device)
+    _check_sizes_fit(device, args, args.hidden, 1, 4)
+    print_profile(device, args.hidden, args.batch, args.seq_len, args.reps)
     return 0
 
 
