@@ -1,5 +1,6 @@
-"""Checks a training run makes before its first step, so that no error can waste the run: the output
-folder is writable, and the model and its workspace fit in memory."""
+"""A training run's output folder and the checks it makes before its first step, so that no error can
+waste the run: the output folder is writable, and the model and its workspace fit in memory. At save
+time, :func:`remove_stale` clears an earlier run's files that this run does not rewrite."""
 
 import os
 import tempfile

@@ -167,7 +167,7 @@ def train(task, steps=200, T=None, B=None, hidden=None, layers=1, lr=None, clip=
                                      clip=clip, optimizer=optimizer, device=device, dtype=dtype, seed=seed,
                                      log_every=log_every), world)
     shard = slice(rank * (B // world), (rank + 1) * (B // world))
-    tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    tdtype = getattr(torch, dtype)      # a name of DTYPES (checked above), which torch shares
     if device == "gpu":
         local = int(os.environ.get("LOCAL_RANK", rank))
         dev = torch.device("cuda", local % max(1, torch.cuda.device_count()))

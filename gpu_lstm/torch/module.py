@@ -12,17 +12,16 @@ from ..gates import GATE_INDEX
 from . import _ops
 
 _UIDS = itertools.count(1)
-# The options the core is built from (its config), and those the Parameters' names and shapes follow:
-# the latter cannot change after construction, the others (batch_first, dropout, ...) can, as in torch.
-_CONFIG = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "bidirectional", "proj_size",
-           "peephole", "dropout", "learn_initial_state", "zoneout_h", "zoneout_c", "check_finite", "seed")
-_STRUCTURE = ("input_size", "hidden_size", "num_layers", "bias", "bidirectional", "proj_size", "peephole",
-              "learn_initial_state")
 # How each checked option is stored: plain Python values (the config is JSON); seed is checked apart.
 _KINDS = {**dict.fromkeys(("input_size", "hidden_size", "num_layers", "proj_size"), int),
           **dict.fromkeys(("bias", "batch_first", "bidirectional", "peephole", "learn_initial_state",
                            "check_finite"), bool),
           **dict.fromkeys(("dropout", "zoneout_h", "zoneout_c"), float)}
+# The options the core is built from (its config), and those the Parameters' names and shapes follow:
+# the latter cannot change after construction, the others (batch_first, dropout, ...) can, as in torch.
+_CONFIG = (*_KINDS, "seed")
+_STRUCTURE = ("input_size", "hidden_size", "num_layers", "bias", "bidirectional", "proj_size", "peephole",
+              "learn_initial_state")
 
 
 def _peek_seed():
