@@ -382,9 +382,11 @@ def build():
         _compile(src, ext, [f"-I{sysconfig.get_paths()['include']}"])
         vmap = d / f"cublas.{os.getpid()}.map"
         vmap.write_text(f"{soname} {{ global: *; }};\n")
-        _compile(csrc, lib, [f"-Wl,-soname,{soname}", f"-Wl,--version-script={vmap}"])
+        try:
+            _compile(csrc, lib, [f"-Wl,-soname,{soname}", f"-Wl,--version-script={vmap}"])
+        finally:             # as _compile removes its own temporaries, also when it fails
+            vmap.unlink(missing_ok=True)
         _compile("int gl_stub_cublaslt;\n", lt, [f"-Wl,-soname,{lt.name}"])
-        vmap.unlink()
     return ext, lib, lt, symbols
 
 
@@ -442,8 +444,7 @@ def counts():
         raise RuntimeError("stub_cuda.install() has not run")
     lib = _installed["cublas"]
     out = {k: n for k, n in _installed["stub"].counts().items() if n}
-    out.update({("cublas", s): lib.gl_cublas_count(i) for i, s in enumerate(_installed["names"])
-                if lib.gl_cublas_count(i)})
+    out.update({("cublas", s): n for i, s in enumerate(_installed["names"]) if (n := lib.gl_cublas_count(i))})
     return out
 
 
