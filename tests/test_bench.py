@@ -78,13 +78,20 @@ def test_profile_prints_a_step_below_the_timer_resolution(monkeypatch, capsys):
     assert "cuBLAS GEMM" in capsys.readouterr().out
 
 
-def test_plot_script(tmp_path):
-    pytest.importorskip("matplotlib")
+def _plot_results():
+    """benchmarks/plot_results.py, a script outside the package, loaded as a module."""
     import importlib.util
     import pathlib
-    spec = importlib.util.spec_from_file_location("plot_results", pathlib.Path(__file__).parents[1] / "benchmarks" / "plot_results.py")
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "plot_results.py"
+    spec = importlib.util.spec_from_file_location("plot_results", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plot_script(tmp_path):
+    pytest.importorskip("matplotlib")
+    mod = _plot_results()
     result = bench.run(device="cpu", quick=True, reps=2, log=lambda s: None)
     out = mod.plot(result, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 5000 and out.endswith("p.png")
@@ -177,11 +184,7 @@ def test_persistent_time_ours_checks_support_first():
 
 def test_plot_script_handles_engine_rows_and_old_files(tmp_path):
     pytest.importorskip("matplotlib")
-    import importlib.util
-    import pathlib
-    spec = importlib.util.spec_from_file_location("plot_results", pathlib.Path(__file__).parents[1] / "benchmarks" / "plot_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _plot_results()
     base = {"H": 8, "B": 2, "T": 3, "dtype": "float32", "tf32": False, "mode": "training", "opponent_ms": 2.0,
             "floor_ms": 0.5, "note": ""}
     rows = [dict(base, algo="eager", ours_ms=4.0, ratio=2.0), dict(base, algo="graph", ours_ms=3.0, ratio=1.5),
@@ -317,12 +320,7 @@ def test_json_and_checkpoints_write_through_a_symlink(tmp_path):
 
 def test_plot_results_default_png_stays_beside_its_input():
     """'run.v2/results' gave 'run.png' one folder up (rsplit('.') over the whole path)."""
-    import importlib.util
-    import os
-    spec = importlib.util.spec_from_file_location(
-        "plot_results", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "plot_results.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _plot_results()
     assert mod.default_png("/tmp/run.v2/results") == "/tmp/run.v2/results.png"
     assert mod.default_png("/tmp/run/bench.json") == "/tmp/run/bench.png"
 

@@ -141,27 +141,6 @@ def test_bench_json_path_is_checked_before_benchmarking(tmp_path, monkeypatch, c
     assert "--json: expected a file name, got the folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--nproc", "2", "-B", "3"], "-B/--batch: expected a multiple of the number of processes (2)"),
-    (["--nproc", "3"], "-B/--batch: expected a multiple of the number of processes (3) so that every process "
-                       "gets an equal shard, got 64"),          # the default batch
-])
-def test_ddp_batch_split_is_checked_before_any_process_starts(tmp_path, capsys, monkeypatch, argv, expected):
-    """--ddp --nproc 2 --batch 3 failed inside the spawned processes, with their tracebacks flattened."""
-    pytest.importorskip("torch")
-    import torch.multiprocessing as mp
-
-    from gpu_lstm import distributed
-    monkeypatch.setattr(mp, "spawn", lambda *a, **k: pytest.fail("processes were started"))
-    monkeypatch.setattr(distributed, "train", lambda *a, **k: pytest.fail("training started"))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(k, raising=False)
-    rc = cli.main(["train", "adding", "--ddp", "--device", "cpu", "--out", str(tmp_path / "o"), *argv])
-    err = capsys.readouterr().err
-    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("gpu-lstm train: error: ") and expected in err, err
-
-
 @pytest.fixture
 def no_ddp_processes(monkeypatch):
     """distributed.run with process spawning and training replaced by failures: what the test reaches
@@ -175,6 +154,19 @@ def no_ddp_processes(monkeypatch):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     return distributed
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--nproc", "2", "-B", "3"], "-B/--batch: expected a multiple of the number of processes (2)"),
+    (["--nproc", "3"], "-B/--batch: expected a multiple of the number of processes (3) so that every process "
+                       "gets an equal shard, got 64"),          # the default batch
+])
+def test_ddp_batch_split_is_checked_before_any_process_starts(no_ddp_processes, tmp_path, capsys, argv, expected):
+    """--ddp --nproc 2 --batch 3 failed inside the spawned processes, with their tracebacks flattened."""
+    rc = cli.main(["train", "adding", "--ddp", "--device", "cpu", "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("gpu-lstm train: error: ") and expected in err, err
 
 
 @pytest.mark.parametrize("option, value", [("lr", 0.0), ("T", 0), ("B", 0), ("hidden", 0)])
@@ -254,6 +246,13 @@ CLI_ERRORS = [
 ]
 
 
+def _one_error_line(err):
+    """The error line of stderr ``err``: exactly one, and the last (train's settings line may come first)."""
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
 def _fill(argv, ckpt, adding, tmp):
     return [a.format(ckpt=ckpt, adding=adding, tmp=tmp) for a in argv]
 
@@ -269,9 +268,8 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, monkeypatch, charlm_ckpt
     out, err = capsys.readouterr()
     assert rc == 2 and "Traceback" not in err, err
     # stderr also carries progress (train's settings line); the error itself is one line, the last
-    errors = [line for line in err.splitlines() if ": error: " in line]
-    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
-    assert errors[0].startswith(f"gpu-lstm {argv[0]}: error: ") and expected in errors[0], err
+    line = _one_error_line(err)
+    assert line.startswith(f"gpu-lstm {argv[0]}: error: ") and expected in line, err
 
 
 def test_bench_host_overhead_outside_a_checkout_is_one_error_line(tmp_path, monkeypatch, capsys):
@@ -443,20 +441,12 @@ def test_summary_always_describes_the_checkpoint_beside_it(tmp_path, monkeypatch
 
 
 # ---- the command line in its own terms (review findings) ------------------------------------------------
-def _one_error_line(capsys):
-    """The error line: exactly one, and the last on stderr (train's settings line may come first)."""
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if ": error: " in line]
-    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
-    return errors[0]
-
-
 def test_an_invalid_option_value_is_one_line(capsys):
     """argparse printed a 7-line usage block before its error."""
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "adding", "--steps", "0"])
     assert e.value.code == 2
-    line = _one_error_line(capsys)
+    line = _one_error_line(capsys.readouterr().err)
     assert line.startswith("gpu-lstm train: error: argument --steps: expected a positive integer"), line
 
 
@@ -465,14 +455,12 @@ def test_an_invalid_option_value_is_one_line(capsys):
     (["-T", "1"], "-T/--seq-len: expected at least 2 steps"),
     (["--out", "{tmp}/a-file"], "--out: expected a folder"),
 ])
-def test_train_errors_name_the_command_line_option(tmp_path, capsys, no_training, argv, expected):
+def test_train_errors_name_the_command_line_option(files, capsys, no_training, argv, expected):
     """--out '' trained into runs/adding (the `or` default); -T 1 and --out FILE were reported as the
     API's 'T:' and 'out_dir:'."""
-    (tmp_path / "a-file").write_text("x")
-    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    rc = cli.main(["train", "adding", "--device", "cpu", "--steps", "2", *argv])
+    rc = cli.main(["train", "adding", "--device", "cpu", "--steps", "2", *_fill(argv, None, None, files)])
     assert rc == 2
-    assert expected in _one_error_line(capsys)
+    assert expected in _one_error_line(capsys.readouterr().err)
 
 
 def test_nproc_under_torchrun_is_refused(monkeypatch, capsys):
@@ -482,14 +470,13 @@ def test_nproc_under_torchrun_is_refused(monkeypatch, capsys):
     from gpu_lstm import distributed
     monkeypatch.setattr(distributed, "run", lambda *a, **k: pytest.fail("training started"))
     assert cli.main(["train", "adding", "--device", "cpu", "--nproc", "4"]) == 2
-    assert "--nproc: expected only when not under torchrun" in _one_error_line(capsys)
+    assert "--nproc: expected only when not under torchrun" in _one_error_line(capsys.readouterr().err)
 
 
-def test_train_on_a_missing_gpu_leaves_no_output_folder(tmp_path, capsys):
+def test_train_on_a_missing_gpu_leaves_no_output_folder(tmp_path, monkeypatch):
     """The output folder was created before the model found no GPU: an empty folder was left."""
-    from gpu_lstm.backend import gpu_available
-    if gpu_available()[0]:
-        pytest.skip("a GPU is available here")
+    import gpu_lstm.backend as backend
+    monkeypatch.setattr(backend, "gpu_available", lambda: (False, "cupy not importable (test)"))
     out = tmp_path / "run"
     assert cli.main(["train", "adding", "--device", "gpu", "--steps", "2", "--out", str(out)]) == 2
     assert not out.exists()
@@ -498,10 +485,10 @@ def test_train_on_a_missing_gpu_leaves_no_output_folder(tmp_path, capsys):
 def test_a_rerun_into_a_folder_leaves_nothing_of_the_previous_run(tmp_path, monkeypatch):
     """Without matplotlib the previous run's loss.png stayed beside the new checkpoint; a DDP run's
     checkpoint.pt stayed beside a single-process run's files."""
+    pytest.importorskip("matplotlib")
     out = tmp_path / "run"
     training.train_adding(out_dir=str(out), **_quiet(**TINY))
     (out / "checkpoint.pt").write_bytes(b"from another kind of run")
-    pytest.importorskip("matplotlib")
     assert (out / "loss.png").exists()          # the earlier run's plot, which must not survive
     monkeypatch.setitem(sys.modules, "matplotlib", None)           # matplotlib missing now
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
@@ -514,12 +501,10 @@ def test_a_data_parallel_run_removes_a_single_process_runs_files(tmp_path):
     """A --ddp run into a single-process run's folder replaced summary.json but left checkpoint.npz and
     loss.png, so the folder mixed two runs."""
     pytest.importorskip("torch")
-    import io
     from gpu_lstm import distributed
     out = tmp_path / "run"
     training.train_adding(out_dir=str(out), **_quiet(**TINY))
-    distributed.train("adding", steps=2, T=4, B=4, hidden=3, dtype="float64", device="cpu",
-                      out_dir=str(out), stream=io.StringIO())
+    distributed.train("adding", out_dir=str(out), **_quiet(steps=2, T=4, B=4, hidden=3, dtype="float64"))
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "summary.json"]
 
 
@@ -527,5 +512,5 @@ def test_a_data_parallel_run_removes_a_single_process_runs_files(tmp_path):
 def test_sizes_that_cannot_fit_name_the_options(command, capsys):
     """-H 2000000 ended in numpy's 'Unable to allocate 1.16 TiB', naming no option."""
     assert cli.main([command, "--device", "cpu", "-H", "2000000"]) == 2
-    line = _one_error_line(capsys)
+    line = _one_error_line(capsys.readouterr().err)
     assert "-H/--hidden, -B/--batch, -T/--seq-len: expected sizes whose training fits" in line, line
