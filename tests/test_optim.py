@@ -124,7 +124,6 @@ def test_fused_optimizer_kernels_equal_the_numpy_optimizer_bitwise(dtype, cls, k
 ])
 def test_clip_grad_norm_checks_eps(eps, error, match):
     """eps=-6 turned [3, 4] into [-3, -4] (norm + eps = -1): the update went uphill."""
-    from gpu_lstm.optim import clip_grad_norm
     g = np.array([3.0, 4.0])
     with pytest.raises(error, match=match):
         clip_grad_norm([g], 1.0, eps=eps)
@@ -135,7 +134,6 @@ def test_clip_grad_norm_checks_eps(eps, error, match):
 def test_clipping_refuses_integer_and_read_only_gradients(clip):
     """clip_grad_norm zeroed integer gradients (the scale cast to int); clip_grad_value raised numpy's
     casting error naming nothing."""
-    from gpu_lstm.optim import clip_grad_norm, clip_grad_value
     f = (lambda g: clip_grad_norm(g, 1.0)) if clip == "norm" else (lambda g: clip_grad_value(g, 1.5))
     a = np.array([3, 4])
     with pytest.raises(TypeError, match=r"grads\[0\]: expected a float array, got dtype int64"):

@@ -638,8 +638,8 @@ def test_options_changed_after_construction_take_effect_or_are_refused():
     ref, m = _pair(L=1)
     m.batch_first = ref.batch_first = True
     x = torch.randn(2, 4, 3, dtype=F64)
-    y, (h, c) = m(x)
-    y_ref, (h_ref, c_ref) = ref(x)
+    y, (h, _) = m(x)
+    y_ref, (h_ref, _) = ref(x)
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-13)
     torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-13)
     m.zoneout_h = 0.5            # takes effect: training draws masks now
@@ -700,7 +700,7 @@ def test_empty_lengths_say_how_many_are_expected():
 
 def test_options_set_to_numpy_scalars_after_construction():
     """np.bool_/np.float32 values passed the check, then every forward failed in json.dumps."""
-    ref, m = _pair(L=1)
+    _, m = _pair(L=1)
     m.batch_first = np.bool_(True)
     m.zoneout_h = np.float32(0.25)
     y, _ = m(torch.randn(2, 4, 3, dtype=F64))

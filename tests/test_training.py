@@ -80,8 +80,7 @@ def test_sample_text_restores_the_callers_mode_even_on_error(monkeypatch):
     """sample_text left every model in training mode (dropout back on after model.eval())."""
     from gpu_lstm.model import SequenceModel
     from gpu_lstm.sampling import sample_text
-    from gpu_lstm.tasks import CharVocab
-    vocab = CharVocab("abc\n")
+    vocab = tasks.CharVocab("abc\n")
     m = _char_model(vocab)
     m.eval()
     sample_text(m, vocab, 3)
@@ -106,8 +105,7 @@ def test_sample_text_restores_the_callers_mode_even_on_error(monkeypatch):
 def test_sample_text_is_finite_at_a_tiny_temperature():
     """temperature=1e-310 made the logits / temperature overflow to inf and the probabilities NaN."""
     from gpu_lstm.sampling import sample_text
-    from gpu_lstm.tasks import CharVocab
-    vocab = CharVocab("abc\n")
+    vocab = tasks.CharVocab("abc\n")
     text = sample_text(_char_model(vocab), vocab, 5, temperature=1e-310)
     assert len(text) == 6 and set(text) <= set(vocab.chars)
 
@@ -115,26 +113,21 @@ def test_sample_text_is_finite_at_a_tiny_temperature():
 def test_sample_text_reads_a_batch_first_model_in_its_layout():
     """A batch_first model got (T, 1, V) inputs: the prime read as T one-step sequences."""
     from gpu_lstm.sampling import sample_text
-    from gpu_lstm.tasks import CharVocab
-    vocab = CharVocab("abcdefgh\n")
+    vocab = tasks.CharVocab("abcdefgh\n")
     a, b = _char_model(vocab), _char_model(vocab, batch_first=True)
     assert sample_text(a, vocab, 20, prime="abcabc", seed=3) == sample_text(b, vocab, 20, prime="abcabc", seed=3)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(head="last"), "model: expected a character model with head='all'"),
-    (dict(output_size=5), r"model: expected 9 outputs \(the vocabulary's size\), got 5"),
-    (dict(input_size=5), r"model: expected 9 inputs \(one-hot over the vocabulary\), got 5"),
+@pytest.mark.parametrize("inputs, outputs, kwargs, match", [
+    (9, 9, dict(head="last"), "model: expected a character model with head='all'"),
+    (9, 5, {}, r"model: expected 9 outputs \(the vocabulary's size\), got 5"),
+    (5, 9, {}, r"model: expected 9 inputs \(one-hot over the vocabulary\), got 5"),
 ])
-def test_sample_text_refuses_a_model_that_does_not_fit_the_vocabulary(kwargs, match):
+def test_sample_text_refuses_a_model_that_does_not_fit_the_vocabulary(inputs, outputs, kwargs, match):
     from gpu_lstm.model import SequenceModel
     from gpu_lstm.sampling import sample_text
-    from gpu_lstm.tasks import CharVocab
-    vocab = CharVocab("abcdefgh\n")
-    sizes = dict(input_size=9, output_size=9)
-    sizes.update({k: v for k, v in kwargs.items() if k in sizes})
-    m = SequenceModel(sizes["input_size"], 4, sizes["output_size"], device="cpu", seed=0,
-                      **{k: v for k, v in kwargs.items() if k not in sizes})
+    vocab = tasks.CharVocab("abcdefgh\n")        # 9 characters
+    m = SequenceModel(inputs, 4, outputs, device="cpu", seed=0, **kwargs)
     with pytest.raises(ValueError, match=match):
         sample_text(m, vocab, 3)
 
@@ -166,17 +159,15 @@ def test_save_plot_checks_its_arguments(tmp_path, args, error, match):
         save_plot(history, str(tmp_path / "p.png"), title, ylabel)
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(dtype="int32"), TypeError, "dtype: expected"),
-    (dict(dtype="complex64"), TypeError, "dtype: expected"),
-    (dict(rng=0), TypeError, r"rng: expected a numpy\.random\.Generator .*, got int"),
+@pytest.mark.parametrize("rng, dtype, error, match", [
+    (np.random.default_rng(0), "int32", TypeError, "dtype: expected"),
+    (np.random.default_rng(0), "complex64", TypeError, "dtype: expected"),
+    (0, "float32", TypeError, r"rng: expected a numpy\.random\.Generator .*, got int"),
 ])
-def test_adding_batch_checks_dtype_and_rng(kwargs, error, match):
+def test_adding_batch_checks_dtype_and_rng(rng, dtype, error, match):
     """dtype='int32' returned all-zero inputs and targets (values in [0, 1) truncated)."""
-    args = dict(rng=np.random.default_rng(0), T=4, B=2)
-    args.update(kwargs)
     with pytest.raises(error, match=match):
-        tasks.adding_batch(args.pop("rng"), args.pop("T"), args.pop("B"), **args)
+        tasks.adding_batch(rng, 4, 2, dtype)
 
 
 @pytest.mark.parametrize("ids, V, error, match", [
@@ -190,6 +181,9 @@ def test_one_hot_checks_ids_and_V(ids, V, error, match):
     """-1 silently gave the last class and bool ids were used as a row mask."""
     with pytest.raises(error, match=match):
         tasks.one_hot(ids, V, np.float32)
+
+
+def test_one_hot_of_valid_ids():
     np.testing.assert_array_equal(tasks.one_hot(np.array([[2, 0]]), 3, np.float32),
                                   [[[0, 0, 1], [1, 0, 0]]])
 
@@ -203,6 +197,9 @@ def test_decode_checks_ids(ids, error, match):
     """decode([-1]) silently returned the last character, decode([1.7]) the second."""
     with pytest.raises(error, match=match):
         tasks.CharVocab("abc").decode(ids)
+
+
+def test_decode_takes_numpy_integers():
     assert tasks.CharVocab("abc").decode(np.array([2, 0])) == "ca"
 
 
