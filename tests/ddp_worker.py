@@ -40,6 +40,16 @@ def gradients(model, x, y, lengths):
     return {n: p.grad.clone() for n, p in inner.named_parameters()}
 
 
+def shard_gradients(rank, world):
+    """This rank's gradients through DDP on its shard of the batch, and a weak reference to the DDP
+    wrapper, which is dead once this returns (see worker)."""
+    import weakref
+    ddp = torch.nn.parallel.DistributedDataParallel(make_model())
+    x, y, lengths = batch()
+    s = slice(rank * B // world, (rank + 1) * B // world)     # this rank's shard
+    return gradients(ddp, x[:, s], y[s], lengths[s]), weakref.ref(ddp)
+
+
 def worker(rank, world, port, out_file):
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -47,10 +57,13 @@ def worker(rank, world, port, out_file):
     _import_before_the_group()      # else gloo's threads outlive the teardown (see there)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
-        ddp = torch.nn.parallel.DistributedDataParallel(make_model())
-        x, y, lengths = batch()
-        s = slice(rank * B // world, (rank + 1) * B // world)     # this rank's shard
-        grads = gradients(ddp, x[:, s], y[s], lengths[s])
+        grads, wrapper = shard_gradients(rank, world)
+        # The DDP wrapper must be gone before the group is destroyed (as in gpu_lstm.distributed.train,
+        # whose wrapper dies when it returns): its Reducer frees its reference to the group holding the
+        # GIL, and if that is the last one, ~ProcessGroupGloo joins a gloo thread that may be waiting for
+        # the GIL to free the barrier's work: a deadlock, about one run in 40. The group's own Python
+        # handle, which destroy_process_group drops, releases the GIL first.
+        assert wrapper() is None, "the DDP wrapper outlived shard_gradients (a reference cycle?)"
         torch.save(grads, f"{out_file}.{rank}")
         torch.distributed.barrier()      # no rank tears the group down while another still uses it
     finally:

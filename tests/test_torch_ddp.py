@@ -15,8 +15,8 @@ import torch.distributed  # noqa: E402
 pytestmark = [pytest.mark.torch,
               pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")]
 HERE = os.path.dirname(__file__)
-# Two ranks on the CPU finish in seconds; a rank still alive after this is hung (a gloo teardown that
-# never joins, seen once on a heavily loaded machine): the test fails naming it instead of stalling.
+# Two ranks on the CPU finish in seconds; a rank still alive after this is hung (as in the teardown
+# deadlock described in ddp_worker.worker): the test fails naming it instead of stalling.
 DEADLINE_S = 180
 
 
