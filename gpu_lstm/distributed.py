@@ -280,6 +280,16 @@ def _worker(rank, world, port, backend, kwargs):
 
 
 def _run_rank(backend, kwargs):
+    """One rank: join the group, train, tear the group down.
+
+    The group must be freed by destroy_process_group, whose handle on it releases the GIL first. If
+    train's DDP wrapper were still alive then, its Reducer would hold the last reference and free the
+    group later holding the GIL; ~ProcessGroupGloo then joins gloo threads, one of which may be waiting
+    for the GIL to free a finished collective: a deadlock. train's wrapper dies when train returns; when
+    train raises, the error's traceback keeps train's frames (the wrapper among their locals) until the
+    process exits, so their locals are cleared first (the traceback's lines are kept)."""
+    import traceback
+
     import torch.distributed as dist
     _import_before_the_group()
     dist.init_process_group(backend, timeout=timedelta(seconds=120))
@@ -289,6 +299,9 @@ def _run_rank(backend, kwargs):
         # rank still talking to it when it goes aborts ("terminate called without an active exception").
         dist.barrier()
         return summary
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)
+        raise
     finally:
         dist.destroy_process_group()
 

@@ -105,3 +105,28 @@ def train_and_report_threads(rank, world, port, out_file):
     seen["after"] = gloo_threads()
     with open(f"{out_file}.{rank}", "w") as f:
         json.dump(seen, f)
+
+
+def fail_and_report_threads(rank, world, port, out_file):
+    """One rank of ``gpu-lstm train --ddp`` whose training raises right after its DDP wrapper is built
+    (in the optimizer's construction); writes the error and the gloo threads alive after the rank's
+    teardown, which must have joined them although the error's traceback holds the training's frames
+    (until the process exits, in a real run)."""
+    import json
+
+    from gpu_lstm import distributed
+    torch.set_num_threads(1)
+
+    def failing_optimizer(name, params, lr):
+        raise RuntimeError("optimizer failed")
+
+    distributed._optimizer = failing_optimizer
+    kwargs = dict(task="adding", steps=2, T=5, B=4, hidden=3, layers=2, dtype="float64", device="cpu")
+    try:
+        distributed._worker(rank, world, port, "gloo", kwargs)
+        seen = {"error": None, "after": gloo_threads()}
+    except RuntimeError as e:
+        # Looked at while the error (and its traceback) is alive, as it is in a process until it exits.
+        seen = {"error": str(e), "after": gloo_threads()}
+    with open(f"{out_file}.{rank}", "w") as f:
+        json.dump(seen, f)

@@ -72,6 +72,20 @@ def test_a_rank_joins_its_gloo_threads_before_it_returns(tmp_path):
         assert seen["after"] == [], f"rank {rank}: gloo threads alive after teardown: {seen['after']}"
 
 
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names come from Linux's /proc")
+def test_a_failing_rank_joins_its_gloo_threads_before_the_error_leaves_it(tmp_path):
+    """An error inside the training (here: after the DDP wrapper is built) carries the training's frames
+    in its traceback, the wrapper among their locals; the teardown must still free the group, or its
+    threads outlive the rank (and the group is later freed holding the GIL, see ddp_worker.worker)."""
+    out = str(tmp_path / "threads")
+    _spawn_ranks("fail_and_report_threads", out)
+    for rank in range(2):
+        with open(f"{out}.{rank}") as f:
+            seen = json.load(f)
+        assert seen["error"] == "optimizer failed", f"rank {rank}: {seen['error']!r}"
+        assert seen["after"] == [], f"rank {rank}: gloo threads alive after teardown: {seen['after']}"
+
 def test_torchrun_training_matches_single_process(tmp_path):
     from gpu_lstm import distributed
     args = ["--steps", "6", "--seq-len", "10", "--batch", "8", "--hidden", "6", "--layers", "2",
