@@ -72,7 +72,6 @@ def test_a_rank_joins_its_gloo_threads_before_it_returns(tmp_path):
         assert seen["after"] == [], f"rank {rank}: gloo threads alive after teardown: {seen['after']}"
 
 
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="thread names come from Linux's /proc")
 def test_a_failing_rank_joins_its_gloo_threads_before_the_error_leaves_it(tmp_path):
     """An error inside the training (here: after the DDP wrapper is built) carries the training's frames
@@ -85,6 +84,7 @@ def test_a_failing_rank_joins_its_gloo_threads_before_the_error_leaves_it(tmp_pa
             seen = json.load(f)
         assert seen["error"] == "optimizer failed", f"rank {rank}: {seen['error']!r}"
         assert seen["after"] == [], f"rank {rank}: gloo threads alive after teardown: {seen['after']}"
+
 
 def test_torchrun_training_matches_single_process(tmp_path):
     from gpu_lstm import distributed
