@@ -58,11 +58,8 @@ def worker(rank, world, port, out_file):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
         grads, wrapper = shard_gradients(rank, world)
-        # The DDP wrapper must be gone before the group is destroyed (as in gpu_lstm.distributed.train,
-        # whose wrapper dies when it returns): its Reducer frees its reference to the group holding the
-        # GIL, and if that is the last one, ~ProcessGroupGloo joins a gloo thread that may be waiting for
-        # the GIL to free the barrier's work: a deadlock, about one run in 40. The group's own Python
-        # handle, which destroy_process_group drops, releases the GIL first.
+        # The DDP wrapper must be dead before the group is destroyed, as in the library's ranks: else
+        # a deadlock in the teardown, about one run in 40 (see gpu_lstm.distributed._run_rank).
         assert wrapper() is None, "the DDP wrapper outlived shard_gradients (a reference cycle?)"
         torch.save(grads, f"{out_file}.{rank}")
         torch.distributed.barrier()      # no rank tears the group down while another still uses it

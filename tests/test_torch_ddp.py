@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.torch,
               pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")]
 HERE = os.path.dirname(__file__)
 # Two ranks on the CPU finish in seconds; a rank still alive after this is hung (as in the teardown
-# deadlock described in ddp_worker.worker): the test fails naming it instead of stalling.
+# deadlock described in gpu_lstm.distributed._run_rank): the test fails naming it instead of stalling.
 DEADLINE_S = 180
 
 
@@ -76,7 +76,7 @@ def test_a_rank_joins_its_gloo_threads_before_it_returns(tmp_path):
 def test_a_failing_rank_joins_its_gloo_threads_before_the_error_leaves_it(tmp_path):
     """An error inside the training (here: after the DDP wrapper is built) carries the training's frames
     in its traceback, the wrapper among their locals; the teardown must still free the group, or its
-    threads outlive the rank (and the group is later freed holding the GIL, see ddp_worker.worker)."""
+    threads outlive the rank (and the group is later freed holding the GIL, see gpu_lstm.distributed._run_rank)."""
     out = str(tmp_path / "threads")
     _spawn_ranks("fail_and_report_threads", out)
     for rank in range(2):
